@@ -1,0 +1,27 @@
+"""TFLite export and inspection: convert, size report, per-tensor stats, evaluation.
+
+Example:
+
+>>> import numpy as np, keras, collabopt.tflite
+>>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+>>> tfl = collabopt.tflite.convert(m, "dynamic")
+>>> tfl.inspect().weights()[0].dtype
+'int8'
+"""
+
+from collabopt.tflite.convert import MODES, ConversionError, convert, export_model, has_trained_ranges
+from collabopt.tflite.inspection import InspectionReport, TensorStats
+from collabopt.tflite.model import SizeReport, TFLiteModel, load
+
+__all__ = [
+    "MODES",
+    "ConversionError",
+    "InspectionReport",
+    "SizeReport",
+    "TFLiteModel",
+    "TensorStats",
+    "convert",
+    "export_model",
+    "has_trained_ranges",
+    "load",
+]

@@ -1,0 +1,171 @@
+"""Converting a Keras model (wrapped or not) to a TFLite flatbuffer."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import keras
+import tensorflow as tf
+
+from collabopt.tflite.data import samples
+from collabopt.tflite.model import TFLiteModel
+from collabopt.transform import iter_layers, map_layers
+
+MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+
+
+class ConversionError(ValueError):
+    """The TFLite converter rejected the model; the message names the layers/ops involved."""
+
+
+def has_trained_ranges(model) -> bool:
+    """True if the model carries quantization ranges from QAT (fake-quant ops)."""
+    return any(getattr(layer, "collabopt_quantized", False) for layer in iter_layers(model))
+
+
+def export_model(model: keras.Model) -> keras.Model:
+    """The model the converter sees: every collabopt wrapper replaced by its export form.
+
+    Wrappers are duck-typed by their ``export_layer()`` method: pruning and
+    clustering wrappers become plain layers holding their final weights;
+    quantization wrappers keep their fake-quant ops. The input model is not
+    modified.
+    """
+    def exportable(layer):
+        return callable(getattr(layer, "export_layer", None))
+
+    if not any(exportable(layer) for layer in iter_layers(model)):
+        return model  # nothing to replace: convert the model as it is
+    return map_layers(model, lambda layer: layer.export_layer() if exportable(layer) else None, what="export")
+
+
+def _layers_mentioned(text: str, model) -> list[str]:
+    # Converter locations and tensor names look like "model_1/layer_name_1/Op";
+    # Keras appends "_<n>" to scope names, so accept that suffix.
+    names = {layer.name for layer in iter_layers(model)}
+    return sorted(n for n in names if re.search(rf"(?<![\w]){re.escape(n)}(?:_\d+)?(?=/|[^\w]|$)", text))
+
+
+def _explain(error: Exception, model) -> str:
+    text = str(error)
+    mentioned = _layers_mentioned(text, model)
+    ops = sorted(set(re.findall(r"'(tf\.[A-Za-z0-9_]+|tfl\.[A-Za-z0-9_]+)'", text)))
+    lines = [line.strip() for line in text.splitlines() if "error" in line.lower()][:5]
+    parts = []
+    if mentioned:
+        parts.append(f"layers involved: {mentioned}")
+    if ops:
+        parts.append(f"ops: {ops}")
+    head = "; ".join(parts) or "see the converter message below"
+    return f"TFLite conversion failed ({head}).\n" + "\n".join(lines or [text[:2000]])
+
+
+def convert(
+    model: keras.Model,
+    mode: str = "int8",
+    representative_data=None,
+    *,
+    int8_io: bool = True,
+    calibration_samples: int = 200,
+    allow_float_islands: bool = False,
+) -> TFLiteModel:
+    """Converts a Keras model to TFLite.
+
+    collabopt wrappers are stripped first (pruned and clustered weights are
+    baked in; QAT fake-quant ops are kept so the converter uses the trained
+    ranges).
+
+    Args:
+        model: A Keras model, optionally holding collabopt wrappers.
+        mode: ``"float32"``, ``"float16"`` (float16 weights), ``"dynamic"``
+            (int8 weights, float activations), ``"int8"`` (full integer) or
+            ``"int16x8"`` (int16 activations, int8 weights).
+        representative_data: Calibration inputs for ``int8``/``int16x8`` when
+            the model has no QAT ranges: a numpy array, a ``tf.data.Dataset``
+            or an iterable of batches (``x`` or ``(x, y)``).
+        int8_io: For ``int8``/``int16x8``: make the model's inputs and outputs
+            integer (int8, resp. int16) too; otherwise they stay float32.
+        calibration_samples: How many samples of ``representative_data`` to use.
+        allow_float_islands: For ``int8``: accept a model in which some ops
+            still compute in float (the converter falls back silently for ops
+            with no integer kernel). By default that raises.
+
+    Returns:
+        A :class:`TFLiteModel`.
+
+    Raises:
+        ValueError: unknown mode; missing or ill-shaped representative data.
+        ConversionError: the converter rejected the model, or (int8) left
+            float islands; the message names the layers and ops.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> import collabopt.tflite
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> tfl = collabopt.tflite.convert(m, "int8", np.random.rand(16, 4).astype("float32"))
+    >>> tfl.size_report().raw_bytes > 0
+    True
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not supported; accepted: {', '.join(MODES)}.")
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"convert expects a keras.Model; received {type(model).__name__}.")
+    if calibration_samples < 1:
+        raise ValueError(f"calibration_samples must be >= 1; received {calibration_samples}.")
+    trained_ranges = has_trained_ranges(model)
+    calibration = None
+    if mode in ("int8", "int16x8") and not (trained_ranges and mode == "int8"):
+        if representative_data is None:
+            raise ValueError(
+                f"mode={mode!r} needs representative_data (a numpy array, tf.data.Dataset or "
+                "iterable of batches shaped like the model's inputs) to calibrate activation "
+                "ranges" + ("" if mode == "int16x8" else ", unless the model was trained with quantize_model") + "."
+            )
+    if representative_data is not None:
+        calibration = samples(representative_data, model, calibration_samples)
+
+    exported = export_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(exported)
+    if mode == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode in ("int8", "int16x8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if calibration is not None:
+            converter.representative_dataset = lambda: iter(calibration)
+        if mode == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            io_type = tf.int8
+        else:
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
+            io_type = tf.int16
+        if int8_io:
+            converter.inference_input_type = io_type
+            converter.inference_output_type = io_type
+    try:
+        # The Keras exporter prints "Saved artifact at ..." for its temporary
+        # SavedModel; that is noise for a library call.
+        with contextlib.redirect_stdout(io.StringIO()):
+            content = converter.convert()
+    except Exception as error:  # the converter raises several unrelated types
+        raise ConversionError(_explain(error, exported)) from error
+    result = TFLiteModel(content, mode=mode)
+    if mode == "int8" and not allow_float_islands:
+        islands = result.float_islands()
+        if islands:
+            text = " ".join(" ".join(i["float_tensors"]) for i in islands)
+            raise ConversionError(
+                f"int8 conversion left {len(islands)} ops computing in float "
+                f"(ops: {sorted({i['op'] for i in islands})}; layers involved: "
+                f"{_layers_mentioned(text, exported) or 'unknown'}). These ops have no integer "
+                "kernel in TFLite; replace them, or pass allow_float_islands=True to accept a "
+                "mixed model."
+            )
+    return result

@@ -1,0 +1,142 @@
+"""Per-tensor statistics of a flatbuffer: what survived export."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from collabopt.tflite.flatbuffer import Graph
+
+
+@dataclasses.dataclass
+class TensorStats:
+    """Statistics of one tensor of a .tflite model.
+
+    Attributes:
+        name: Tensor name in the flatbuffer.
+        dtype: numpy dtype name, e.g. ``"int8"``.
+        shape: Tensor shape.
+        is_weight: True if the tensor is a constant buffer.
+        zeros_fraction: Fraction of exact zeros (stored values; for quantized
+            tensors a stored value equal to the zero point counts as zero).
+            ``None`` for non-constant tensors.
+        unique_values: Number of distinct stored values (``None`` if not constant).
+        max_unique_per_channel: Largest number of distinct values in one slice
+            along the quantized axis (axis 0 if per-tensor).
+        scales: Quantization scales (empty if not quantized).
+        zero_points: Quantization zero points.
+        quantized_dimension: Axis of per-channel quantization.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    is_weight: bool
+    zeros_fraction: float | None
+    unique_values: int | None
+    max_unique_per_channel: int | None
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    quantized_dimension: int
+
+    @property
+    def per_channel(self) -> bool:
+        return len(self.scales) > 1
+
+
+class InspectionReport(list):
+    """A list of :class:`TensorStats` that prints as a table."""
+
+    def weights(self) -> "InspectionReport":
+        """Only the constant tensors with more than one element."""
+        return InspectionReport(t for t in self if t.is_weight and int(np.prod(t.shape or (1,))) > 1)
+
+    def by_name(self, fragment: str) -> list[TensorStats]:
+        """Tensors whose name contains ``fragment``."""
+        return [t for t in self if fragment in t.name]
+
+    def __str__(self) -> str:
+        rows = [("tensor", "dtype", "shape", "zeros %", "unique", "max uniq/ch", "quant")]
+        for t in self:
+            if not t.is_weight:
+                continue
+            quant = "" if not t.scales else ("per-channel" if t.per_channel else "per-tensor")
+            rows.append(
+                (
+                    t.name[-48:],
+                    t.dtype,
+                    "x".join(map(str, t.shape)),
+                    f"{100 * t.zeros_fraction:.1f}",
+                    str(t.unique_values),
+                    str(t.max_unique_per_channel),
+                    quant,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def tensor_stats(graph: Graph) -> InspectionReport:
+    """Computes :class:`TensorStats` for every tensor of ``graph``."""
+    report = InspectionReport()
+    for t in graph.tensors:
+        scales = tuple(float(s) for s in t.scales) if t.scales is not None else ()
+        zps = tuple(int(z) for z in t.zero_points) if t.zero_points is not None else ()
+        zeros = unique = per_channel = None
+        if t.data is not None and t.data.size:
+            data = t.data
+            if zps and len(zps) == 1 and np.issubdtype(data.dtype, np.integer):
+                zeros = float(np.mean(data == zps[0]))
+            elif zps and len(zps) > 1 and np.issubdtype(data.dtype, np.integer):
+                axis = t.quantized_dimension
+                shape = [1] * data.ndim
+                shape[axis] = -1
+                zeros = float(np.mean(data == np.reshape(np.asarray(zps), shape)))
+            else:
+                zeros = float(np.mean(data == 0))
+            unique = int(np.unique(data).size)
+            axis = t.quantized_dimension if len(scales) > 1 else 0
+            rows = np.moveaxis(data, axis, 0).reshape(data.shape[axis] if data.ndim else 1, -1)
+            per_channel = int(max(np.unique(r).size for r in rows))
+        report.append(
+            TensorStats(
+                name=t.name,
+                dtype=t.dtype,
+                shape=t.shape,
+                is_weight=t.data is not None,
+                zeros_fraction=zeros,
+                unique_values=unique,
+                max_unique_per_channel=per_channel,
+                scales=scales,
+                zero_points=zps,
+                quantized_dimension=t.quantized_dimension,
+            )
+        )
+    return report
+
+
+_FLOAT = {"float32", "float16", "float64"}
+
+
+def float_islands(graph: Graph) -> list[dict]:
+    """Operators that still compute in floating point.
+
+    A QUANTIZE op reading a float graph input and a DEQUANTIZE op writing a
+    float graph output are the boundary of an integer model with float I/O,
+    not islands, and are not reported.
+    """
+    islands = []
+    for op in graph.operators:
+        tensors = op.inputs + op.outputs
+        floats = [graph.tensors[i].name for i in tensors if graph.tensors[i].dtype in _FLOAT]
+        if not floats:
+            continue
+        if op.op == "QUANTIZE" and all(i in graph.inputs for i in op.inputs):
+            continue
+        if op.op == "DEQUANTIZE" and all(o in graph.outputs for o in op.outputs):
+            continue
+        islands.append({"index": op.index, "op": op.op, "float_tensors": floats})
+    return islands

@@ -1,0 +1,246 @@
+"""A converted TFLite model: bytes, sizes, contents, and running it with LiteRT."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import pathlib
+import statistics
+import time
+import zipfile
+
+import numpy as np
+
+from collabopt.tflite import flatbuffer
+from collabopt.tflite.inspection import InspectionReport, float_islands, tensor_stats
+
+
+@dataclasses.dataclass
+class SizeReport:
+    """Sizes of a flatbuffer, optionally against a baseline.
+
+    Attributes:
+        raw_bytes: Size of the flatbuffer.
+        gzip_bytes: ``len(gzip.compress(content, 9))``.
+        zip_bytes: Size of a ZIP_DEFLATED archive holding the file (how
+            TFMOT's guides report "compressed size").
+        baseline_gzip_bytes: gzip size of the baseline, if one was given.
+        compression: ``baseline_gzip_bytes / gzip_bytes`` (None without baseline).
+        raw_ratio: ``baseline raw / raw_bytes`` (None without baseline).
+    """
+
+    raw_bytes: int
+    gzip_bytes: int
+    zip_bytes: int
+    baseline_gzip_bytes: int | None = None
+    compression: float | None = None
+    raw_ratio: float | None = None
+
+    def __str__(self) -> str:
+        lines = [
+            f"raw bytes   {self.raw_bytes:>12,}",
+            f"gzip bytes  {self.gzip_bytes:>12,}",
+            f"zip bytes   {self.zip_bytes:>12,}",
+        ]
+        if self.compression is not None:
+            lines.append(f"gzip compression vs baseline  {self.compression:.2f}x")
+            lines.append(f"raw  compression vs baseline  {self.raw_ratio:.2f}x")
+        return "\n".join(lines)
+
+
+def _interpreter(content: bytes, num_threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=content, num_threads=num_threads)
+    interp.allocate_tensors()
+    return interp
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if np.issubdtype(dtype, np.floating):
+        return x.astype(dtype)
+    scale, zero_point = detail["quantization"]
+    if scale == 0:
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    if np.issubdtype(np.dtype(detail["dtype"]), np.floating):
+        return y.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    if scale == 0:
+        return y.astype(np.float32)
+    return (y.astype(np.float32) - zero_point) * scale
+
+
+class TFLiteModel:
+    """A TFLite flatbuffer with size, inspection and evaluation helpers.
+
+    Args:
+        content: The flatbuffer bytes.
+        mode: The conversion mode it was made with, if known.
+
+    Example:
+
+    >>> import numpy as np, keras, collabopt.tflite
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> tfl = collabopt.tflite.convert(m, "float32")
+    >>> tfl.predict(np.zeros((5, 4), "float32")).shape
+    (5, 3)
+    """
+
+    def __init__(self, content: bytes, mode: str | None = None):
+        if not isinstance(content, (bytes, bytearray)) or len(content) < 8:
+            raise ValueError("TFLiteModel expects the bytes of a .tflite flatbuffer.")
+        if bytes(content[4:8]) != b"TFL3":
+            raise ValueError("not a TFLite flatbuffer (missing the 'TFL3' identifier).")
+        self.content = bytes(content)
+        self.mode = mode
+        self._interp = None
+
+    # --- files ---------------------------------------------------------------
+    def save(self, path) -> pathlib.Path:
+        """Writes the flatbuffer to ``path`` and returns the path."""
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.content)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "TFLiteModel":
+        """Reads a .tflite file."""
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return cls(path.read_bytes())
+
+    # --- sizes ---------------------------------------------------------------
+    def size_report(self, baseline: "TFLiteModel | None" = None) -> SizeReport:
+        """Raw, gzip (level 9) and zip sizes; ratios against ``baseline`` if given."""
+        gz = len(gzip.compress(self.content, 9))
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("model.tflite", self.content)
+        report = SizeReport(raw_bytes=len(self.content), gzip_bytes=gz, zip_bytes=len(buf.getvalue()))
+        if baseline is not None:
+            base = baseline.size_report()
+            report.baseline_gzip_bytes = base.gzip_bytes
+            report.compression = base.gzip_bytes / gz
+            report.raw_ratio = base.raw_bytes / report.raw_bytes
+        return report
+
+    # --- contents ------------------------------------------------------------
+    def inspect(self) -> InspectionReport:
+        """Per-tensor statistics (dtype, shape, zeros, unique values, quantization)."""
+        return tensor_stats(flatbuffer.parse(self.content))
+
+    def float_islands(self) -> list[dict]:
+        """Operators that still compute in float (empty for a fully integer model)."""
+        return float_islands(flatbuffer.parse(self.content))
+
+    def ops(self) -> list[str]:
+        """Builtin operator names in execution order."""
+        return [op.op for op in flatbuffer.parse(self.content).operators]
+
+    # --- running -------------------------------------------------------------
+    @property
+    def input_details(self) -> list[dict]:
+        return self._interpreter().get_input_details()
+
+    @property
+    def output_details(self) -> list[dict]:
+        return self._interpreter().get_output_details()
+
+    def _interpreter(self):
+        if self._interp is None:
+            self._interp = _interpreter(self.content)
+        return self._interp
+
+    def predict(self, x, batch_size: int = 256, *, dequantize: bool = True):
+        """Runs the model on ``x`` (an array, or a list of arrays for several inputs).
+
+        Float inputs are quantized with the input tensors' scale and zero point
+        for integer-I/O models, and integer outputs are dequantized (unless
+        ``dequantize=False``). Any number of samples; run in batches.
+
+        Returns:
+            One array, or a list of arrays for several outputs.
+        """
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]
+        xs = [np.asarray(a) for a in xs]
+        interp = self._interpreter()
+        ins = interp.get_input_details()
+        if len(xs) != len(ins):
+            raise ValueError(f"the model has {len(ins)} inputs, received {len(xs)} arrays.")
+        for a, d in zip(xs, ins):
+            if tuple(a.shape[1:]) != tuple(d["shape"][1:]):
+                raise ValueError(
+                    f"input '{d['name']}' expects samples of shape {tuple(d['shape'][1:])}, "
+                    f"received {tuple(a.shape[1:])}."
+                )
+        n = len(xs[0])
+        results = None
+        for start in range(0, n, batch_size):
+            chunk = [a[start : start + batch_size] for a in xs]
+            ins = interp.get_input_details()
+            if ins[0]["shape"][0] != len(chunk[0]):
+                for a, d in zip(chunk, ins):
+                    interp.resize_tensor_input(d["index"], [len(a)] + list(d["shape"][1:]))
+                interp.allocate_tensors()
+                ins = interp.get_input_details()
+            for a, d in zip(chunk, ins):
+                interp.set_tensor(d["index"], _quantize(a, d))
+            interp.invoke()
+            outs = interp.get_output_details()
+            values = [interp.get_tensor(d["index"]) for d in outs]
+            if dequantize:
+                values = [_dequantize(v, d) for v, d in zip(values, outs)]
+            results = [[v] for v in values] if results is None else [r + [v] for r, v in zip(results, values)]
+        merged = [np.concatenate(r) for r in results]
+        return merged[0] if len(merged) == 1 else merged
+
+    def evaluate(self, x, y, batch_size: int = 256) -> float:
+        """Top-1 accuracy on ``(x, y)`` (``y``: integer labels or one-hot)."""
+        pred = self.predict(x, batch_size)
+        if isinstance(pred, list):
+            pred = pred[0]
+        y = np.asarray(y)
+        if y.ndim > 1 and y.shape[-1] > 1:
+            y = y.argmax(-1)
+        y = y.reshape(-1)
+        if pred.shape[-1] == 1:
+            guess = (pred.reshape(-1) > 0.5).astype(y.dtype)
+        else:
+            guess = pred.reshape(len(pred), -1).argmax(-1)
+        return float(np.mean(guess == y))
+
+    def latency(self, runs: int = 200, warmup: int = 10, num_threads: int = 1) -> float:
+        """Median microseconds of one batch-1 inference (fresh interpreter)."""
+        interp = _interpreter(self.content, num_threads)
+        ins = interp.get_input_details()
+        for d in ins:
+            if d["shape"][0] != 1:
+                interp.resize_tensor_input(d["index"], [1] + list(d["shape"][1:]))
+        interp.allocate_tensors()
+        for d in interp.get_input_details():
+            interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        for _ in range(warmup):
+            interp.invoke()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            interp.invoke()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1e6
+
+    def __repr__(self) -> str:
+        return f"TFLiteModel(mode={self.mode!r}, raw_bytes={len(self.content)})"
+
+
+def load(path) -> TFLiteModel:
+    """Reads a .tflite file into a :class:`TFLiteModel`."""
+    return TFLiteModel.load(path)

@@ -1,0 +1,6 @@
+"""Rewriting Sequential, Functional and nested models layer by layer."""
+
+from collabopt.transform.clone import is_graph_model, is_opaque_model, iter_layers, map_layers
+from collabopt.transform.copy import copy_layer
+
+__all__ = ["copy_layer", "is_graph_model", "is_opaque_model", "iter_layers", "map_layers"]

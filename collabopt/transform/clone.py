@@ -1,0 +1,111 @@
+"""Rewriting a model layer by layer without touching the original."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import keras
+
+from collabopt.transform.copy import copy_layer
+
+LayerFn = Callable[[keras.layers.Layer], Optional[keras.layers.Layer]]
+
+
+def is_graph_model(model) -> bool:
+    """True for Sequential and Functional models (whose layer graph is known)."""
+    return isinstance(model, keras.Sequential) or _is_functional(model)
+
+
+def _is_functional(model) -> bool:
+    return isinstance(model, _functional_class()) and not isinstance(model, keras.Sequential)
+
+
+@functools.cache
+def _functional_class() -> type:
+    # Keras exports no public name for the Functional class; `keras.Model`
+    # called with inputs and outputs returns an instance of it, so its type
+    # is the class to test against (without importing keras.src).
+    inputs = keras.Input((1,))
+    return type(keras.Model(inputs, inputs))
+
+
+def is_opaque_model(layer) -> bool:
+    """True for a subclassed model/layer whose inner layers cannot be rewritten."""
+    return isinstance(layer, keras.Model) and not is_graph_model(layer)
+
+
+def map_layers(model, fn: LayerFn, *, what: str = "rewrite"):
+    """Returns a copy of ``model`` with ``fn`` applied to every layer.
+
+    ``fn`` receives a *copy* of each layer (weights included) and returns its
+    replacement, or ``None`` to keep the copy. Sequential, Functional (any
+    number of inputs and outputs, residual connections, layers shared between
+    call sites — ``fn`` is called once per shared layer) and nested models (a
+    Sequential or Functional used as a layer, rewritten recursively) are
+    supported. Layer names and weights are kept; ``model`` itself is never
+    modified.
+
+    Args:
+        model: A built ``keras.Sequential`` or Functional model, or a single
+            layer.
+        fn: ``layer -> replacement layer or None``.
+        what: Name of the operation for error messages.
+
+    Returns:
+        The rewritten model (or layer).
+
+    Raises:
+        ValueError: for a subclassed model, whose layer graph is unknown; the
+            message explains the alternative (apply the wrapper to layers
+            where the model builds them).
+
+    Example:
+
+    >>> import keras
+    >>> from collabopt.transform import map_layers
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> m2 = map_layers(m, lambda layer: None)   # a copy with the same weights
+    >>> [l.name for l in m2.layers] == [l.name for l in m.layers]
+    True
+    """
+    if not isinstance(model, keras.Model):
+        if isinstance(model, keras.layers.Layer):
+            copy = copy_layer(model)
+            result = fn(copy)
+            return copy if result is None else result
+        raise ValueError(f"{what}: expected a keras.Model or keras.layers.Layer, got {model!r}.")
+    if not is_graph_model(model):
+        raise ValueError(
+            f"{what}: model '{model.name}' is a subclassed keras.Model "
+            f"({type(model).__name__}); its layer graph is not known, so it cannot be "
+            "rewritten. Apply the collabopt wrapper to individual layers where the model "
+            "builds them (e.g. `self.conv = prune_low_magnitude(keras.layers.Conv2D(...))` "
+            "in __init__), or rebuild it as a Sequential or Functional model."
+        )
+    if not model.built:
+        raise ValueError(
+            f"{what}: model '{model.name}' is not built. Give it an Input (or call it on a "
+            "batch) before rewriting it."
+        )
+
+    def clone_function(layer):
+        copy = copy_layer(layer)
+        result = fn(copy)
+        return copy if result is None else result
+
+    return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+
+
+def iter_layers(model):
+    """Every leaf layer of a model (no InputLayers), descending into nested Sequential/Functional models."""
+    if not isinstance(model, keras.Model) or not is_graph_model(model):
+        yield model
+        return
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model) and is_graph_model(layer):
+            yield from iter_layers(layer)
+        else:
+            yield layer

@@ -1,0 +1,65 @@
+"""Shared test set-up: quiet TensorFlow, two logical CPUs for distribution tests, small fixtures."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Split the CPU into two logical devices (must happen before TF initialises
+# its devices) so MirroredStrategy tests run with two replicas.
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+except RuntimeError:  # devices already initialised by another plugin
+    pass
+
+import keras  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(0)
+    yield
+    keras.backend.clear_session()
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    from collabopt.datasets import digits
+
+    return digits()
+
+
+@pytest.fixture(scope="session")
+def trained_digits_cnn(digits_data):
+    """The reference CNN trained on digits for a few epochs (float top-1 ~95%+)."""
+    from collabopt.reference_models import compile_for_classification, reference_cnn
+
+    keras.utils.set_random_seed(0)
+    (x, y), _ = digits_data
+    model = compile_for_classification(reference_cnn((8, 8, 1)))
+    model.fit(x, y, epochs=8, batch_size=64, verbose=0)
+    return model
+
+
+def small_cnn(input_shape=(8, 8, 1), classes=10):
+    """A tiny Sequential CNN with a conv, pooling and dense layers."""
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(16, 3, activation="relu", name="conv"),
+            keras.layers.MaxPooling2D(name="pool"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(classes, name="dense"),
+        ],
+        name="small_cnn",
+    )
+
+
+def rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
