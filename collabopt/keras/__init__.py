@@ -4,8 +4,46 @@ Migrating from TFMOT is a rename: ``tfmot.sparsity.keras``,
 ``tfmot.clustering.keras`` and ``tfmot.quantization.keras`` all become
 ``collabopt.keras``. Nothing is defined here; names are re-exported from the
 technique packages.
+
+Example:
+
+>>> import keras, collabopt.keras as co
+>>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+>>> pruned = co.prune_low_magnitude(model, pruning_schedule=co.ConstantSparsity(0.5, 0))
 """
 
 from collabopt.layers import OptimizableLayer, WeightSpec, register_layer
+from collabopt.preserve import PreserveWrapper
+from collabopt.sparsity import (
+    ConstantSparsity,
+    PolynomialDecay,
+    PrunableLayer,
+    PruneForLatencyOnXNNPack,
+    PruneLowMagnitude,
+    PruningSchedule,
+    PruningSummaries,
+    UpdatePruningStep,
+    prune_low_magnitude,
+    prune_scope,
+    pruning_step,
+    strip_pruning,
+)
 
-__all__ = ["OptimizableLayer", "WeightSpec", "register_layer"]
+__all__ = [
+    "ConstantSparsity",
+    "OptimizableLayer",
+    "PolynomialDecay",
+    "PreserveWrapper",
+    "PrunableLayer",
+    "PruneForLatencyOnXNNPack",
+    "PruneLowMagnitude",
+    "PruningSchedule",
+    "PruningSummaries",
+    "UpdatePruningStep",
+    "WeightSpec",
+    "prune_low_magnitude",
+    "prune_scope",
+    "pruning_step",
+    "register_layer",
+    "strip_pruning",
+]

@@ -6,14 +6,16 @@ from collabopt.layers.registry import (
     OptimizableLayer,
     WeightSpec,
     call_with_weights,
+    declared_specs,
     get_variable,
     is_passthrough,
     optimizable_variables,
     register_layer,
+    register_weights_protocol,
     spec_for,
     weight_specs,
 )
-from collabopt.layers.wrapper import OptimizationWrapper, base_layer, wrapper_chain
+from collabopt.layers.wrapper import OptimizationWrapper, base_layer, remove_wrappers, wrapper_chain
 
 __all__ = [
     "PASSTHROUGH_LAYERS",
@@ -22,14 +24,17 @@ __all__ = [
     "WeightSpec",
     "base_layer",
     "call_with_weights",
+    "declared_specs",
     "from_channel_rows",
     "get_variable",
     "is_passthrough",
     "num_channels",
     "optimizable_variables",
     "register_layer",
+    "register_weights_protocol",
     "spec_for",
     "to_channel_rows",
     "weight_specs",
+    "remove_wrappers",
     "wrapper_chain",
 ]

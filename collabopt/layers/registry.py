@@ -162,15 +162,58 @@ for _cls, _specs in [
     _REGISTRY[_cls] = _specs
 
 
+# Methods a custom layer may define to declare its weights, in order of
+# preference. Techniques add their TFMOT-compatible protocols here
+# (``get_prunable_weights``, ``get_clusterable_weights``) so this module never
+# needs to know them.
+_PROTOCOL_METHODS: list[str] = ["get_optimizable_weights"]
+
+
+def register_weights_protocol(method_name: str) -> None:
+    """Lets layers declare their optimizable weights through ``method_name()``.
+
+    The method may return :class:`WeightSpec` objects, variables, or
+    ``(name, variable)`` pairs; for the latter two the output-channel axis is
+    the last and the input-channel axis the one before it.
+    """
+    if method_name not in _PROTOCOL_METHODS:
+        _PROTOCOL_METHODS.append(method_name)
+
+
+def _spec_from_declared(layer, item) -> WeightSpec:
+    if isinstance(item, WeightSpec):
+        return item
+    name, variable = item if isinstance(item, tuple) else (None, item)
+    if not isinstance(variable, keras.Variable):
+        raise ValueError(
+            f"layer '{layer.name}' ({type(layer).__name__}) declared {item!r} as an optimizable "
+            "weight; expected a WeightSpec, a keras.Variable or a (name, keras.Variable) pair."
+        )
+    name = name or variable.path.split("/")[-1]
+    rank = len(variable.shape)
+    return WeightSpec(name, (-1,), -2 if rank >= 2 else None)
+
+
+def declared_specs(layer, method_name: str) -> tuple[WeightSpec, ...] | None:
+    """Specs from one protocol method of ``layer`` (None if it does not define it)."""
+    method = getattr(layer, method_name, None)
+    if not callable(method) or isinstance(layer, type):
+        return None
+    return tuple(_spec_from_declared(layer, item) for item in method())
+
+
 def weight_specs(layer: keras.layers.Layer) -> tuple[WeightSpec, ...] | None:
     """The optimizable weights of ``layer``, or ``None`` if it is unsupported.
 
-    The :class:`OptimizableLayer` protocol wins over the registry; the registry
-    is searched along the class's MRO, so subclasses of supported layers are
-    supported. Layers in :data:`PASSTHROUGH_LAYERS` give an empty tuple.
+    A protocol method on the layer (:class:`OptimizableLayer`, or a technique's
+    TFMOT-style one) wins over the registry; the registry is searched along the
+    class's MRO, so subclasses of supported layers are supported. Layers in
+    :data:`PASSTHROUGH_LAYERS` give an empty tuple.
     """
-    if isinstance(layer, OptimizableLayer) and not isinstance(layer, type):
-        return tuple(layer.get_optimizable_weights())
+    for method_name in _PROTOCOL_METHODS:
+        specs = declared_specs(layer, method_name)
+        if specs is not None:
+            return specs
     for cls in type(layer).__mro__:
         if cls in _REGISTRY:
             # A Conv2D subclass that changes the convolution (e.g. Keras'

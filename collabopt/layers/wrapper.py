@@ -88,8 +88,47 @@ class OptimizationWrapper(keras.layers.Wrapper):
         outputs = call_with_weights(self.base_layer, inputs, weights, training=training, **kwargs)
         return self.transform_outputs(outputs, training)
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+    def compute_output_spec(self, *args, **kwargs):
+        # The base layer decides the output; layers without
+        # compute_output_shape are traced symbolically by Keras.
+        return self.base_layer.compute_output_spec(*args, **kwargs)
+
+    # --- serialization -------------------------------------------------------
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
+        return cls.from_config_with_layer(config, layer)
+
+    @classmethod
+    def from_config_with_layer(cls, config: dict, layer):
+        """Builds this wrapper class around ``layer`` from a config without its ``layer`` entry."""
+        return cls(layer, **cls.deserialize_config(dict(config)))
+
+    @classmethod
+    def deserialize_config(cls, config: dict) -> dict:
+        """Turns serialized config entries back into objects. Override when needed."""
+        return config
+
+    def own_variables(self) -> list:
+        """This wrapper's own variables (not those of the layer it wraps)."""
+        inner = {id(v) for v in self.layer.weights}
+        return [v for v in self.weights if id(v) not in inner]
+
+    def rewrap(self, new_inner) -> "OptimizationWrapper":
+        """A copy of this wrapper (config and own state) around ``new_inner``."""
+        config = self.get_config()
+        config.pop("layer")
+        new = type(self).from_config_with_layer(config, new_inner)
+        build_config = self.get_build_config()
+        if build_config:
+            new.build_from_config(build_config)
+        values = {v.path.split("/")[-1]: v for v in self.own_variables()}
+        for variable in new.own_variables():
+            source = values.get(variable.path.split("/")[-1])
+            if source is not None and tuple(source.shape) == tuple(variable.shape):
+                variable.assign(source.value)
+        return new
 
     # --- leaving the wrapper -------------------------------------------------
     def final_weights(self) -> dict:
@@ -126,3 +165,32 @@ def base_layer(layer) -> keras.layers.Layer:
     while isinstance(layer, OptimizationWrapper):
         layer = layer.layer
     return layer
+
+
+def remove_wrappers(layer, predicate):
+    """``layer``'s chain without the wrappers for which ``predicate`` is true.
+
+    The removed wrappers' effect is baked into the base layer's weights; the
+    wrappers outside them are rebuilt around the result with their own state.
+    Returns ``None`` if no wrapper matches. The removed wrappers must be the
+    innermost ones of the chain (e.g. pruning under clustering); otherwise the
+    outer technique would have to be re-derived, and a ValueError says which
+    one to strip first.
+    """
+    chain = list(reversed(wrapper_chain(layer)))  # innermost first
+    if not any(predicate(w) for w in chain):
+        return None
+    k = 0
+    while k < len(chain) and predicate(chain[k]):
+        k += 1
+    blocking = [w for w in chain[:k]]
+    later = [w for w in chain[k:] if predicate(w)]
+    if later:
+        raise ValueError(
+            f"layer '{base_layer(layer).name}': cannot strip {type(later[0]).__name__} from inside "
+            f"{type(chain[k]).__name__}; strip the outer technique first."
+        )
+    current = blocking[-1].stripped()
+    for wrapper in chain[k:]:
+        current = wrapper.rewrap(current)
+    return current

@@ -1,6 +1,12 @@
 """Rewriting Sequential, Functional and nested models layer by layer."""
 
+from collabopt.transform.apply import PASS, UNSUPPORTED, WRAP, any_layer, apply_per_layer
 from collabopt.transform.clone import is_graph_model, is_opaque_model, iter_layers, map_layers
 from collabopt.transform.copy import copy_layer
 
-__all__ = ["copy_layer", "is_graph_model", "is_opaque_model", "iter_layers", "map_layers"]
+__all__ = [
+    "PASS",
+    "UNSUPPORTED",
+    "WRAP",
+    "any_layer",
+    "apply_per_layer","copy_layer", "is_graph_model", "is_opaque_model", "iter_layers", "map_layers"]

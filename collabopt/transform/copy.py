@@ -12,11 +12,15 @@ def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     the structure, ``get_build_config``/``build_from_config`` to create the
     variables, and ``get_weights``/``set_weights`` for their values.
     """
-    # safe_mode=False: the config comes from a live, in-memory layer the caller
-    # already runs (e.g. a Lambda), not from an untrusted file.
-    new = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(layer), safe_mode=False
-    )
+    # `from_config` of the live class (as keras.models.clone_model does), with
+    # the classes of the layer and of any layers it wraps in scope, so custom
+    # layers need not be registered to be copied in memory.
+    classes, current = {}, layer
+    while current is not None:
+        classes[type(current).__name__] = type(current)
+        current = getattr(current, "layer", None) if isinstance(current, keras.layers.Wrapper) else None
+    with keras.saving.custom_object_scope(classes):
+        new = type(layer).from_config(layer.get_config())
     if layer.built:
         build_config = layer.get_build_config()
         if build_config and not new.built:

@@ -1,0 +1,35 @@
+"""The preserve registry: constraint kinds and how stages record, derive, keep and save them.
+
+The one place that knows constraint kinds (sparsity, clusters, ...). A stage
+records its constraint as state in its wrapper's variables; a later stage
+asks :func:`constraints_on` what the chain inside it guarantees and keeps it,
+or wraps a stripped layer in a :class:`PreserveWrapper` that derives the state
+from the weights.
+"""
+
+from collabopt.preserve.kinds import (
+    SPARSITY,
+    Constraint,
+    ConstraintKind,
+    SparsityKind,
+    StateVariable,
+    get_kind,
+    known_kinds,
+    register_kind,
+)
+from collabopt.preserve.registry import constraints_on, derive_constraint
+from collabopt.preserve.wrapper import PreserveWrapper
+
+__all__ = [
+    "SPARSITY",
+    "Constraint",
+    "ConstraintKind",
+    "PreserveWrapper",
+    "SparsityKind",
+    "StateVariable",
+    "constraints_on",
+    "derive_constraint",
+    "get_kind",
+    "known_kinds",
+    "register_kind",
+]

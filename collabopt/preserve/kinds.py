@@ -1,0 +1,127 @@
+"""Constraint kinds: what a stage promises about a weight, as explicit state.
+
+A *kind* (sparsity, clusters, ...) knows
+
+* which state variables describe one constraint on a weight (``state_spec``),
+* how to derive that state from plain weight values, for models that arrive
+  already stripped (``derive``; returns a warning when the derivation is a
+  guess),
+* how to project a weight onto the constraint (``project``).
+
+The state itself lives in the variables of the wrapper that owns the
+constraint (so it is saved in ``.keras`` files); a :class:`Constraint` is a
+view pairing a kind with those variables. New kinds join with
+:func:`register_kind`; nothing else in the library changes.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+from keras import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class StateVariable:
+    """Shape, dtype and trainability of one state variable of a constraint."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    trainable: bool = False
+
+
+class ConstraintKind(abc.ABC):
+    """Base class of constraint kinds. Subclasses set ``name`` and implement the methods."""
+
+    name: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def state_spec(self, weight_shape, spec, options: dict) -> dict[str, StateVariable]:
+        """The state variables one constraint on a weight of ``weight_shape`` needs."""
+
+    @abc.abstractmethod
+    def derive(self, value: np.ndarray, spec, options: dict) -> tuple[dict[str, np.ndarray], str | None]:
+        """State values derived from plain weight values, and a warning (or None)."""
+
+    @abc.abstractmethod
+    def project(self, state: dict, weight):
+        """``weight`` projected onto the constraint described by ``state``."""
+
+
+_KINDS: dict[str, ConstraintKind] = {}
+
+
+def register_kind(kind: ConstraintKind) -> ConstraintKind:
+    """Adds a constraint kind to the registry (by its ``name``)."""
+    if not kind.name:
+        raise ValueError(f"constraint kind {type(kind).__name__} has no name.")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> ConstraintKind:
+    """The registered kind called ``name`` (ValueError listing the known kinds otherwise)."""
+    if name not in _KINDS:
+        raise ValueError(f"unknown constraint kind {name!r}; known kinds: {sorted(_KINDS)}.")
+    return _KINDS[name]
+
+
+def known_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+@dataclasses.dataclass
+class Constraint:
+    """One constraint on one weight: a kind and the variables holding its state.
+
+    Attributes:
+        kind: The :class:`ConstraintKind`.
+        state: State name -> variable (owned by a wrapper).
+        owner: Name of the wrapper that owns the state.
+    """
+
+    kind: ConstraintKind
+    state: dict
+    owner: str = ""
+
+    def project(self, weight):
+        return self.kind.project(self.state, weight)
+
+    def numpy_state(self) -> dict[str, np.ndarray]:
+        return {k: ops.convert_to_numpy(v) for k, v in self.state.items()}
+
+
+class SparsityKind(ConstraintKind):
+    """Pruned weights: a 0/1 mask of the weight's shape; projection multiplies by it.
+
+    Derived from a stripped weight as ``value != 0``. That is a guess when the
+    weight has few exact zeros (a float weight is rarely exactly zero unless it
+    was pruned), so deriving warns when fewer than 5% of the values are zero.
+    """
+
+    name = "sparsity"
+
+    def state_spec(self, weight_shape, spec, options):
+        return {"mask": StateVariable(tuple(weight_shape), "float32", False)}
+
+    def derive(self, value, spec, options):
+        mask = (value != 0).astype(np.float32)
+        zeros = 1.0 - float(mask.mean()) if mask.size else 0.0
+        warning = None
+        if zeros == 0.0:
+            warning = "has no exact zeros; the derived sparsity constraint keeps nothing at zero"
+        elif zeros < 0.05:
+            warning = (
+                f"has only {100 * zeros:.2f}% exact zeros; treating them as pruned may keep "
+                "zeros that pruning did not create"
+            )
+        return {"mask": mask}, warning
+
+    def project(self, state, weight):
+        return weight * ops.cast(state["mask"], weight.dtype)
+
+
+SPARSITY = register_kind(SparsityKind())

@@ -1,0 +1,104 @@
+"""PreserveWrapper: holds constraints derived from a stripped layer's weights."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+from keras import ops
+
+from collabopt.layers import OptimizationWrapper
+from collabopt.preserve.kinds import Constraint, get_kind
+from collabopt.preserve.registry import derive_constraint
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class PreserveWrapper(OptimizationWrapper):
+    """Keeps constraints that no wrapper inside it records (the layer arrived stripped).
+
+    At build time each requested kind's state is derived from the wrapped
+    weight's current values (with a warning when that is a guess) and stored in
+    this wrapper's variables; every forward pass projects the weight onto it.
+    Later stages (clustering, QAT) put one of these under themselves when asked
+    to preserve a constraint that the chain does not already record.
+
+    Args:
+        layer: The layer (or wrapper chain) to constrain.
+        constraints: ``{weight_name: [kind_name, ...]}``.
+        options: ``{kind_name: {option: value}}`` passed to the kinds.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from collabopt.preserve import PreserveWrapper
+    >>> dense = keras.layers.Dense(2)
+    >>> dense.build((None, 4)); dense.kernel.assign(np.eye(4, 2, dtype="float32"))
+    >>> kept = PreserveWrapper(dense, constraints={"kernel": ["sparsity"]})
+    >>> kept.build((None, 4)); int(kept.recorded_constraints()["kernel"][0].state["mask"].numpy().sum())
+    2
+    """
+
+    def __init__(self, layer, constraints: dict, options: dict | None = None, **kwargs):
+        kwargs.setdefault("name", f"preserve_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.constraint_names = {k: list(v) for k, v in constraints.items()}
+        self.options = dict(options or {})
+        for kinds in self.constraint_names.values():
+            for kind in kinds:
+                get_kind(kind)  # validates the name
+        self._state: dict[str, dict[str, dict]] = {}
+
+    def build_wrapper(self, input_shape):
+        for weight_name, kinds in self.constraint_names.items():
+            spec = self.spec(weight_name)
+            shape = tuple(self.effective_weights_inner()[weight_name].shape)
+            self._state[weight_name] = {}
+            for kind_name in kinds:
+                kind = get_kind(kind_name)
+                options = self.options.get(kind_name, {})
+                values, warning = derive_constraint(self.layer, weight_name, kind_name, options)
+                if warning:
+                    warnings.warn(
+                        f"layer '{self.base_layer.name}': weight '{weight_name}' {warning}.",
+                        stacklevel=3,
+                    )
+                state = {}
+                for state_name, sv in kind.state_spec(shape, spec, options).items():
+                    var = self.add_weight(
+                        name=f"{weight_name}_{kind_name}_{state_name}",
+                        shape=sv.shape,
+                        dtype=sv.dtype,
+                        initializer="zeros",
+                        trainable=sv.trainable,
+                        aggregation="only_first_replica" if not sv.trainable else "none",
+                    )
+                    var.assign(ops.cast(values[state_name], sv.dtype))
+                    state[state_name] = var
+                self._state[weight_name][kind_name] = state
+
+    def effective_weights_inner(self) -> dict:
+        if isinstance(self.layer, OptimizationWrapper):
+            return self.layer.effective_weights(False)
+        from collabopt.layers import optimizable_variables
+
+        return optimizable_variables(self.layer)
+
+    def recorded_constraints(self) -> dict:
+        return {
+            w: [Constraint(get_kind(k), state, self.name) for k, state in kinds.items()]
+            for w, kinds in self._state.items()
+        }
+
+    def transform_weights(self, weights, training):
+        out = dict(weights)
+        for weight_name, kinds in self._state.items():
+            w = out[weight_name]
+            for kind_name, state in kinds.items():
+                w = get_kind(kind_name).project(state, w)
+            out[weight_name] = w
+        return out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"constraints": self.constraint_names, "options": self.options})
+        return config

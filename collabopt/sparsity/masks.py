@@ -1,0 +1,59 @@
+"""Mask functions: which weights to zero for a target sparsity.
+
+All functions take the weight to rank (already multiplied by the current mask,
+so pruned weights stay pruned) and return a 0/1 mask of the weight's shape.
+The per-layer magnitude mask zeroes exactly ``round(sparsity * size)``
+weights (ranking breaks ties), so a kernel's sparsity equals the target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import ops
+
+POOLING_TYPES = ("AVG", "MAX")
+
+
+def _rank_mask(scores, sparsity):
+    """1 for all but the ``round(sparsity * n)`` smallest scores of a flat tensor."""
+    n = int(scores.shape[0])
+    k = ops.cast(ops.round(ops.cast(sparsity, "float32") * n), "int32")
+    ranks = ops.argsort(ops.argsort(scores))  # 0 = smallest
+    return ops.cast(ops.greater_equal(ops.cast(ranks, "int32"), k), "float32")
+
+
+def magnitude_mask(weight, sparsity):
+    """Zeroes the ``round(sparsity * size)`` smallest-magnitude weights."""
+    flat = ops.reshape(ops.abs(weight), (-1,))
+    return ops.reshape(_rank_mask(flat, sparsity), ops.shape(weight))
+
+
+def block_mask(weight, sparsity, block_size, pooling_type="AVG"):
+    """Zeroes whole ``block_size`` blocks of a rank-2 weight, ranked by pooled magnitude.
+
+    The weight is padded to a multiple of the block size; blocks are scored by
+    the average (``"AVG"``) or maximum (``"MAX"``) magnitude of their entries.
+    """
+    rows, cols = (int(s) for s in weight.shape)
+    bh, bw = block_size
+    ph, pw = -rows % bh, -cols % bw
+    padded = ops.pad(ops.abs(weight), [[0, ph], [0, pw]])
+    blocks = ops.reshape(padded, ((rows + ph) // bh, bh, (cols + pw) // bw, bw))
+    pooled = ops.mean(blocks, axis=(1, 3)) if pooling_type == "AVG" else ops.max(blocks, axis=(1, 3))
+    block = ops.reshape(_rank_mask(ops.reshape(pooled, (-1,)), sparsity), ops.shape(pooled))
+    full = ops.repeat(ops.repeat(block, bh, axis=0), bw, axis=1)
+    return full[:rows, :cols]
+
+
+def m_by_n_mask(weight, m, n, input_axis):
+    """Keeps the ``m`` largest-magnitude weights of every ``n`` consecutive ones along ``input_axis``."""
+    rank = len(weight.shape)
+    axis = input_axis % rank
+    perm = [a for a in range(rank) if a != axis] + [axis]
+    moved = ops.transpose(ops.abs(weight), perm)
+    moved_shape = ops.shape(moved)
+    groups = ops.reshape(moved, (-1, n))
+    order = ops.argsort(ops.argsort(-groups, axis=-1), axis=-1)  # 0 = largest in its group
+    keep = ops.cast(ops.less(order, m), "float32")
+    inverse = list(np.argsort(perm))
+    return ops.transpose(ops.reshape(keep, moved_shape), inverse)

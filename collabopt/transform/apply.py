@@ -1,0 +1,97 @@
+"""Applying a per-layer wrapper to a layer, a list of layers or a whole model."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import keras
+
+from collabopt.transform.clone import is_opaque_model, iter_layers, map_layers
+
+WRAP, PASS, UNSUPPORTED = "wrap", "pass", "unsupported"
+
+
+def apply_per_layer(
+    target,
+    *,
+    classify: Callable[[keras.layers.Layer], str],
+    wrap: Callable[[keras.layers.Layer], keras.layers.Layer],
+    what: str,
+    accepted: str,
+):
+    """Wraps the layers of ``target`` that ``classify`` accepts.
+
+    Args:
+        target: A layer (wrapped as is, for building models), a list of layers
+            (each must be wrappable), or a Sequential / Functional / nested
+            model (rewritten into a new model; the input is not modified).
+        classify: ``layer -> WRAP | PASS | UNSUPPORTED``; raises ValueError for
+            layers that must not be wrapped (e.g. already wrapped).
+        wrap: ``layer -> wrapper``.
+        what: The public function's name, for messages.
+        accepted: What would be accepted, for the error on an explicit layer.
+
+    Returns:
+        The wrapped layer, list, or new model. Unsupported layers of a model
+        pass through with one warning listing them.
+    """
+
+    def explicit(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(f"{what}: expected a keras layer or model; received {layer!r}.")
+        status = classify(layer)
+        if status != WRAP:
+            raise ValueError(
+                f"{what}: layer '{layer.name}' ({type(layer).__name__}) has nothing it can "
+                f"transform; accepted: {accepted}."
+            )
+        return layer
+
+    if isinstance(target, (list, tuple)):
+        layers = [explicit(layer) for layer in target]  # validate all before wrapping any
+        return [wrap(layer) for layer in layers]
+    if isinstance(target, keras.Model):
+        skipped: list[str] = []
+
+        def fn(layer):
+            if is_opaque_model(layer):
+                inner = [l for l in _sublayers(layer) if classify(l) == WRAP]
+                if inner:
+                    raise ValueError(
+                        f"{what}: '{layer.name}' is a subclassed model nested in '{target.name}' and "
+                        f"holds layers to transform ({', '.join(l.name for l in inner[:5])}); its graph "
+                        "cannot be rewritten. Wrap those layers where the subclassed model builds them."
+                    )
+                return None
+            status = classify(layer)
+            if status == WRAP:
+                return wrap(layer)
+            if status == UNSUPPORTED:
+                skipped.append(f"{layer.name} ({type(layer).__name__})")
+            return None
+
+        result = map_layers(target, fn, what=what)
+        if skipped:
+            warnings.warn(
+                f"{what}: left unchanged {len(skipped)} layer(s) it does not support: {', '.join(skipped)}.",
+                stacklevel=3,
+            )
+        return result
+    if isinstance(target, keras.layers.Layer):
+        return wrap(explicit(target))
+    raise ValueError(f"{what}: expected a keras layer, a list of layers or a model; received {target!r}.")
+
+
+def _sublayers(layer):
+    """Layers tracked inside a subclassed model (``Model.layers`` is public), recursively."""
+    out = []
+    for sub in getattr(layer, "layers", []):
+        out.append(sub)
+        out.extend(_sublayers(sub))
+    return out
+
+
+def any_layer(model, predicate) -> list[keras.layers.Layer]:
+    """Leaf layers of ``model`` for which ``predicate`` holds."""
+    return [layer for layer in iter_layers(model) if predicate(layer)]
