@@ -12,6 +12,14 @@ Example:
 >>> pruned = co.prune_low_magnitude(model, pruning_schedule=co.ConstantSparsity(0.5, 0))
 """
 
+from collabopt.clustering import (
+    CentroidInitialization,
+    ClusterableLayer,
+    ClusterWeights,
+    cluster_scope,
+    cluster_weights,
+    strip_clustering,
+)
 from collabopt.layers import OptimizableLayer, WeightSpec, register_layer
 from collabopt.preserve import PreserveWrapper
 from collabopt.sparsity import (
@@ -30,6 +38,12 @@ from collabopt.sparsity import (
 )
 
 __all__ = [
+    "CentroidInitialization",
+    "ClusterWeights",
+    "ClusterableLayer",
+    "cluster_scope",
+    "cluster_weights",
+    "strip_clustering",
     "ConstantSparsity",
     "OptimizableLayer",
     "PolynomialDecay",

@@ -7,6 +7,7 @@ or wraps a stripped layer in a :class:`PreserveWrapper` that derives the state
 from the weights.
 """
 
+from collabopt.preserve.clusters import CLUSTERS, ClustersKind, gather_clustered
 from collabopt.preserve.kinds import (
     SPARSITY,
     Constraint,
@@ -21,6 +22,9 @@ from collabopt.preserve.registry import constraints_on, derive_constraint
 from collabopt.preserve.wrapper import PreserveWrapper
 
 __all__ = [
+    "CLUSTERS",
+    "ClustersKind",
+    "gather_clustered",
     "SPARSITY",
     "Constraint",
     "ConstraintKind",

@@ -46,9 +46,13 @@ class ConstraintKind(abc.ABC):
     def derive(self, value: np.ndarray, spec, options: dict) -> tuple[dict[str, np.ndarray], str | None]:
         """State values derived from plain weight values, and a warning (or None)."""
 
+    def record_options(self, values: dict, options: dict) -> dict:
+        """Options to save after deriving ``values`` (e.g. a derived size). Default: unchanged."""
+        return options
+
     @abc.abstractmethod
-    def project(self, state: dict, weight):
-        """``weight`` projected onto the constraint described by ``state``."""
+    def project(self, state: dict, weight, spec=None):
+        """``weight`` (with :class:`WeightSpec` ``spec``) projected onto the constraint ``state``."""
 
 
 _KINDS: dict[str, ConstraintKind] = {}
@@ -86,9 +90,10 @@ class Constraint:
     kind: ConstraintKind
     state: dict
     owner: str = ""
+    spec: object = None
 
     def project(self, weight):
-        return self.kind.project(self.state, weight)
+        return self.kind.project(self.state, weight, self.spec)
 
     def numpy_state(self) -> dict[str, np.ndarray]:
         return {k: ops.convert_to_numpy(v) for k, v in self.state.items()}
@@ -120,7 +125,7 @@ class SparsityKind(ConstraintKind):
             )
         return {"mask": mask}, warning
 
-    def project(self, state, weight):
+    def project(self, state, weight, spec=None):
         return weight * ops.cast(state["mask"], weight.dtype)
 
 

@@ -55,8 +55,11 @@ class PreserveWrapper(OptimizationWrapper):
             self._state[weight_name] = {}
             for kind_name in kinds:
                 kind = get_kind(kind_name)
-                options = self.options.get(kind_name, {})
-                values, warning = derive_constraint(self.layer, weight_name, kind_name, options)
+                values, warning = derive_constraint(
+                    self.layer, weight_name, kind_name, dict(self.options.get(kind_name, {}))
+                )
+                # Saved options (from a .keras file) win over the derived ones.
+                options = self.options[kind_name] = kind.record_options(values, self.options.get(kind_name, {}))
                 if warning:
                     warnings.warn(
                         f"layer '{self.base_layer.name}': weight '{weight_name}' {warning}.",
@@ -72,7 +75,8 @@ class PreserveWrapper(OptimizationWrapper):
                         trainable=sv.trainable,
                         aggregation="only_first_replica" if not sv.trainable else "none",
                     )
-                    var.assign(ops.cast(values[state_name], sv.dtype))
+                    if tuple(values[state_name].shape) == tuple(sv.shape):
+                        var.assign(ops.cast(values[state_name], sv.dtype))
                     state[state_name] = var
                 self._state[weight_name][kind_name] = state
 
@@ -85,7 +89,7 @@ class PreserveWrapper(OptimizationWrapper):
 
     def recorded_constraints(self) -> dict:
         return {
-            w: [Constraint(get_kind(k), state, self.name) for k, state in kinds.items()]
+            w: [Constraint(get_kind(k), state, self.name, self.spec(w)) for k, state in kinds.items()]
             for w, kinds in self._state.items()
         }
 
@@ -94,7 +98,7 @@ class PreserveWrapper(OptimizationWrapper):
         for weight_name, kinds in self._state.items():
             w = out[weight_name]
             for kind_name, state in kinds.items():
-                w = get_kind(kind_name).project(state, w)
+                w = get_kind(kind_name).project(state, w, self.spec(weight_name))
             out[weight_name] = w
         return out
 
