@@ -185,3 +185,23 @@ def test_explicit_layer_without_weights_and_double_clustering():
     clustered = co.cluster_weights(small_cnn(), number_of_clusters=4)
     with pytest.raises(ValueError, match="layer 'conv' is already clustered"):
         co.cluster_weights(clustered, number_of_clusters=4)
+
+
+class Clusterable(keras.layers.Layer):
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], 6), name="w")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.w)
+
+    def get_clusterable_weights(self):
+        return [("w", self.w)]
+
+
+def test_clusterable_layer_protocol():
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, Clusterable(name="custom")(inputs))
+    clustered = co.cluster_weights(model, number_of_clusters=3)
+    _fit(clustered, rand(16, 8), rand(16, 6))
+    w = clustered.get_layer("cluster_custom").final_weights()["w"]
+    assert len(np.unique(w)) <= 3

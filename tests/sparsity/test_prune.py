@@ -333,3 +333,12 @@ def test_pruning_twice_and_explicit_unprunable_layer():
         co.prune_low_magnitude(pruned)
     with pytest.raises(ValueError, match=r"layer 'pool' \(MaxPooling2D\) has nothing it can transform"):
         co.prune_low_magnitude([L.Dense(3), L.MaxPooling2D(name="pool")])
+
+
+def test_xnnpack_policy_prunes_only_pointwise_convs():
+    inputs = keras.Input((8, 8, 4))
+    x = L.Conv2D(8, 3, padding="same", name="spatial")(inputs)
+    x = L.Conv2D(8, 1, name="pointwise")(x)
+    model = keras.Model(inputs, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(x)))
+    pruned = co.prune_low_magnitude(model, pruning_policy=co.PruneForLatencyOnXNNPack())
+    assert {w.base_layer.name for w in _wrappers(pruned)} == {"pointwise"}
