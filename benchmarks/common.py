@@ -42,3 +42,36 @@ def tfmot_step_time(technique, steps=60, batch_size=64, repeats=3):
         if line.startswith("{"):
             return json.loads(line)
     return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+
+
+def overhead_section(label, make_plain, make_wrapped, technique, skip_peer, table):
+    """Markdown for "(a) training-step overhead": ours vs plain Keras 3, and TFMOT vs plain tf_keras."""
+    plain, ours = [], []
+    for _ in range(2):  # interleaved, so both see the machine in the same state
+        plain.append(step_time(make_plain()))
+        ours.append(step_time(make_wrapped()))
+    plain_s, ours_s = min(plain), min(ours)
+    rows = [
+        {"model": "plain Keras 3", "ms/step": f"{1e3 * plain_s:.2f}", "ratio": "1.00x"},
+        {"model": f"collabopt {label}", "ms/step": f"{1e3 * ours_s:.2f}", "ratio": f"{ours_s / plain_s:.2f}x"},
+    ]
+    note = ""
+    if not skip_peer:
+        peer = tfmot_step_time(technique)
+        if "error" in peer:
+            note = f"\nTFMOT peer failed: {peer['error']}\n"
+        else:
+            rows.append({"model": "plain tf_keras (peer's baseline)", "ms/step": f"{1e3 * peer['plain_s']:.2f}", "ratio": "1.00x"})
+            rows.append(
+                {
+                    "model": f"TFMOT {peer['tfmot_version']} {label}",
+                    "ms/step": f"{1e3 * peer['wrapped_s']:.2f}",
+                    "ratio": f"{peer['wrapped_s'] / peer['plain_s']:.2f}x",
+                }
+            )
+            note = f"\ncollabopt / TFMOT step time: {ours_s / peer['wrapped_s']:.2f}x\n"
+    return (
+        "### (a) training-step overhead\n\nReference CNN (28x28x1), batch 64, Adam, best of 3 epochs of 60 "
+        "steps after warm-up; each ratio is against the plain model of the same framework.\n\n"
+        + table(rows) + "\n" + note
+    )

@@ -27,40 +27,19 @@ import collabopt.keras as co  # noqa: E402
 import collabopt.tflite as ct  # noqa: E402
 from collabopt import datasets  # noqa: E402
 from collabopt.reference_models import compile_for_classification, reference_cnn  # noqa: E402
-from common import step_time, tfmot_step_time  # noqa: E402
+from common import overhead_section  # noqa: E402
 from results_file import table, write_section  # noqa: E402
 
 
-def overhead(skip_peer: bool) -> str:
+def overhead(skip_peer):
     keras.utils.set_random_seed(0)
-    plain = []
-    ours = []
-    for _ in range(2):  # interleave to share the machine's state fairly
-        plain.append(step_time(reference_cnn()))
-        ours.append(step_time(co.prune_low_magnitude(reference_cnn(), co.ConstantSparsity(0.5, 0, frequency=100))))
-    plain_s, ours_s = min(plain), min(ours)
-    rows = [
-        {"model": "plain Keras 3", "ms/step": f"{1e3 * plain_s:.2f}", "ratio": "1.00x"},
-        {"model": "collabopt prune_low_magnitude", "ms/step": f"{1e3 * ours_s:.2f}", "ratio": f"{ours_s / plain_s:.2f}x"},
-    ]
-    text = ""
-    if not skip_peer:
-        peer = tfmot_step_time("prune")
-        if "error" in peer:
-            text = f"\nTFMOT peer failed: {peer['error']}\n"
-        else:
-            rows.append({"model": "plain tf_keras (peer's baseline)", "ms/step": f"{1e3 * peer['plain_s']:.2f}", "ratio": "1.00x"})
-            rows.append(
-                {
-                    "model": f"TFMOT {peer['tfmot_version']} prune_low_magnitude",
-                    "ms/step": f"{1e3 * peer['wrapped_s']:.2f}",
-                    "ratio": f"{peer['wrapped_s'] / peer['plain_s']:.2f}x",
-                }
-            )
-            text = f"\ncollabopt / TFMOT step time: {ours_s / peer['wrapped_s']:.2f}x\n"
-    return (
-        "### (a) training-step overhead\n\nReference CNN, batch 64, Adam, best of 3 epochs of 60 steps "
-        "after warm-up; ratios are against the plain model of the same framework.\n\n" + table(rows) + "\n" + text
+    return overhead_section(
+        "prune_low_magnitude (50%)",
+        reference_cnn,
+        lambda: co.prune_low_magnitude(reference_cnn(), co.ConstantSparsity(0.5, 0, frequency=100)),
+        "prune",
+        skip_peer,
+        table,
     )
 
 

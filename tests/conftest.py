@@ -63,3 +63,15 @@ def small_cnn(input_shape=(8, 8, 1), classes=10):
 
 def rand(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """One MirroredStrategy over two logical CPUs for the whole session.
+
+    Several MirroredStrategy objects in one process can reuse collective
+    instance keys and abort each other's all-reduce, so tests share this one.
+    """
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")[:2]]
+    assert len(cpus) == 2, "conftest should have split the CPU into two logical devices"
+    return tf.distribute.MirroredStrategy(cpus)

@@ -13,6 +13,7 @@ from collabopt.layers import (
     register_weights_protocol,
     remove_wrappers,
     spec_for,
+    transformable_weight_names,
     weight_specs,
     wrapper_chain,
 )
@@ -94,7 +95,7 @@ def cluster_weights(
 
     def wrap(layer):
         base = base_layer(layer)
-        names = ClusterWeights(base, number_of_clusters).weight_names()
+        names = transformable_weight_names(base, ClusterWeights.protocol_method)
         if layer.built:
             for name in names:
                 value = optimizable_variables(base)[name]

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from collabopt.clustering.init import CentroidInitialization, init_centroids, parse_init
-from collabopt.layers import OptimizationWrapper, declared_specs, num_channels, to_channel_rows
+from collabopt.layers import OptimizationWrapper, num_channels, to_channel_rows
 from collabopt.preserve import CLUSTERS, Constraint, constraints_on, gather_clustered
 
 AGGREGATIONS = ("SUM", "AVG")
@@ -82,18 +82,7 @@ class ClusterWeights(OptimizationWrapper):
         self.centroids: dict = {}
         self.indices: dict = {}
 
-    def weight_names(self):
-        declared = declared_specs(self.base_layer, "get_clusterable_weights")
-        if declared is not None:
-            return [s.name for s in declared]
-        return super().weight_names()
-
-    def inner_weights(self, training=False) -> dict:
-        if isinstance(self.layer, OptimizationWrapper):
-            return self.layer.effective_weights(training)
-        from collabopt.layers import optimizable_variables
-
-        return optimizable_variables(self.layer)
+    protocol_method = "get_clusterable_weights"
 
     def _sparsity_mask(self, name):
         if not self.preserve_sparsity:

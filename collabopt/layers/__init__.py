@@ -15,7 +15,13 @@ from collabopt.layers.registry import (
     spec_for,
     weight_specs,
 )
-from collabopt.layers.wrapper import OptimizationWrapper, base_layer, remove_wrappers, wrapper_chain
+from collabopt.layers.wrapper import (
+    OptimizationWrapper,
+    base_layer,
+    remove_wrappers,
+    transformable_weight_names,
+    wrapper_chain,
+)
 
 __all__ = [
     "PASSTHROUGH_LAYERS",
@@ -34,6 +40,7 @@ __all__ = [
     "register_weights_protocol",
     "spec_for",
     "to_channel_rows",
+    "transformable_weight_names",
     "weight_specs",
     "remove_wrappers",
     "wrapper_chain",

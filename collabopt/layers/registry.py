@@ -298,6 +298,8 @@ def call_with_weights(
     Returns:
         The layer's outputs computed with the replacement weights.
     """
+    if not weights:
+        return layer(inputs, **kwargs)
     specs = {s.name: s for s in weight_specs(layer) or ()}
     mapping = []
     for name, value in weights.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-from collabopt.layers.registry import call_with_weights, optimizable_variables, spec_for
+from collabopt.layers.registry import call_with_weights, declared_specs, optimizable_variables, spec_for
 
 
 class OptimizationWrapper(keras.layers.Wrapper):
@@ -46,9 +46,23 @@ class OptimizationWrapper(keras.layers.Wrapper):
         """The layer or wrapper directly inside this one."""
         return self.layer
 
+    #: A TFMOT-style method a custom layer may define to list the weights this
+    #: technique transforms (e.g. "get_prunable_weights"); None: all optimizable.
+    protocol_method: str | None = None
+
     def weight_names(self) -> list[str]:
-        """Names of the weights this wrapper transforms (default: all optimizable)."""
-        return list(optimizable_variables(self.base_layer))
+        """Names of the weights this wrapper transforms.
+
+        The base layer's ``protocol_method`` if it defines it, else every
+        optimizable weight.
+        """
+        return transformable_weight_names(self.base_layer, self.protocol_method)
+
+    def inner_weights(self, training=False) -> dict:
+        """The effective weights handed to this wrapper by the chain inside it."""
+        if isinstance(self.layer, OptimizationWrapper):
+            return self.layer.effective_weights(training)
+        return dict(optimizable_variables(self.layer))
 
     def spec(self, name: str):
         """The :class:`WeightSpec` of weight ``name`` on the base layer."""
@@ -56,6 +70,8 @@ class OptimizationWrapper(keras.layers.Wrapper):
 
     # --- building ------------------------------------------------------------
     def build(self, input_shape=None):
+        if self.built:  # wrappers built by prune_low_magnitude/cluster_weights may be built again by Keras
+            return
         if not self.layer.built:
             self.layer.build(input_shape)
         self.build_wrapper(input_shape)
@@ -67,11 +83,7 @@ class OptimizationWrapper(keras.layers.Wrapper):
     # --- the weight pipeline -------------------------------------------------
     def effective_weights(self, training=False) -> dict:
         """Weights after every wrapper up to and including this one."""
-        if isinstance(self.layer, OptimizationWrapper):
-            weights = self.layer.effective_weights(training)
-        else:
-            weights = dict(optimizable_variables(self.layer))
-        return self.transform_weights(weights, training)
+        return self.transform_weights(self.inner_weights(training), training)
 
     def transform_weights(self, weights: dict, training) -> dict:
         """This stage's transform of the weights handed in by the inner chain."""
@@ -146,9 +158,18 @@ class OptimizationWrapper(keras.layers.Wrapper):
             get_variable(plain, spec_for(plain, name)).assign(value)
         return plain
 
-    def export_layer(self) -> keras.layers.Layer:
-        """What the TFLite exporter puts in this wrapper's place (default: stripped)."""
+    def export_layer(self, mode: str | None = None) -> keras.layers.Layer:
+        """What the TFLite exporter puts in this wrapper's place for ``mode`` (default: stripped)."""
         return self.stripped()
+
+
+def transformable_weight_names(layer, protocol_method: str | None = None) -> list[str]:
+    """Weights of a plain ``layer`` a technique transforms: its protocol method's, else all optimizable."""
+    if protocol_method:
+        declared = declared_specs(layer, protocol_method)
+        if declared is not None:
+            return [s.name for s in declared]
+    return list(optimizable_variables(layer))
 
 
 def wrapper_chain(layer) -> list[OptimizationWrapper]:

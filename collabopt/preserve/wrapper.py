@@ -51,7 +51,7 @@ class PreserveWrapper(OptimizationWrapper):
     def build_wrapper(self, input_shape):
         for weight_name, kinds in self.constraint_names.items():
             spec = self.spec(weight_name)
-            shape = tuple(self.effective_weights_inner()[weight_name].shape)
+            shape = tuple(self.inner_weights()[weight_name].shape)
             self._state[weight_name] = {}
             for kind_name in kinds:
                 kind = get_kind(kind_name)
@@ -79,13 +79,6 @@ class PreserveWrapper(OptimizationWrapper):
                         var.assign(ops.cast(values[state_name], sv.dtype))
                     state[state_name] = var
                 self._state[weight_name][kind_name] = state
-
-    def effective_weights_inner(self) -> dict:
-        if isinstance(self.layer, OptimizationWrapper):
-            return self.layer.effective_weights(False)
-        from collabopt.layers import optimizable_variables
-
-        return optimizable_variables(self.layer)
 
     def recorded_constraints(self) -> dict:
         return {

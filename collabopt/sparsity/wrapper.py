@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from collabopt.layers import OptimizationWrapper, declared_specs
+from collabopt.layers import OptimizationWrapper
 from collabopt.preserve import SPARSITY, Constraint
 from collabopt.sparsity import masks
 from collabopt.sparsity.schedules import ConstantSparsity, PruningSchedule
@@ -66,11 +66,7 @@ class PruneLowMagnitude(OptimizationWrapper):
         self.sparsity_m_by_n = tuple(sparsity_m_by_n) if sparsity_m_by_n else None
         self.masks: dict = {}
 
-    def weight_names(self):
-        declared = declared_specs(self.base_layer, "get_prunable_weights")
-        if declared is not None:
-            return [s.name for s in declared]
-        return super().weight_names()
+    protocol_method = "get_prunable_weights"
 
     def build_wrapper(self, input_shape):
         for name in self.weight_names():
@@ -92,13 +88,6 @@ class PruneLowMagnitude(OptimizationWrapper):
             trainable=False,
             aggregation="only_first_replica",
         )
-
-    def inner_weights(self) -> dict:
-        if isinstance(self.layer, OptimizationWrapper):
-            return self.layer.effective_weights(False)
-        from collabopt.layers import optimizable_variables
-
-        return optimizable_variables(self.layer)
 
     def pruning_mask(self, weight, sparsity, name):
         """The mask for ``weight`` at ``sparsity`` under this wrapper's settings."""

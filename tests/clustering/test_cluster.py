@@ -109,9 +109,8 @@ def test_save_and_load(tmp_path):
     assert _per_channel_unique(co.strip_clustering(loaded).get_layer("conv").kernel.numpy()) <= 5
 
 
-def test_mirrored_strategy_trains_and_keeps_the_bound():
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")[:2]]
-    with tf.distribute.MirroredStrategy(cpus).scope():
+def test_mirrored_strategy_trains_and_keeps_the_bound(mirrored):
+    with mirrored.scope():
         clustered = co.cluster_weights(small_cnn(), number_of_clusters=4)
         clustered.compile(optimizer="adam", loss="mse")
     clustered.fit(rand(32, 8, 8, 1), rand(32, 10), batch_size=8, epochs=1, verbose=0)
