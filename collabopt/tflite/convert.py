@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -25,7 +27,7 @@ def has_trained_ranges(model) -> bool:
     return any(getattr(layer, "collabopt_quantized", False) for layer in iter_layers(model))
 
 
-def export_model(model: keras.Model) -> keras.Model:
+def export_model(model: keras.Model, mode: str | None = None) -> keras.Model:
     """The model the converter sees: every collabopt wrapper replaced by its export form.
 
     Wrappers are duck-typed by their ``export_layer()`` method: pruning and
@@ -38,7 +40,7 @@ def export_model(model: keras.Model) -> keras.Model:
 
     if not any(exportable(layer) for layer in iter_layers(model)):
         return model  # nothing to replace: convert the model as it is
-    return map_layers(model, lambda layer: layer.export_layer() if exportable(layer) else None, what="export")
+    return map_layers(model, lambda layer: layer.export_layer(mode=mode) if exportable(layer) else None, what="export")
 
 
 def _layers_mentioned(text: str, model) -> list[str]:
@@ -127,13 +129,50 @@ def convert(
     if representative_data is not None:
         calibration = samples(representative_data, model, calibration_samples)
 
-    exported = export_model(model)
-    converter = tf.lite.TFLiteConverter.from_keras_model(exported)
+    exported = export_model(model, mode)
+    workdir = tempfile.TemporaryDirectory(prefix="collabopt_export_")
+    try:
+        converter = _saved_model_converter(exported, workdir.name)
+        return _convert(converter, exported, mode, trained_ranges, calibration, int8_io, allow_float_islands)
+    finally:
+        workdir.cleanup()
+
+
+def _saved_model_converter(model: keras.Model, directory: str):
+    """A converter over an inference-mode SavedModel of ``model``.
+
+    ``TFLiteConverter.from_keras_model`` does this export internally for Keras
+    3 models, but swallows any error of it and falls back to a legacy path
+    that fails with an unrelated message; exporting here with the public
+    ``keras.export.ExportArchive`` keeps the real error.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    signature = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
+    if len(signature) > 1:
+        signature = [signature]
+    archive.add_endpoint("serve", functools.partial(model.__call__, training=False), signature)
+    try:
+        # write_out prints "Saved artifact at ..."; noise for a library call.
+        with contextlib.redirect_stdout(io.StringIO()):
+            archive.write_out(directory)
+    except Exception as error:  # TF raises several unrelated types here
+        raise ConversionError(_explain(error, model)) from error
+    return tf.lite.TFLiteConverter.from_saved_model(directory)
+
+
+def _convert(converter, exported, mode, trained_ranges, calibration, int8_io, allow_float_islands):
     if mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif mode == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode == "int8" and trained_ranges:
+        # A QAT model: the converter reads every range from the fake-quant ops.
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
     elif mode in ("int8", "int16x8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if calibration is not None:
@@ -150,9 +189,7 @@ def convert(
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
     try:
-        # The Keras exporter prints "Saved artifact at ..." for its temporary
-        # SavedModel; that is noise for a library call.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # converter progress chatter
             content = converter.convert()
     except Exception as error:  # the converter raises several unrelated types
         raise ConversionError(_explain(error, exported)) from error
@@ -164,8 +201,8 @@ def convert(
             raise ConversionError(
                 f"int8 conversion left {len(islands)} ops computing in float "
                 f"(ops: {sorted({i['op'] for i in islands})}; layers involved: "
-                f"{_layers_mentioned(text, exported) or 'unknown'}). These ops have no integer "
-                "kernel in TFLite; replace them, or pass allow_float_islands=True to accept a "
-                "mixed model."
+                f"{_layers_mentioned(text, exported) or 'unknown'}). Either TFLite has no integer "
+                "kernel for them, or no quantization range reached them (a layer left out of QAT); "
+                "replace or quantize them, or pass allow_float_islands=True to accept a mixed model."
             )
     return result

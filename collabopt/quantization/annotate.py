@@ -1,0 +1,51 @@
+"""Annotations: marking which layers quantize_apply quantizes (selective QAT)."""
+
+from __future__ import annotations
+
+import keras
+
+from collabopt.quantization.config import QuantizeConfig
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class QuantizeAnnotate(keras.layers.Wrapper):
+    """Marks a layer for quantization (optionally with its own config); computes nothing new.
+
+    Args:
+        layer: The layer to quantize later.
+        quantize_config: A :class:`QuantizeConfig`, or None for the scheme's default.
+    """
+
+    def __init__(self, layer, quantize_config: QuantizeConfig | None = None, **kwargs):
+        kwargs.setdefault("name", f"quant_annotate_{layer.name}")
+        super().__init__(layer, **kwargs)
+        if quantize_config is not None and not isinstance(quantize_config, QuantizeConfig):
+            raise ValueError(
+                f"layer '{layer.name}': quantize_config must be a QuantizeConfig or None; received {quantize_config!r}."
+            )
+        self.quantize_config = quantize_config
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, *args, **kwargs):
+        return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config["quantize_config"] = (
+            keras.saving.serialize_keras_object(self.quantize_config) if self.quantize_config is not None else None
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
+        qc = config.pop("quantize_config", None)
+        return cls(layer, keras.saving.deserialize_keras_object(qc) if qc is not None else None, **config)

@@ -1,0 +1,163 @@
+"""Reading a model's layer graph to place quantizers as TFLite will fuse ops.
+
+Decides, per layer name:
+
+* which Conv/Dense layers absorb a following BatchNormalization (folded
+  during QAT, so the fake-quantized weights are the ones the int8 file holds);
+* which layers leave their output unquantized because TFLite fuses the next
+  layer into them (a ReLU/ReLU6 after a conv, dense or Add);
+* which inputs of a layer must be quantized because they come from a model
+  input or from a layer left in float.
+
+The graph is read from each model's public ``get_config()`` (``inbound_nodes``),
+recursively for nested Sequential/Functional models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from collabopt.layers import weight_specs
+from collabopt.quantization.schemes import SAME_SCALE_LAYERS, fusable_activation, has_linear_activation
+from collabopt.transform import is_graph_model
+
+MODEL_INPUT = "<model input>"
+
+
+@dataclasses.dataclass
+class Plan:
+    """What the quantizing rewrite does with each layer (by name)."""
+
+    fold_into: dict = dataclasses.field(default_factory=dict)  # conv name -> BN layer
+    folded: set = dataclasses.field(default_factory=set)  # BN names replaced by Identity
+    skip_output: set = dataclasses.field(default_factory=set)  # outputs fused into the next op
+    input_flags: dict = dataclasses.field(default_factory=dict)  # name -> [quantize input i?]
+
+
+def core(layer):
+    """The plain layer inside any annotation or optimization wrappers."""
+    while isinstance(layer, keras.layers.Wrapper):
+        layer = layer.layer
+    return layer
+
+
+def _histories(obj, out):
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            out.append(obj["config"]["keras_history"][0])
+        else:
+            for v in obj.values():
+                _histories(v, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _histories(v, out)
+    return out
+
+
+def _edges(model):
+    """``(layers by name, producers: name -> [names], consumers: name -> [names])``."""
+    layers = {l.name: l for l in model.layers}
+    producers: dict[str, list[str]] = {}
+    if isinstance(model, keras.Sequential):
+        previous = MODEL_INPUT
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            producers[layer.name] = [previous]
+            previous = layer.name
+    else:
+        for entry in model.get_config()["layers"]:
+            inbound = _histories(entry.get("inbound_nodes", []), [])
+            if entry["class_name"] == "InputLayer" or not inbound:
+                continue
+            producers[entry["name"]] = [MODEL_INPUT if isinstance(layers.get(p), keras.layers.InputLayer) else p for p in inbound]
+    consumers: dict[str, list[str]] = {}
+    for name, srcs in producers.items():
+        for src in srcs:
+            consumers.setdefault(src, []).append(name)
+    return layers, producers, consumers
+
+
+def _output_names(model) -> set:
+    if isinstance(model, keras.Sequential):
+        return {model.layers[-1].name}
+    outputs = model.get_config()["output_layers"]
+    if outputs and isinstance(outputs[0], str):  # a single output is stored unnested
+        outputs = [outputs]
+    return {o[0] for o in outputs}
+
+
+def _foldable_bn(layer, bn) -> bool:
+    bn = core(bn)
+    if not isinstance(bn, keras.layers.BatchNormalization):
+        return False
+    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+    shape = (bn.get_build_config() or {}).get("input_shape")
+    last = axis == -1 or (shape is not None and axis == len(shape) - 1)
+    base = core(layer)
+    return bool(last and weight_specs(base) and "use_bias" in base.get_config() and has_linear_activation(base))
+
+
+def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None) -> Plan:
+    """Builds the :class:`Plan` for ``model``.
+
+    Args:
+        model: A Sequential or Functional model (nested ones are visited).
+        quantized: ``layer -> bool``: whether the rewrite quantizes that layer.
+        inputs_quantized: Whether this (nested) model's inputs arrive quantized.
+    """
+    result = result or Plan()
+    layers, producers, consumers = _edges(model)
+    outputs = _output_names(model)
+
+    for name, layer in layers.items():
+        if isinstance(layer, keras.layers.InputLayer) or not quantized(layer):
+            continue
+        after = consumers.get(name, [])
+        if len(after) == 1 and name not in outputs and _foldable_bn(layer, layers[after[0]]):
+            result.fold_into[name] = core(layers[after[0]])
+            result.folded.add(after[0])
+
+    def effective_consumers(name):
+        after = consumers.get(name, [])
+        if name in result.fold_into:
+            after = consumers.get(result.fold_into[name].name, [])
+        return after
+
+    for name, layer in layers.items():
+        if isinstance(layer, keras.layers.InputLayer) or not quantized(layer):
+            continue
+        after = effective_consumers(name)
+        fusing_op = bool(weight_specs(core(layer))) or isinstance(core(layer), keras.layers.Add)
+        if (
+            fusing_op
+            and has_linear_activation(core(layer))
+            and len(after) == 1
+            and name not in outputs
+            and (name not in result.fold_into or result.fold_into[name].name not in outputs)
+            and quantized(layers[after[0]])
+            and fusable_activation(core(layers[after[0]]))
+        ):
+            result.skip_output.add(name)
+
+    def arrives_quantized(src):
+        if src == MODEL_INPUT:
+            return inputs_quantized
+        return src in result.folded or quantized(layers[src])
+
+    for name, layer in layers.items():
+        if isinstance(layer, keras.layers.InputLayer) or name in result.folded:
+            continue
+        srcs = producers.get(name, [])
+        if is_graph_model(layer):
+            plan(layer, quantized, inputs_quantized=all(arrives_quantized(s) for s in srcs), result=result)
+            continue
+        if quantized(layer):
+            result.input_flags[name] = [not arrives_quantized(s) for s in srcs]
+    return result
+
+
+def same_scale(layer) -> bool:
+    return isinstance(core(layer), SAME_SCALE_LAYERS)

@@ -1,0 +1,186 @@
+"""Quantizers: how one tensor (a weight or an activation) is fake-quantized, and its state.
+
+A quantizer is configuration (serializable); the state it needs (ranges)
+lives in variables that the wrapper creates through :meth:`Quantizer.build`,
+so it is saved in ``.keras`` files and shared by no other layer.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import keras
+from keras import ops
+
+from collabopt.layers import to_channel_rows
+from collabopt.quantization.fake_quant import fake_quant, fake_quant_per_channel
+
+
+class Quantizer(abc.ABC):
+    """Base class.
+
+    Args:
+        num_bits: Bits of the integer type (2..16).
+        per_axis: One range per output channel (weights only).
+        symmetric: Range ``[-m, m]`` (zero point 0) instead of ``[min, max]``.
+        narrow_range: Use ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (TFLite int8 weights).
+    """
+
+    def __init__(self, num_bits=8, per_axis=False, symmetric=False, narrow_range=False):
+        if not isinstance(num_bits, int) or not 2 <= num_bits <= 16:
+            raise ValueError(f"num_bits must be an integer in [2, 16]; received {num_bits!r}.")
+        self.num_bits, self.per_axis = num_bits, bool(per_axis)
+        self.symmetric, self.narrow_range = bool(symmetric), bool(narrow_range)
+
+    def build(self, wrapper, name: str, shape, spec=None) -> dict:
+        """Creates this quantizer's state variables on ``wrapper``; returns them by name."""
+        return {}
+
+    @abc.abstractmethod
+    def range(self, x, state: dict, training, spec):
+        """``(lo, hi)`` to quantize ``x`` with (updating state when training)."""
+
+    def is_initialized(self, state):
+        """A bool tensor: whether the range is known (always, for stateless quantizers)."""
+        return ops.convert_to_tensor(True)
+
+    def observe(self, x, state):
+        """Widens a stateful range to include ``x`` (calibration); no-op for stateless quantizers."""
+
+    def __call__(self, x, state: dict, training=False, spec=None, export=False):
+        lo, hi = self.range(x, state, training, spec)
+        if self.symmetric:
+            m = ops.maximum(ops.abs(lo), ops.abs(hi))
+            lo, hi = -m, m
+        if self.per_axis:
+            q = fake_quant_per_channel(x, lo, hi, spec.channel_axes, self.num_bits, self.narrow_range)
+        else:
+            q = fake_quant(x, lo, hi, self.num_bits, self.narrow_range)
+        if export or training:
+            return q
+        # Before the range is known (a fresh QAT model that has seen no data),
+        # inference passes values through, so the model predicts as the float one.
+        return ops.where(self.is_initialized(state), q, x)
+
+    def get_config(self) -> dict:
+        return {
+            "num_bits": self.num_bits,
+            "per_axis": self.per_axis,
+            "symmetric": self.symmetric,
+            "narrow_range": self.narrow_range,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+
+def _channel_minmax(x, spec):
+    rows = to_channel_rows(x, spec)
+    return ops.min(rows, axis=1), ops.max(rows, axis=1)
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class LastValueQuantizer(Quantizer):
+    """Range = the tensor's current min/max (per channel if ``per_axis``). For weights."""
+
+    def range(self, x, state, training, spec):
+        if self.per_axis:
+            return _channel_minmax(x, spec)
+        return ops.min(x), ops.max(x)
+
+
+class _RangeQuantizer(Quantizer):
+    """A quantizer that keeps a per-tensor range in variables."""
+
+    def __init__(self, num_bits=8, per_axis=False, symmetric=False, narrow_range=False):
+        if per_axis:
+            raise ValueError(f"{type(self).__name__} keeps one range per tensor; per_axis=True is not supported.")
+        super().__init__(num_bits, per_axis, symmetric, narrow_range)
+
+    def build(self, wrapper, name, shape, spec=None):
+        def var(suffix, init):
+            return wrapper.add_weight(
+                name=f"{name}_{suffix}", shape=(), initializer=init, trainable=False, aggregation="only_first_replica"
+            )
+
+        return {"min": var("min", "zeros"), "max": var("max", "zeros"), "initialized": var("initialized", "zeros")}
+
+    def is_initialized(self, state):
+        return ops.greater(state["initialized"], 0.5)
+
+    def _update(self, batch_lo, batch_hi, state):
+        raise AssertionError("subclasses define _update")  # pragma: no cover
+
+    def range(self, x, state, training, spec):
+        if not training:
+            return ops.convert_to_tensor(state["min"]), ops.convert_to_tensor(state["max"])
+        batch_lo, batch_hi = ops.min(ops.stop_gradient(x)), ops.max(ops.stop_gradient(x))
+        fresh = ops.logical_not(self.is_initialized(state))
+        lo, hi = self._update(batch_lo, batch_hi, state)
+        lo = ops.where(fresh, batch_lo, lo)
+        hi = ops.where(fresh, batch_hi, hi)
+        state["min"].assign(lo)
+        state["max"].assign(hi)
+        state["initialized"].assign(1.0)
+        return lo, hi
+
+    def observe(self, x, state):
+        lo, hi = ops.min(x), ops.max(x)
+        if bool(ops.convert_to_numpy(self.is_initialized(state))):
+            lo, hi = ops.minimum(lo, state["min"]), ops.maximum(hi, state["max"])
+        self.set_range(state, lo, hi)
+
+    def set_range(self, state, lo, hi):
+        """Sets the range directly (calibration)."""
+        state["min"].assign(lo)
+        state["max"].assign(hi)
+        state["initialized"].assign(1.0)
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class MovingAverageQuantizer(_RangeQuantizer):
+    """Range = exponential moving average of batch min/max (``ema_decay``). For activations."""
+
+    def __init__(self, num_bits=8, per_axis=False, symmetric=False, narrow_range=False, ema_decay=0.999):
+        super().__init__(num_bits, per_axis, symmetric, narrow_range)
+        if not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1); received {ema_decay!r}.")
+        self.ema_decay = float(ema_decay)
+
+    def _update(self, batch_lo, batch_hi, state):
+        d = self.ema_decay
+        return d * state["min"] + (1 - d) * batch_lo, d * state["max"] + (1 - d) * batch_hi
+
+    def get_config(self):
+        return {**super().get_config(), "ema_decay": self.ema_decay}
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class AllValuesQuantizer(_RangeQuantizer):
+    """Range = the smallest and largest values seen so far."""
+
+    def _update(self, batch_lo, batch_hi, state):
+        return ops.minimum(state["min"], batch_lo), ops.maximum(state["max"], batch_hi)
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class FixedQuantizer(Quantizer):
+    """A fixed range ``[init_min, init_max]`` (e.g. for bounded activations)."""
+
+    def __init__(self, num_bits=8, init_min=-6.0, init_max=6.0, narrow_range=False, symmetric=False, per_axis=False):
+        super().__init__(num_bits, False, symmetric, narrow_range)
+        if not init_min <= 0.0 <= init_max or init_min == init_max:
+            raise ValueError(f"FixedQuantizer needs init_min <= 0 <= init_max; received [{init_min}, {init_max}].")
+        self.init_min, self.init_max = float(init_min), float(init_max)
+
+    def range(self, x, state, training, spec):
+        return ops.convert_to_tensor(self.init_min), ops.convert_to_tensor(self.init_max)
+
+    def get_config(self):
+        return {**super().get_config(), "init_min": self.init_min, "init_max": self.init_max}
+
+

@@ -1,0 +1,112 @@
+"""Quantization schemes: the default configs for every layer kind, and the layer roles they rely on.
+
+A scheme answers, for any layer, the :class:`QuantizeConfig` to use (or None
+if it cannot quantize the layer), and gives the quantizer for model inputs.
+Layer roles are registries, like ``collabopt.layers``:
+
+* ``SAME_SCALE_LAYERS``: outputs are values of the input (TFLite keeps the
+  input's scale): no output quantizer.
+* ``ACTIVATION_LAYERS``: fused by TFLite into a preceding conv/dense, so that
+  layer's output is not quantized; the activation's output is.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from collabopt.layers import optimizable_variables, weight_specs
+from collabopt.quantization.config import QuantizeConfig
+from collabopt.quantization.quantizers import LastValueQuantizer, MovingAverageQuantizer
+
+L = keras.layers
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class FoldedBatchNormalization(keras.layers.Layer):
+    """Stands where a BatchNormalization was folded into the conv/dense before it; passes values through."""
+
+    def call(self, inputs, mask=None, training=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+SAME_SCALE_LAYERS: tuple[type, ...] = (
+    FoldedBatchNormalization,
+    L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
+    L.GaussianNoise, L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.ZeroPadding1D, L.ZeroPadding2D,
+    L.Cropping1D, L.Cropping2D, L.Identity,
+)
+
+FUSABLE_ACTIVATIONS = ("relu", "relu6")
+
+
+def fusable_activation(layer) -> bool:
+    """True for a ReLU / ReLU6 / Activation('relu'|'relu6') layer TFLite fuses into the op before it."""
+    if isinstance(layer, L.ReLU):
+        config = layer.get_config()
+        return config.get("negative_slope", 0.0) == 0.0 and config.get("threshold", 0.0) == 0.0 and config.get("max_value") in (None, 6.0)
+    if isinstance(layer, L.Activation):
+        name = getattr(layer.activation, "__name__", "")
+        return name in FUSABLE_ACTIVATIONS
+    return False
+
+
+def has_linear_activation(layer) -> bool:
+    activation = getattr(layer, "activation", None)
+    return activation is None or getattr(activation, "__name__", "") == "linear"
+
+
+class QuantizeScheme:
+    """Base scheme: weights symmetric narrow-range int8 (per channel for rank >= 3
+    kernels, per tensor for rank-2 ones such as Dense, whose per-channel form does
+    not convert), activations asymmetric with moving-average ranges."""
+
+    activation_bits = 8
+    activation_symmetric = False
+    weight_bits = 8
+
+    def weight_quantizer(self, rank: int):
+        return LastValueQuantizer(self.weight_bits, per_axis=rank >= 3, symmetric=True, narrow_range=True)
+
+    def activation_quantizer(self):
+        return MovingAverageQuantizer(
+            self.activation_bits, symmetric=self.activation_symmetric, narrow_range=self.activation_symmetric
+        )
+
+    def input_quantizer(self):
+        """Quantizer for model inputs."""
+        return self.activation_quantizer()
+
+    def config_for(self, layer) -> QuantizeConfig | None:
+        """The default config for ``layer``, or None if this scheme cannot quantize it."""
+        specs = weight_specs(layer)
+        if specs is None:
+            return None if layer.weights else QuantizeConfig(outputs=[self.activation_quantizer()])
+        weights = {s.name: self.weight_quantizer(len(v.shape)) for s, v in zip(specs, optimizable_variables(layer).values())}
+        outputs = [] if isinstance(layer, SAME_SCALE_LAYERS) else [self.activation_quantizer()]
+        return QuantizeConfig(weights=weights, outputs=outputs)
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class Default8BitQuantizeScheme(QuantizeScheme):
+    """The TFLite int8 spec: int8 weights (symmetric, narrow range, per channel
+    for convolutions), int8 activations (asymmetric, per tensor, EMA ranges)."""
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class Default16x8QuantizeScheme(QuantizeScheme):
+    """16-bit activations (symmetric, as TFLite's int16 kernels require), 8-bit weights.
+
+    Export with ``collabopt.tflite.convert(model, mode="int16x8", representative_data=...)``.
+    """
+
+    activation_bits = 16
+    activation_symmetric = True

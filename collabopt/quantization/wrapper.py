@@ -1,0 +1,249 @@
+"""QuantizeWrapper: the QAT stage of the weight pipeline (weights, inputs, outputs, BN folding)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from collabopt.layers import OptimizationWrapper, get_variable, spec_for, weight_specs
+from collabopt.quantization.config import QuantizeConfig
+from collabopt.quantization.quantizers import Quantizer
+from collabopt.transform import copy_layer
+
+
+def _flatten(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class QuantizeWrapper(OptimizationWrapper):
+    """Fake-quantizes a layer's weights, flagged inputs and outputs as the int8 TFLite model will.
+
+    Effective weights are those of the chain inside (pruning, clustering, a
+    derived constraint), folded with a following BatchNormalization if one was
+    absorbed, then fake-quantized; zeros and cluster structure survive because
+    symmetric quantization maps 0 to 0 and K values to at most K values.
+
+    BatchNormalization folding uses the BN's moving statistics, which stay
+    frozen during QAT (gamma and beta keep training through the fold), so the
+    trained model computes exactly what the exported one does.
+
+    Range state (EMA min/max) lives in this wrapper's variables. Before a range
+    has seen data, inference passes values through unquantized, so a fresh QAT
+    model predicts like the float model.
+
+    Args:
+        layer: Layer or wrapper chain to quantize.
+        quantize_config: A :class:`QuantizeConfig`.
+        folded_batchnorm: A BatchNormalization layer to fold into the layer's
+            last optimizable weight (its output channels).
+        quantize_inputs: One flag per input: fake-quantize that input (it comes
+            from a model input or a float layer).
+        input_quantizer: The quantizer for flagged inputs.
+        quantize_outputs: False when TFLite fuses the next layer (a ReLU) into
+            this one, so the next layer's output quantizer covers both.
+        export_mode: Set by the exporter: ``"int8"`` (fixed ranges, no
+            pass-through) — not for users.
+    """
+
+    collabopt_quantized = True
+
+    def __init__(
+        self,
+        layer,
+        quantize_config: QuantizeConfig,
+        folded_batchnorm=None,
+        quantize_inputs=(),
+        input_quantizer: Quantizer | None = None,
+        quantize_outputs: bool = True,
+        export_mode: str | None = None,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", f"quant_{layer.name}")
+        super().__init__(layer, **kwargs)
+        if not isinstance(quantize_config, QuantizeConfig):
+            raise ValueError(f"layer '{self.base_layer.name}': quantize_config must be a QuantizeConfig; received {quantize_config!r}.")
+        self.quantize_config = quantize_config
+        self.folded_batchnorm = folded_batchnorm
+        self.quantize_inputs = [bool(f) for f in quantize_inputs]
+        self.input_quantizer = input_quantizer
+        if any(self.quantize_inputs) and input_quantizer is None:
+            raise ValueError(f"layer '{self.base_layer.name}': quantize_inputs needs an input_quantizer.")
+        self.export_mode = export_mode
+        self.weight_quantizers = quantize_config.weight_quantizers(self.base_layer)
+        self.quantize_outputs = bool(quantize_outputs)
+        self.output_quantizers = quantize_config.output_quantizers(self.base_layer) if quantize_outputs else []
+        self.calibrating = False
+        names = {s.name for s in weight_specs(self.base_layer) or ()}
+        unknown = sorted(set(self.weight_quantizers) - names)
+        if unknown:
+            raise ValueError(
+                f"layer '{self.base_layer.name}' ({type(self.base_layer).__name__}): the quantize config "
+                f"names weights {unknown} that the layer does not have; it has {sorted(names)}."
+            )
+        self._states: dict = {}
+
+    # --- state ---------------------------------------------------------------
+    def build_wrapper(self, input_shape):
+        inner = self.inner_weights()
+        for name, quantizer in self.weight_quantizers.items():
+            self._states[f"w:{name}"] = quantizer.build(self, f"{name}_quant", tuple(inner[name].shape), self.spec(name))
+        for i, quantizer in enumerate(self.output_quantizers):
+            self._states[f"out:{i}"] = quantizer.build(self, f"output{i}", None)
+        for i, flag in enumerate(self.quantize_inputs):
+            if flag:
+                self._states[f"in:{i}"] = self.input_quantizer.build(self, f"input{i}", None)
+        if self.folded_batchnorm is not None and not self.folded_batchnorm.built:
+            self.folded_batchnorm.build(self.base_layer.compute_output_shape(input_shape))
+
+    def range_states(self):
+        """``[(label, quantizer, state)]`` for every activation range of this wrapper."""
+        out = [(f"output{i}", q, self._states[f"out:{i}"]) for i, q in enumerate(self.output_quantizers)]
+        out += [(f"input{i}", self.input_quantizer, self._states[f"in:{i}"]) for i, f in enumerate(self.quantize_inputs) if f]
+        return out
+
+    # --- BN folding ----------------------------------------------------------
+    def _fold_target(self) -> str:
+        specs = weight_specs(self.base_layer)
+        return specs[-1].name
+
+    def _bn_scale(self):
+        bn = self.folded_batchnorm
+        gamma = ops.convert_to_tensor(bn.gamma) if bn.scale else 1.0
+        return gamma / ops.sqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+
+    def _fold(self, weight, name):
+        spec = self.spec(name)
+        rank = len(weight.shape)
+        axes = {a % rank for a in spec.channel_axes}
+        shape = [weight.shape[a] if a in axes else 1 for a in range(rank)]
+        return weight * ops.reshape(self._bn_scale(), shape)
+
+    def _bias_correction(self):
+        """``folded bias - layer bias``, added to the layer's output."""
+        bn = self.folded_batchnorm
+        s = self._bn_scale()
+        beta = ops.convert_to_tensor(bn.beta) if bn.center else 0.0
+        correction = beta - ops.convert_to_tensor(bn.moving_mean) * s
+        bias = getattr(self.base_layer, "bias", None)
+        if bias is not None:
+            correction = correction + ops.convert_to_tensor(bias) * (s - 1.0)
+        return correction
+
+    # --- the pipeline --------------------------------------------------------
+    def transform_weights(self, weights, training):
+        out = dict(weights)
+        if self.folded_batchnorm is not None:
+            target = self._fold_target()
+            out[target] = self._fold(ops.convert_to_tensor(out[target]), target)
+        for name, quantizer in self.weight_quantizers.items():
+            out[name] = quantizer(ops.convert_to_tensor(out[name]), self._states[f"w:{name}"], training, self.spec(name), export=bool(self.export_mode))
+        return out
+
+    def call(self, inputs, training=None, **kwargs):
+        if self.calibrating:
+            return self._calibration_call(inputs, **kwargs)
+        export = bool(self.export_mode)
+        if any(self.quantize_inputs):
+            flat = _flatten(inputs)
+            flat = [
+                self.input_quantizer(x, self._states[f"in:{i}"], training, export=export) if i < len(self.quantize_inputs) and self.quantize_inputs[i] else x
+                for i, x in enumerate(flat)
+            ]
+            inputs = flat if isinstance(inputs, (list, tuple)) else flat[0]
+        weights = self.effective_weights(training)
+        from collabopt.layers import call_with_weights
+
+        outputs = call_with_weights(self.base_layer, inputs, weights, training=training, **kwargs)
+        if self.folded_batchnorm is not None:
+            outputs = outputs + self._bias_correction()
+        if not self.output_quantizers:
+            return outputs
+        flat = _flatten(outputs)
+        flat = [q(x, self._states[f"out:{i}"], training, export=export) for i, (q, x) in enumerate(zip(self.output_quantizers, flat))]
+        return flat if isinstance(outputs, (list, tuple)) else flat[0]
+
+    def _calibration_call(self, inputs, **kwargs):
+        """Float forward pass that widens every activation range to the values seen (eager)."""
+        for i, x in enumerate(_flatten(inputs)):
+            if i < len(self.quantize_inputs) and self.quantize_inputs[i]:
+                self.input_quantizer.observe(x, self._states[f"in:{i}"])
+        weights = self.effective_weights(False)
+        from collabopt.layers import call_with_weights
+
+        outputs = call_with_weights(self.base_layer, inputs, weights, training=False, **kwargs)
+        if self.folded_batchnorm is not None:
+            outputs = outputs + self._bias_correction()
+        for i, (q, x) in enumerate(zip(self.output_quantizers, _flatten(outputs))):
+            q.observe(x, self._states[f"out:{i}"])
+        return outputs
+
+    # --- leaving QAT ---------------------------------------------------------
+    def float_layer(self) -> keras.layers.Layer:
+        """A plain copy of the base layer holding the folded, fake-quantized weights (and folded bias)."""
+        base = self.base_layer
+        weights = self.final_weights()
+        if self.folded_batchnorm is None:
+            plain = copy_layer(base)
+        else:
+            config = base.get_config()
+            config["use_bias"] = True
+            plain = type(base).from_config(config)
+            plain.build_from_config(base.get_build_config())
+            bias = getattr(base, "bias", None)
+            b = ops.convert_to_numpy(bias) if bias is not None else 0.0
+            folded_bias = b + ops.convert_to_numpy(self._bias_correction())
+            for var in plain.weights:
+                source = getattr(base, var.path.split("/")[-1], None)
+                if isinstance(source, keras.Variable):
+                    var.assign(source.value)
+            plain.bias.assign(np.asarray(folded_bias, np.float32))
+        for name, value in weights.items():
+            get_variable(plain, spec_for(plain, name)).assign(value)
+        return plain
+
+    def stripped(self) -> keras.layers.Layer:
+        return self.float_layer()
+
+    def export_layer(self, mode: str | None = None):
+        """int8: this wrapper with fixed ranges around the stripped inner layer; other modes: :meth:`float_layer`."""
+        if mode != "int8":
+            return self.float_layer()
+        missing = [label for label, q, state in self.range_states() if not bool(ops.convert_to_numpy(q.is_initialized(state)))]
+        if missing:
+            raise ValueError(
+                f"layer '{self.base_layer.name}': quantization ranges {missing} have seen no data. Train the "
+                "QAT model, or call collabopt.keras.calibrate(model, data), before converting to int8."
+            )
+        inner = self.layer
+        if isinstance(inner, OptimizationWrapper):
+            inner = inner.stripped()
+        else:
+            inner = copy_layer(inner)
+        exported = self.rewrap(inner)
+        exported.export_mode = mode
+        return exported
+
+    # --- serialization -------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "quantize_config": keras.saving.serialize_keras_object(self.quantize_config),
+                "folded_batchnorm": keras.saving.serialize_keras_object(self.folded_batchnorm) if self.folded_batchnorm is not None else None,
+                "quantize_inputs": self.quantize_inputs,
+                "input_quantizer": keras.saving.serialize_keras_object(self.input_quantizer) if self.input_quantizer is not None else None,
+                "quantize_outputs": self.quantize_outputs,
+                "export_mode": self.export_mode,
+            }
+        )
+        return config
+
+    @classmethod
+    def deserialize_config(cls, config):
+        config["quantize_config"] = keras.saving.deserialize_keras_object(config["quantize_config"])
+        for key in ("folded_batchnorm", "input_quantizer"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return config

@@ -1,0 +1,233 @@
+import keras
+import numpy as np
+import pytest
+
+import collabopt.keras as co
+import collabopt.tflite as ct
+from collabopt.quantization import quantize_wrappers
+from collabopt.reference_models import compile_for_classification
+from tests.conftest import rand
+
+L = keras.layers
+
+
+def parity_net():
+    """Conv+BN+ReLU, DepthwiseConv+BN+ReLU, a residual Add, a fused-ReLU conv, GAP, Dense."""
+    i = keras.Input((8, 8, 1))
+    h = L.Conv2D(16, 3, padding="same", use_bias=False, name="c1")(i)
+    h = L.BatchNormalization(momentum=0.9, name="bn1")(h)
+    h = L.ReLU(name="r1")(h)
+    d = L.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    d = L.BatchNormalization(momentum=0.9, name="bn2")(d)
+    d = L.ReLU(name="r2")(d)
+    s = L.Add(name="add")([h, d])
+    s = L.Conv2D(24, 1, activation="relu", name="pw")(s)
+    s = L.MaxPooling2D(name="pool")(s)
+    g = L.Flatten(name="flat")(s)
+    return keras.Model(i, L.Dense(10, name="fc")(g))
+
+
+@pytest.fixture(scope="module")
+def trained(digits_data):
+    keras.utils.set_random_seed(0)
+    (x, y), _ = digits_data
+    model = compile_for_classification(parity_net())
+    model.fit(x, y, epochs=10, batch_size=64, verbose=0)
+    qat = compile_for_classification(co.quantize_model(model), 5e-4)
+    qat.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    return model, qat
+
+
+@pytest.mark.slow
+def test_int8_file_computes_what_the_qat_model_trained(trained, digits_data):
+    _, qat = trained
+    (_, _), (xt, yt) = digits_data
+    tfl = ct.convert(qat, "int8")  # no representative data: ranges come from training
+    assert tfl.float_islands() == []
+    assert tfl.input_details[0]["dtype"] == np.int8
+    keras_logits = qat.predict(xt, verbose=0)
+    tfl_logits = tfl.predict(xt)
+    assert np.mean(keras_logits.argmax(1) == tfl_logits.argmax(1)) >= 0.99
+    step = tfl.output_details[0]["quantization"][0]
+    assert np.max(np.abs(keras_logits - tfl_logits)) <= 4 * step
+    # BN folded and ReLUs fused: no separate BN, MUL or RELU ops.
+    assert tfl.ops().count("CONV_2D") == 2 and "RELU" not in tfl.ops() and "MUL" not in tfl.ops()
+
+
+@pytest.mark.slow
+def test_batchnorm_is_folded_into_the_stored_kernel(trained):
+    float_model, qat = trained
+    tfl = ct.convert(qat, "int8")
+    wrapper = qat.get_layer("quant_c1")
+    bn = wrapper.folded_batchnorm
+    kernel = wrapper.base_layer.kernel.numpy()
+    scale = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    folded = kernel * scale  # (3, 3, 1, 16)
+    (stored,) = [t for t in tfl.inspect() if t.is_weight and t.shape == (16, 3, 3, 1)]
+    from collabopt.tflite import flatbuffer
+
+    data = [t.data for t in flatbuffer.parse(tfl.content).tensors if t.name == stored.name][0]
+    dequant = data.astype(np.float32) * np.asarray(stored.scales).reshape(-1, 1, 1, 1)
+    expected = np.transpose(folded, (3, 0, 1, 2))
+    assert np.max(np.abs(dequant - expected)) <= 0.5 * max(stored.scales) + 1e-6
+    assert qat.get_layer("bn1").__class__.__name__ == "FoldedBatchNormalization"
+
+
+def test_fresh_qat_model_predicts_like_the_float_model(digits_data):
+    keras.utils.set_random_seed(0)
+    (x, y), (xt, yt) = digits_data
+    model = compile_for_classification(parity_net())
+    model.fit(x, y, epochs=4, batch_size=64, verbose=0)
+    qat = compile_for_classification(co.quantize_model(model))
+    float_acc = model.evaluate(xt, yt, verbose=0)[1]
+    assert qat.evaluate(xt, yt, verbose=0)[1] >= float_acc - 0.02
+
+
+def test_save_and_load_keeps_configs_and_ranges(trained, tmp_path):
+    _, qat = trained
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.saving.load_model(tmp_path / "qat.keras")  # no quantize_scope needed
+    x = rand(16, 8, 8, 1)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
+    for a, b in zip(quantize_wrappers(qat), quantize_wrappers(loaded)):
+        assert a.quantize_config.get_config() == b.quantize_config.get_config()
+        for (la, qa, sa), (lb, qb, sb) in zip(a.range_states(), b.range_states()):
+            assert la == lb and float(sa["min"].numpy()) == float(sb["min"].numpy())
+    assert ct.convert(loaded, "int8").content == ct.convert(qat, "int8").content
+
+
+def test_int16x8_scheme_exports_int16_activations(digits_data):
+    (x, y), (xt, yt) = digits_data
+    model = compile_for_classification(parity_net())
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    qat = compile_for_classification(co.quantize_model(model, co.Default16x8QuantizeScheme()))
+    qat.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    tfl = ct.convert(qat, "int16x8", x[:100])
+    assert tfl.input_details[0]["dtype"] == np.int16
+    activations = {t.dtype for t in tfl.inspect() if not t.is_weight and t.dtype not in ("int32",)}
+    assert activations == {"int16"}
+    assert all(t.dtype == "int8" for t in tfl.inspect().weights() if len(t.shape) >= 2)
+    assert abs(tfl.evaluate(xt, yt) - qat.evaluate(xt, yt, verbose=0)[1]) <= 0.02
+
+
+def test_selective_annotation_quantizes_only_what_was_annotated():
+    inputs = keras.Input((6,))
+    h = co.quantize_annotate_layer(L.Dense(8, activation="relu", name="q"))(inputs)
+    out = L.Dense(3, name="f")(h)
+    model = keras.Model(inputs, out)
+    qat = co.quantize_apply(model)
+    names = {w.base_layer.name for w in quantize_wrappers(qat)}
+    assert names == {"q"}
+    assert type(qat.get_layer("f")).__name__ == "Dense"
+    assert qat.get_layer("quant_q").quantize_inputs == [True]  # fed by the model input
+
+
+def test_separate_relu_layer_is_fused_like_a_fused_activation(digits_data):
+    (x, y), _ = digits_data
+
+    def build(separate):
+        i = keras.Input((8, 8, 1))
+        if separate:
+            h = L.ReLU(name="relu")(L.Conv2D(8, 3, name="conv")(i))
+        else:
+            h = L.Conv2D(8, 3, activation="relu", name="conv")(i)
+        return keras.Model(i, L.Dense(10, name="fc")(L.Flatten()(h)))
+
+    ops = []
+    for separate in (False, True):
+        qat = compile_for_classification(co.quantize_model(build(separate)))
+        qat.fit(x[:256], y[:256], epochs=1, verbose=0)
+        conv = qat.get_layer("quant_conv")
+        assert conv.quantize_outputs is (not separate)
+        ops.append(ct.convert(qat, "int8").ops())
+    assert ops[0] == ops[1]  # same int8 graph either way
+
+
+def test_nested_model_is_quantized():
+    inner = keras.Sequential([keras.Input((6,)), L.Dense(6, activation="relu", name="inner_fc")], name="block")
+    i = keras.Input((6,))
+    model = keras.Model(i, L.Dense(2, name="head")(inner(i)))
+    qat = co.quantize_model(model)
+    assert {w.base_layer.name for w in quantize_wrappers(qat)} == {"inner_fc", "head"}
+    assert qat.get_layer("block").get_layer("quant_inner_fc").quantize_inputs == [True]
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(rand(32, 6), rand(32, 2), verbose=0)
+    assert ct.convert(qat, "int8").float_islands() == []
+
+
+def test_calibrate_sets_ranges_without_training():
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="a"), L.Dense(2, name="b")])
+    qat = co.quantize_model(model)
+    with pytest.raises(ValueError, match="have seen no data"):
+        ct.convert(qat, "int8")
+    before = [w.numpy().copy() for w in qat.trainable_weights]
+    co.calibrate(qat, rand(64, 6))
+    for a, b in zip(before, qat.trainable_weights):
+        np.testing.assert_array_equal(a, b.numpy())
+    assert ct.convert(qat, "int8").float_islands() == []
+
+
+def test_unsupported_layers_warn_or_raise():
+    model = keras.Sequential([keras.Input((4, 3)), L.LSTM(5, name="lstm"), L.Dense(2, name="d")])
+    with pytest.warns(UserWarning, match=r"left in float.*lstm \(LSTM\)"):
+        qat = co.quantize_model(model)
+    assert type(qat.get_layer("lstm")).__name__ == "LSTM"
+    with pytest.raises(ValueError, match=r"cannot quantize lstm \(LSTM\)"):
+        co.quantize_model(model, strict=True)
+
+
+def test_custom_config_and_quantizers():
+    class Scale(keras.layers.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1], 3), name="w")
+
+        def call(self, x):
+            return keras.ops.matmul(x, self.w)
+
+        def get_optimizable_weights(self):
+            return [co.WeightSpec("w", (-1,), 0)]
+
+    inputs = keras.Input((4,))
+    config = co.QuantizeConfig(
+        weights={"w": co.LastValueQuantizer(4, symmetric=True, narrow_range=True)},
+        outputs=[co.AllValuesQuantizer(8)],
+    )
+    model = keras.Model(inputs, co.quantize_annotate_layer(Scale(name="scale"), config)(inputs))
+    qat = co.quantize_apply(model)
+    wrapper = qat.get_layer("quant_scale")
+    w = wrapper.final_weights()["w"]
+    assert len(np.unique(w)) <= 15  # 4-bit narrow range
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: co.LastValueQuantizer(num_bits=1), r"num_bits must be an integer in \[2, 16\]"),
+        (lambda: co.MovingAverageQuantizer(num_bits=17), r"num_bits must be an integer in \[2, 16\]"),
+        (lambda: co.MovingAverageQuantizer(per_axis=True), "per_axis=True is not supported"),
+        (lambda: co.FixedQuantizer(init_min=1.0, init_max=2.0), "init_min <= 0 <= init_max"),
+    ],
+)
+def test_bad_quantizers(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_input_names_the_layer():
+    model = keras.Sequential([keras.Input((6,)), L.Dense(4, name="d")])
+    qat = co.quantize_model(model)
+    with pytest.raises(ValueError, match=r"layers \['d'\] are already quantized"):
+        co.quantize_model(qat)
+    bad = co.QuantizeConfig(weights={"nope": co.LastValueQuantizer()})
+    with pytest.raises(ValueError, match=r"layer 'd' \(Dense\): the quantize config names weights \['nope'\]"):
+        co.quantize_apply(keras.Sequential([keras.Input((6,)), co.quantize_annotate_layer(L.Dense(4, name="d"), bad)]))
+    lstm = L.LSTM(3, name="lstm")
+    lstm.build((None, 4, 2))
+    with pytest.raises(ValueError, match=r"layer 'lstm' \(LSTM\).*needs a QuantizeConfig"):
+        co.quantize_annotate_layer(lstm)
+    with pytest.raises(ValueError, match="has no annotated layers"):
+        co.quantize_apply(model)
+    with pytest.raises(ValueError, match="unknown constraint kinds"):
+        co.quantize_model(model, preserve=("sparsity", "colour"))
+    with co.quantize_scope():
+        pass
