@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from collabopt.clustering.init import CentroidInitialization, init_centroids, parse_init
-from collabopt.layers import OptimizationWrapper, num_channels, to_channel_rows
+from collabopt.layers import OptimizationWrapper, base_layer, num_channels, to_channel_rows
 from collabopt.preserve import CLUSTERS, Constraint, constraints_on, gather_clustered
 
 AGGREGATIONS = ("SUM", "AVG")
@@ -71,7 +71,7 @@ class ClusterWeights(OptimizationWrapper):
         cluster_gradient_aggregation: str = "SUM",
         **kwargs,
     ):
-        kwargs.setdefault("name", f"cluster_{layer.name}")
+        kwargs.setdefault("name", f"cluster_{base_layer(layer).name}")
         super().__init__(layer, **kwargs)
         validate_clustering_args(number_of_clusters, preserve_sparsity, cluster_gradient_aggregation)
         self.number_of_clusters = int(number_of_clusters)

@@ -24,8 +24,11 @@ from collabopt.layers import OptimizableLayer, WeightSpec, register_layer
 from collabopt.preserve import PreserveWrapper
 from collabopt.quantization import (
     AllValuesQuantizer,
+    Default8BitClusterPreserveQuantizeScheme,
+    Default8BitPrunePreserveQuantizeScheme,
     Default8BitQuantizeScheme,
     Default16x8QuantizeScheme,
+    FoldedBatchNormalization,
     FixedQuantizer,
     LastValueQuantizer,
     MovingAverageQuantizer,
@@ -40,6 +43,7 @@ from collabopt.quantization import (
     quantize_apply,
     quantize_model,
     quantize_scope,
+    strip_clustering_cqat,
     strip_quantization,
 )
 from collabopt.sparsity import (
@@ -64,6 +68,9 @@ __all__ = [
     "ClusterableLayer",
     "ConstantSparsity",
     "Default16x8QuantizeScheme",
+    "Default8BitClusterPreserveQuantizeScheme",
+    "Default8BitPrunePreserveQuantizeScheme",
+    "FoldedBatchNormalization",
     "Default8BitQuantizeScheme",
     "FixedQuantizer",
     "LastValueQuantizer",
@@ -97,5 +104,6 @@ __all__ = [
     "register_layer",
     "strip_clustering",
     "strip_pruning",
+    "strip_clustering_cqat",
     "strip_quantization",
 ]

@@ -15,6 +15,7 @@ from collabopt.preserve.kinds import (
     SparsityKind,
     StateVariable,
     get_kind,
+    in_projection_order,
     known_kinds,
     register_kind,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "constraints_on",
     "derive_constraint",
     "get_kind",
+    "in_projection_order",
     "known_kinds",
     "register_kind",
 ]

@@ -63,6 +63,19 @@ class ClustersKind(ConstraintKind):
         indices = from_channel_rows(indices, spec, value.shape) if per_channel else indices.reshape(value.shape)
         return {"centroids": centroids if per_channel else centroids[0], "indices": indices}, warning
 
+    def detect(self, value, spec):
+        # Clustered: few distinct values, per tensor or per channel. "Few" is
+        # at most 256 and at most a quarter of the values, so a small
+        # unclustered kernel (all values distinct) is not mistaken for one.
+        def few(rows):
+            return all(len(np.unique(r)) <= min(MAX_DERIVED_CLUSTERS, r.size // 4) for r in rows)
+
+        if value.size >= 8 and few([value.reshape(-1)]):
+            return {"per_channel": False}
+        if spec is not None and few(to_channel_rows(value, spec)):
+            return {"per_channel": True}
+        return None
+
     def record_options(self, values, options):
         return {"number_of_clusters": int(values["centroids"].shape[-1]), **options}
 

@@ -37,6 +37,10 @@ class ConstraintKind(abc.ABC):
     """Base class of constraint kinds. Subclasses set ``name`` and implement the methods."""
 
     name: ClassVar[str] = ""
+    #: Projection order when several kinds hold on one weight: kinds that
+    #: replace values (clusters) go before kinds that mask them (sparsity), so
+    #: a trained centroid can never move a pruned zero.
+    order: ClassVar[int] = 0
 
     @abc.abstractmethod
     def state_spec(self, weight_shape, spec, options: dict) -> dict[str, StateVariable]:
@@ -45,6 +49,14 @@ class ConstraintKind(abc.ABC):
     @abc.abstractmethod
     def derive(self, value: np.ndarray, spec, options: dict) -> tuple[dict[str, np.ndarray], str | None]:
         """State values derived from plain weight values, and a warning (or None)."""
+
+    def detect(self, value: np.ndarray, spec) -> dict | None:
+        """Options if ``value`` clearly carries this constraint (automatic preservation), else None.
+
+        Only confident cases count; explicit requests go through :meth:`derive`,
+        which warns on ambiguous ones.
+        """
+        return None
 
     def record_options(self, values: dict, options: dict) -> dict:
         """Options to save after deriving ``values`` (e.g. a derived size). Default: unchanged."""
@@ -74,7 +86,13 @@ def get_kind(name: str) -> ConstraintKind:
 
 
 def known_kinds() -> list[str]:
-    return sorted(_KINDS)
+    """Registered kind names, in projection order."""
+    return sorted(_KINDS, key=lambda n: (_KINDS[n].order, n))
+
+
+def in_projection_order(kind_names) -> list[str]:
+    """``kind_names`` sorted as projections must be applied."""
+    return sorted(kind_names, key=lambda n: (get_kind(n).order, n))
 
 
 @dataclasses.dataclass
@@ -108,6 +126,7 @@ class SparsityKind(ConstraintKind):
     """
 
     name = "sparsity"
+    order = 100
 
     def state_spec(self, weight_shape, spec, options):
         return {"mask": StateVariable(tuple(weight_shape), "float32", False)}
@@ -124,6 +143,9 @@ class SparsityKind(ConstraintKind):
                 "zeros that pruning did not create"
             )
         return {"mask": mask}, warning
+
+    def detect(self, value, spec):
+        return {} if value.size and float(np.mean(value == 0)) >= 0.05 else None
 
     def project(self, state, weight, spec=None):
         return weight * ops.cast(state["mask"], weight.dtype)

@@ -7,8 +7,8 @@ import warnings
 import keras
 from keras import ops
 
-from collabopt.layers import OptimizationWrapper
-from collabopt.preserve.kinds import Constraint, get_kind
+from collabopt.layers import OptimizationWrapper, base_layer
+from collabopt.preserve.kinds import Constraint, get_kind, in_projection_order
 from collabopt.preserve.registry import derive_constraint
 
 
@@ -39,9 +39,9 @@ class PreserveWrapper(OptimizationWrapper):
     """
 
     def __init__(self, layer, constraints: dict, options: dict | None = None, **kwargs):
-        kwargs.setdefault("name", f"preserve_{layer.name}")
+        kwargs.setdefault("name", f"preserve_{base_layer(layer).name}")
         super().__init__(layer, **kwargs)
-        self.constraint_names = {k: list(v) for k, v in constraints.items()}
+        self.constraint_names = {k: in_projection_order(v) for k, v in constraints.items()}
         self.options = dict(options or {})
         for kinds in self.constraint_names.values():
             for kind in kinds:
@@ -65,8 +65,14 @@ class PreserveWrapper(OptimizationWrapper):
                         f"layer '{self.base_layer.name}': weight '{weight_name}' {warning}.",
                         stacklevel=3,
                     )
+                specs = kind.state_spec(shape, spec, options)
+                # Assign derived values only if every one fits the recorded
+                # shapes: when a saved or copied wrapper is rebuilt, its weights
+                # are not loaded yet, and derived state would be inconsistent
+                # (it is overwritten by the loaded values anyway).
+                fits = all(tuple(values[n].shape) == tuple(sv.shape) for n, sv in specs.items())
                 state = {}
-                for state_name, sv in kind.state_spec(shape, spec, options).items():
+                for state_name, sv in specs.items():
                     var = self.add_weight(
                         name=f"{weight_name}_{kind_name}_{state_name}",
                         shape=sv.shape,
@@ -75,7 +81,7 @@ class PreserveWrapper(OptimizationWrapper):
                         trainable=sv.trainable,
                         aggregation="only_first_replica" if not sv.trainable else "none",
                     )
-                    if tuple(values[state_name].shape) == tuple(sv.shape):
+                    if fits:
                         var.assign(ops.cast(values[state_name], sv.dtype))
                     state[state_name] = var
                 self._state[weight_name][kind_name] = state

@@ -9,6 +9,7 @@ from collabopt.quantization.api import (
     quantize_model,
     quantize_scope,
     quantize_wrappers,
+    strip_clustering_cqat,
     strip_quantization,
 )
 from collabopt.quantization.config import QuantizeConfig
@@ -19,12 +20,22 @@ from collabopt.quantization.quantizers import (
     MovingAverageQuantizer,
     Quantizer,
 )
-from collabopt.quantization.schemes import Default8BitQuantizeScheme, Default16x8QuantizeScheme, QuantizeScheme
+from collabopt.quantization.schemes import (
+    Default8BitClusterPreserveQuantizeScheme,
+    Default8BitPrunePreserveQuantizeScheme,
+    Default8BitQuantizeScheme,
+    Default16x8QuantizeScheme,
+    FoldedBatchNormalization,
+    QuantizeScheme,
+)
 from collabopt.quantization.wrapper import QuantizeWrapper
 
 __all__ = [
     "AllValuesQuantizer",
     "Default16x8QuantizeScheme",
+    "Default8BitClusterPreserveQuantizeScheme",
+    "Default8BitPrunePreserveQuantizeScheme",
+    "FoldedBatchNormalization",
     "Default8BitQuantizeScheme",
     "FixedQuantizer",
     "LastValueQuantizer",
@@ -41,5 +52,6 @@ __all__ = [
     "quantize_model",
     "quantize_scope",
     "quantize_wrappers",
+    "strip_clustering_cqat",
     "strip_quantization",
 ]

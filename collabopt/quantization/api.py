@@ -7,8 +7,8 @@ import warnings
 
 import keras
 
-from collabopt.layers import base_layer, transformable_weight_names, wrapper_chain
-from collabopt.preserve import PreserveWrapper, constraints_on, known_kinds
+from collabopt.layers import base_layer, optimizable_variables, spec_for, transformable_weight_names, wrapper_chain
+from collabopt.preserve import PreserveWrapper, constraints_on, get_kind, known_kinds
 from collabopt.quantization import graph
 from collabopt.quantization.annotate import QuantizeAnnotate
 from collabopt.quantization.config import QuantizeConfig
@@ -85,10 +85,15 @@ def quantize_apply(model, scheme: QuantizeScheme | None = None, *, preserve=None
             :func:`quantize_annotate_layer` or :func:`quantize_annotate_model`).
         scheme: :class:`Default8BitQuantizeScheme` (default) or
             :class:`Default16x8QuantizeScheme`.
-        preserve: Constraint kinds (``"sparsity"``, ``"clusters"``) to keep on
-            layers that arrive *stripped*: derived from the weights (with a
-            warning where that is ambiguous). Constraints recorded by wrappers
-            still in the chain are always kept.
+        preserve: Constraint kinds to keep on layers that arrive *stripped*.
+            ``None`` (default): the scheme's own list (the TFMOT preserve
+            schemes), else detected from the weights: a weight with at least 5%
+            exact zeros keeps its sparsity, one with few distinct values
+            (<= 256 and <= a quarter of its size, per tensor or per channel)
+            keeps its clusters. A tuple such as ``("sparsity", "clusters")``
+            derives those kinds wherever the chain does not record them (with a
+            warning where that is ambiguous); ``()`` opts out. Constraints
+            recorded by wrappers still in the chain are always kept.
         strict: Raise instead of warning when an annotated layer cannot be
             quantized by the scheme.
 
@@ -103,6 +108,9 @@ def quantize_apply(model, scheme: QuantizeScheme | None = None, *, preserve=None
     scheme = scheme or Default8BitQuantizeScheme()
     if not isinstance(scheme, QuantizeScheme):
         raise ValueError(f"scheme must be a QuantizeScheme (e.g. Default8BitQuantizeScheme()); received {scheme!r}.")
+    if preserve is None:
+        preserve = scheme.preserve
+    auto = preserve is None
     preserve = _check_preserve(preserve)
     if not isinstance(model, keras.Model):
         raise ValueError(f"quantize_apply expects a keras.Model; received {model!r}.")
@@ -146,11 +154,9 @@ def quantize_apply(model, scheme: QuantizeScheme | None = None, *, preserve=None
         if layer.name in unsupported_names:
             return inner
         base = base_layer(inner)
-        names = transformable_weight_names(base)
-        wanted = {n: [k for k in preserve if k not in constraints_on(inner, n)] for n in names}
-        wanted = {n: ks for n, ks in wanted.items() if ks}
+        wanted, options = _constraints_to_derive(inner, base, preserve, auto)
         if wanted:
-            inner = PreserveWrapper(inner, wanted)
+            inner = PreserveWrapper(inner, wanted, options)
         bn = the_plan.fold_into.get(layer.name)
         wrapper = QuantizeWrapper(
             inner,
@@ -166,6 +172,33 @@ def quantize_apply(model, scheme: QuantizeScheme | None = None, *, preserve=None
         return wrapper
 
     return map_layers(model, fn, what="quantize_apply")
+
+
+def _constraints_to_derive(inner, base, preserve, auto):
+    """``({weight: [kinds]}, {kind: options})`` the chain does not record and should keep."""
+    from keras import ops
+
+    wanted, options = {}, {}
+    for name in transformable_weight_names(base):
+        recorded = constraints_on(inner, name)
+        kinds = []
+        candidates = known_kinds() if auto else preserve
+        value = None
+        for kind_name in candidates:
+            if kind_name in recorded:
+                continue
+            if auto:
+                if value is None:
+                    weights = inner.effective_weights(False) if hasattr(inner, "effective_weights") else None
+                    value = ops.convert_to_numpy(weights[name] if weights else optimizable_variables(base)[name])
+                detected = get_kind(kind_name).detect(value, spec_for(base, name))
+                if detected is None:
+                    continue
+                options.setdefault(kind_name, {}).update(detected)
+            kinds.append(kind_name)
+        if kinds:
+            wanted[name] = kinds
+    return wanted, options
 
 
 def quantize_model(to_quantize, scheme: QuantizeScheme | None = None, *, preserve=None, strict: bool = False):
@@ -240,6 +273,20 @@ def calibrate(model, data, batches: int = 20):
 def strip_quantization(model):
     """Plain float layers holding the fake-quantized (and BN-folded) weights; no fake-quant ops."""
     return map_layers(model, lambda l: l.float_layer() if isinstance(l, QuantizeWrapper) else None, what="strip_quantization")
+
+
+def strip_clustering_cqat(model):
+    """TFMOT's name: the CQAT/PCQAT model with its clustering (and pruning) wrappers baked into the weights.
+
+    Quantization wrappers stay, so the result still trains and converts as a
+    QAT model; its kernels hold their cluster values exactly.
+    """
+    def fn(layer):
+        if isinstance(layer, QuantizeWrapper):
+            return layer.with_inner_stripped()
+        return None
+
+    return map_layers(model, fn, what="strip_clustering_cqat")
 
 
 @contextlib.contextmanager

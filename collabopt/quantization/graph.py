@@ -100,6 +100,19 @@ def _foldable_bn(layer, bn) -> bool:
     return bool(last and weight_specs(base) and "use_bias" in base.get_config() and has_linear_activation(base))
 
 
+def _outputs_quantized(model, quantized) -> bool:
+    """Whether every output of a nested graph model leaves it quantized."""
+    layers = {l.name: l for l in model.layers}
+    for name in _output_names(model):
+        layer = layers[name]
+        if is_graph_model(layer):
+            if not _outputs_quantized(layer, quantized):
+                return False
+        elif not quantized(layer):
+            return False
+    return True
+
+
 def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None) -> Plan:
     """Builds the :class:`Plan` for ``model``.
 
@@ -145,7 +158,10 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
     def arrives_quantized(src):
         if src == MODEL_INPUT:
             return inputs_quantized
-        return src in result.folded or quantized(layers[src])
+        producer = layers[src]
+        if is_graph_model(producer):
+            return _outputs_quantized(producer, quantized)
+        return src in result.folded or quantized(producer)
 
     for name, layer in layers.items():
         if isinstance(layer, keras.layers.InputLayer) or name in result.folded:

@@ -65,6 +65,9 @@ class QuantizeScheme:
     activation_bits = 8
     activation_symmetric = False
     weight_bits = 8
+    #: Constraint kinds this scheme keeps on layers that arrive stripped
+    #: (None: detect them automatically from the weights).
+    preserve: tuple | None = None
 
     def weight_quantizer(self, rank: int):
         return LastValueQuantizer(self.weight_bits, per_axis=rank >= 3, symmetric=True, narrow_range=True)
@@ -110,3 +113,22 @@ class Default16x8QuantizeScheme(QuantizeScheme):
 
     activation_bits = 16
     activation_symmetric = True
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class Default8BitPrunePreserveQuantizeScheme(Default8BitQuantizeScheme):
+    """TFMOT's PQAT spelling: the 8-bit scheme keeping every pruned zero."""
+
+    preserve = ("sparsity",)
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class Default8BitClusterPreserveQuantizeScheme(Default8BitQuantizeScheme):
+    """TFMOT's CQAT / PCQAT spelling: the 8-bit scheme keeping clusters (and zeros with ``preserve_sparsity``)."""
+
+    def __init__(self, preserve_sparsity: bool = False):
+        self.preserve_sparsity = bool(preserve_sparsity)
+        self.preserve = ("clusters", "sparsity") if preserve_sparsity else ("clusters",)
+
+    def get_config(self):
+        return {"preserve_sparsity": self.preserve_sparsity}

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from collabopt.layers import OptimizationWrapper, get_variable, spec_for, weight_specs
+from collabopt.layers import OptimizationWrapper, base_layer, get_variable, spec_for, weight_specs
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import Quantizer
 from collabopt.transform import copy_layer
@@ -60,7 +60,7 @@ class QuantizeWrapper(OptimizationWrapper):
         export_mode: str | None = None,
         **kwargs,
     ):
-        kwargs.setdefault("name", f"quant_{layer.name}")
+        kwargs.setdefault("name", f"quant_{base_layer(layer).name}")
         super().__init__(layer, **kwargs)
         if not isinstance(quantize_config, QuantizeConfig):
             raise ValueError(f"layer '{self.base_layer.name}': quantize_config must be a QuantizeConfig; received {quantize_config!r}.")
@@ -216,14 +216,15 @@ class QuantizeWrapper(OptimizationWrapper):
                 f"layer '{self.base_layer.name}': quantization ranges {missing} have seen no data. Train the "
                 "QAT model, or call collabopt.keras.calibrate(model, data), before converting to int8."
             )
-        inner = self.layer
-        if isinstance(inner, OptimizationWrapper):
-            inner = inner.stripped()
-        else:
-            inner = copy_layer(inner)
-        exported = self.rewrap(inner)
+        exported = self.with_inner_stripped()
         exported.export_mode = mode
         return exported
+
+    def with_inner_stripped(self) -> "QuantizeWrapper":
+        """This wrapper (config and state) around the inner chain's final weights as a plain layer."""
+        inner = self.layer
+        inner = inner.stripped() if isinstance(inner, OptimizationWrapper) else copy_layer(inner)
+        return self.rewrap(inner)
 
     # --- serialization -------------------------------------------------------
     def get_config(self):

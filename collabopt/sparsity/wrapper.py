@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from collabopt.layers import OptimizationWrapper
+from collabopt.layers import OptimizationWrapper, base_layer
 from collabopt.preserve import SPARSITY, Constraint
 from collabopt.sparsity import masks
 from collabopt.sparsity.schedules import ConstantSparsity, PruningSchedule
@@ -57,7 +57,7 @@ class PruneLowMagnitude(OptimizationWrapper):
         sparsity_m_by_n=None,
         **kwargs,
     ):
-        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        kwargs.setdefault("name", f"prune_low_magnitude_{base_layer(layer).name}")
         super().__init__(layer, **kwargs)
         self.pruning_schedule = pruning_schedule if pruning_schedule is not None else ConstantSparsity(0.5, 0)
         validate_pruning_args(self.pruning_schedule, block_size, block_pooling_type, sparsity_m_by_n)

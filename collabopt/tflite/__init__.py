@@ -12,8 +12,12 @@ Example:
 from collabopt.tflite.convert import MODES, ConversionError, convert, export_model, has_trained_ranges
 from collabopt.tflite.inspection import InspectionReport, TensorStats
 from collabopt.tflite.model import SizeReport, TFLiteModel, load
+from collabopt.tflite.verify import ConstraintCheck, VerifyReport, verify
 
 __all__ = [
+    "ConstraintCheck",
+    "VerifyReport",
+    "verify",
     "MODES",
     "ConversionError",
     "InspectionReport",
