@@ -20,20 +20,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
-L = keras.layers
-
-
-def reference_cnn(input_shape=(28, 28, 1), num_classes=10):
-    inputs = keras.Input(input_shape)
-    x = inputs
-    for i, filters in enumerate((16, 32), start=1):
-        x = L.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
-        x = L.BatchNormalization(momentum=0.9, name=f"block{i}_bn")(x)
-        x = L.ReLU(name=f"block{i}_relu")(x)
-        x = L.MaxPooling2D(name=f"pool{i}")(x)
-    x = L.Flatten()(x)
-    x = L.Dense(64, activation="relu", name="fc1")(x)
-    return keras.Model(inputs, L.Dense(num_classes, name="logits")(x))
+from collabopt.reference_models import reference_cnn  # noqa: E402  (built with keras_module=tf_keras below)
 
 
 def wrap(model, technique):
@@ -57,7 +44,7 @@ def step_time(technique, steps, batch_size, repeats):
     rng = np.random.default_rng(0)
     x = rng.random((steps * batch_size, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, steps * batch_size)
-    model, callbacks = wrap(reference_cnn(), technique)
+    model, callbacks = wrap(reference_cnn(keras_module=keras), technique)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[: 5 * batch_size], y[: 5 * batch_size], batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks)
     times = []
@@ -68,14 +55,106 @@ def step_time(technique, steps, batch_size, repeats):
     return min(times)
 
 
+def _fit(model, x, y, epochs, lr, callbacks=()):
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=2, callbacks=list(callbacks))
+    return model
+
+
+def _copy(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def collaborative(args):
+    """TFMOT's deployment tree on the same architecture and data; writes .tflite files and a JSON line."""
+    from collabopt import datasets
+    from collabopt.reference_models import ds_cnn, mobilenet_style
+
+    data = datasets.fashion_mnist(n_train=args.n_train) if args.data == "fashion_mnist" else datasets.spoken_digits()
+    (x, y), (xt, yt) = data
+    build = mobilenet_style if args.arch == "mobilenet_style" else ds_cnn
+    tf.keras.utils.set_random_seed(0)
+    sp, cl, qz = tfmot.sparsity.keras, tfmot.clustering.keras, tfmot.quantization.keras
+    E, e = args.epochs, args.stage_epochs
+    base = _fit(build(x.shape[1:], keras_module=keras), x, y, E, 1e-3)
+    steps = int(np.ceil(len(x) / 64))
+    pruned = _fit(
+        sp.prune_low_magnitude(_copy(base), pruning_schedule=sp.PolynomialDecay(0.0, 0.5, 0, steps, frequency=max(steps // 10, 1))),
+        x, y, e, 5e-4, [sp.UpdatePruningStep()],
+    )
+    pruned = sp.strip_pruning(pruned)
+    init = cl.CentroidInitialization.KMEANS_PLUS_PLUS
+    clustered = cl.strip_clustering(_fit(cl.cluster_weights(_copy(base), number_of_clusters=args.clusters, cluster_centroids_init=init), x, y, e, 1e-4))
+    spc = cl.strip_clustering(
+        _fit(cl.cluster_weights(_copy(pruned), number_of_clusters=args.clusters, cluster_centroids_init=init, preserve_sparsity=True), x, y, e, 1e-4)
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        default_8bit_cluster_preserve_quantize_scheme as cps,
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+        default_8bit_prune_preserve_quantize_scheme as pps,
+    )
+
+    def qat(model, scheme=None):
+        annotated = qz.quantize_annotate_model(_copy(model))
+        q = qz.quantize_apply(annotated, scheme) if scheme is not None else qz.quantize_apply(annotated)
+        return _fit(q, x, y, e, 1e-4)
+
+    stages = {
+        "Baseline": (base, False),
+        "Pruned": (pruned, False),
+        "Clustered": (clustered, False),
+        "Sparsity-preserving clustered": (spc, False),
+        "QAT": (qat(base), True),
+        "PQAT": (qat(pruned, pps.Default8BitPrunePreserveQuantizeScheme()), True),
+        "CQAT": (qat(clustered, cps.Default8BitClusterPreserveQuantizeScheme()), True),
+        "PCQAT": (qat(spc, cps.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)), True),
+    }
+    out = {}
+    os.makedirs(args.out, exist_ok=True)
+    rep = x[:500]
+    for name, (model, is_qat) in stages.items():
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        acc = model.evaluate(xt, yt, verbose=0)[1]
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if not is_qat:
+            conv.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+        path = os.path.join(args.out, f"tfmot_{name.replace(' ', '_')}.tflite")
+        with open(path, "wb") as f:
+            f.write(conv.convert())
+        out[name] = {"float_top1": acc, "int8_path": path}
+        if name == "Baseline":
+            fp = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+            fpath = os.path.join(args.out, "tfmot_baseline_float32.tflite")
+            with open(fpath, "wb") as f:
+                f.write(fp)
+            out["float32_path"] = fpath
+    print(json.dumps({"tfmot_version": tfmot.__version__, "stages": out}))
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["step_time"])
+    parser.add_argument("what", choices=["step_time", "collaborative"])
+    parser.add_argument("--arch", default="mobilenet_style")
+    parser.add_argument("--data", default="fashion_mnist")
+    parser.add_argument("--n-train", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--stage-epochs", type=int, default=1)
+    parser.add_argument("--clusters", type=int, default=16)
+    parser.add_argument("--out", default="/tmp/collabopt_tfmot")
     parser.add_argument("--technique", default="prune")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.what == "collaborative":
+        return collaborative(args)
     tf.random.set_seed(0)
     plain = step_time("none", args.steps, args.batch_size, args.repeats)
     wrapped = step_time(args.technique, args.steps, args.batch_size, args.repeats)
