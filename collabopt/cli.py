@@ -1,5 +1,6 @@
 """The ``collabopt`` command line.
 
+    collabopt tree   [--model m.keras] [--data NAME] [--out DIR] [--quick] [--exhaustive] [targets]
     collabopt train  --data digits --out model.keras [--epochs N]
     collabopt export MODEL.keras --mode int8 [--data NAME|file.npz] --out FILE.tflite
     collabopt inspect FILE.tflite
@@ -101,6 +102,67 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _default_data():
+    from collabopt import datasets
+
+    try:
+        datasets.fashion_mnist(n_train=1, n_test=1)
+        return "fashion_mnist"
+    except datasets.DatasetNotInstalled:
+        return "digits"
+
+
+def cmd_tree(args) -> int:
+    import keras
+
+    import collabopt.tree as tree
+    from collabopt.reference_models import compile_for_classification, reference_cnn
+
+    try:
+        targets = tree.Targets(
+            max_accuracy_drop=args.max_accuracy_drop if args.max_accuracy_drop is not None else 0.01,
+            max_gzip_bytes=args.max_size,
+            max_latency_us=args.max_latency,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if args.epochs is not None and args.epochs < 0:
+        raise UsageError(f"--epochs must be >= 0; received {args.epochs}")
+    data_name = args.data or _default_data()
+    (x, y), (xt, yt) = _load_data(data_name)
+    if args.quick:
+        x, y, xt, yt = x[:2000], y[:2000], xt[:1000], yt[:1000]
+    epochs = args.epochs if args.epochs is not None else 1
+    out = pathlib.Path(args.out or f"runs/tree_{data_name}")
+    keras.utils.set_random_seed(args.seed)
+    if args.model:
+        model = _load_model(args.model)
+        print(f"baseline: {args.model}")
+    else:
+        base_epochs = 2 if args.quick else 5
+        print(f"baseline: reference CNN trained {base_epochs} epochs on {data_name} ({len(x):,} images)")
+        model = compile_for_classification(reference_cnn(x.shape[1:], int(max(y.max(), yt.max())) + 1))
+        model.fit(x, y, epochs=base_epochs, batch_size=64, verbose=2)
+    any_target = any(v is not None for v in (args.max_accuracy_drop, args.max_size, args.max_latency))
+    exhaustive = args.exhaustive or args.quick or not any_target
+    try:
+        report = tree.run(
+            model, (x, y), (xt, yt), targets, epochs=epochs, out_dir=out, exhaustive=exhaustive,
+            latency_runs=20 if args.quick else 100, verbose=2,
+        )
+    except ValueError as error:
+        raise UsageError(str(error).splitlines()[0]) from error
+    print()
+    print(report.to_markdown())
+    print(f"wrote {out}/report.md, report.json and one .tflite per node")
+    if report.targets_met:
+        return 0
+    print("no node met every target; closest:", file=sys.stderr)
+    for n in report.closest():
+        print(f"  {n.label}: int8 {100 * n.int8_top1:.2f}%, gzip {n.gzip_bytes:,} B, misses {'; '.join(n.misses)}", file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="collabopt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="representative/evaluation data: a bundled name or a .npz file")
     p.add_argument("--out")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("tree", help="walk the deployment tree (prune / cluster / QAT and their combinations)")
+    p.add_argument("--model", help="a trained .keras classifier (default: train the reference CNN)")
+    p.add_argument("--data", help="digits | fashion_mnist | spoken_digits | file.npz (default: fashion_mnist if installed, else digits)")
+    p.add_argument("--out", help="output folder (default runs/tree_<data>)")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs per node (default 1)")
+    p.add_argument("--max-accuracy-drop", type=float, help="largest int8 top-1 drop below the float baseline, as a fraction (0.01 = 1 point)")
+    p.add_argument("--max-size", type=int, help="largest gzip size of the int8 .tflite, bytes")
+    p.add_argument("--max-latency", type=float, help="largest batch-1 latency, microseconds")
+    p.add_argument("--exhaustive", action="store_true", help="run every node and mark the Pareto front (default when no target is given)")
+    p.add_argument("--quick", action="store_true", help="small data subset and short training: every node in a few minutes")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tree)
 
     p = sub.add_parser("inspect", help="print the tensor table of a .tflite file")
     p.add_argument("file")

@@ -1,0 +1,30 @@
+"""CI runs every example notebook in quick mode so none can rot."""
+
+import os
+import pathlib
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
+NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
+
+
+def test_all_four_notebooks_are_there():
+    assert {p.stem for p in NOTEBOOKS} == {"pqat", "cqat", "pcqat", "per_channel_clustering"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_quick_mode(path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("COLLABOPT_QUICK", "1")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}).execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "| Baseline |" in text and "smaller gzip than the float32 baseline" in text
+    assert os.environ["COLLABOPT_QUICK"] == "1"

@@ -1,0 +1,119 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import collabopt.tree as tree
+from collabopt.cli import main
+from collabopt.reference_models import compile_for_classification, reference_cnn
+
+
+@pytest.fixture(scope="module")
+def small_run_inputs(digits_data):
+    (x, y), (xt, yt) = digits_data
+    keras.utils.set_random_seed(0)
+    model = compile_for_classification(reference_cnn((8, 8, 1)))
+    model.fit(x, y, epochs=4, batch_size=64, verbose=0)
+    return model, (x[:600], y[:600]), (xt, yt)
+
+
+STAGES = [
+    tree.Stage("baseline", "baseline", label="Baseline"),
+    tree.Stage("pruned", "prune", "baseline", {"sparsity": 0.5}, "Pruned"),
+    tree.Stage("pqat", "quantize", "pruned", {}, "PQAT"),
+]
+
+
+def test_stops_at_the_first_node_meeting_the_targets(small_run_inputs):
+    model, train, val = small_run_inputs
+    report = tree.run(model, train, val, tree.Targets(max_accuracy_drop=0.05), stages=STAGES, progress=None, verbose=0)
+    assert [n.name for n in report.nodes] == ["baseline"]
+    assert report.chosen == "baseline" and report.targets_met
+
+
+def test_goes_deeper_until_a_size_target_is_met(small_run_inputs):
+    model, train, val = small_run_inputs
+    first = tree.run(model, train, val, tree.Targets(max_accuracy_drop=1.0), stages=STAGES[:1], progress=None, verbose=0)
+    target = tree.Targets(max_accuracy_drop=1.0, max_gzip_bytes=int(first.nodes[0].gzip_bytes * 0.9))
+    report = tree.run(model, train, val, target, stages=STAGES, progress=None, verbose=0)
+    assert [n.name for n in report.nodes] == ["baseline", "pruned"]
+    assert report.chosen == "pruned"
+
+
+@pytest.mark.slow
+def test_exhaustive_runs_every_node_and_writes_outputs(small_run_inputs, tmp_path):
+    model, train, val = small_run_inputs
+    before = [w.numpy().copy() for w in model.weights]
+    lines = []
+    report = tree.run(model, train, val, exhaustive=True, out_dir=tmp_path, progress=lines.append, verbose=0)
+    assert [n.name for n in report.nodes] == [s.name for s in tree.check_stages(tree.default_stages())]
+    assert any("PCQAT" in line for line in lines)
+    for name in ("report.md", "report.json", "pcqat.tflite", "baseline.tflite", "size_accuracy.png", "weight_density.png"):
+        assert (tmp_path / name).is_file(), name
+    assert any(n.pareto for n in report.nodes)
+    for a, b in zip(before, model.weights):  # the baseline model is not modified
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_report_json_round_trips():
+    nodes = [
+        tree.NodeResult("a", "A", None, 0.9, 0.89, 1000, 900, 1.0, 10.0, 1.0, True, [], False, None),
+        tree.NodeResult("b", "B", "a", 0.88, 0.87, 800, 500, 1.8, 9.0, 2.0, False, ["gzip"], False, "b.tflite"),
+    ]
+    report = tree.TreeReport(nodes, "a", {"epochs": 1, "targets": {"max_accuracy_drop": 0.01}})
+    again = tree.TreeReport.from_json(report.to_json())
+    assert again == report
+    assert json.loads(report.to_json())["chosen"] == "a"
+    assert "| A |" in report.to_markdown()
+
+
+def test_pareto_front_on_hand_made_numbers():
+    def node(name, gzip, acc):
+        return tree.NodeResult(name, name, None, acc, acc, gzip, gzip, 1.0, 1.0, 0.0, True)
+
+    nodes = [node("big_best", 1000, 0.95), node("small_ok", 400, 0.90), node("dominated", 600, 0.89), node("tie_worse", 400, 0.85), node("tiny", 100, 0.50)]
+    front = tree.pareto_front(nodes)
+    assert {n.name for n in front} == {"big_best", "small_ok", "tiny"}
+    assert not nodes[2].pareto and not nodes[3].pareto
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: tree.Targets(max_accuracy_drop=-0.1), r"max_accuracy_drop must be a fraction in \[0, 1\]"),
+        (lambda: tree.Targets(max_gzip_bytes=0), "max_gzip_bytes must be a positive"),
+        (lambda: tree.Stage("x", "distill", "baseline"), "technique='distill'"),
+        (lambda: tree.check_stages([tree.Stage("b", "baseline"), tree.Stage("p", "prune", "nowhere")]), "parent 'nowhere' is not a stage"),
+        (lambda: tree.check_stages([tree.Stage("b", "baseline"), tree.Stage("b", "baseline")]), "repeated"),
+    ],
+)
+def test_bad_targets_and_stages(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_cli_bad_input_exits_2(capsys):
+    assert main(["tree", "--max-accuracy-drop", "-1"]) == 2
+    assert "max_accuracy_drop must be a fraction" in capsys.readouterr().err
+    assert main(["tree", "--max-size", "0"]) == 2
+    assert "max_gzip_bytes must be a positive" in capsys.readouterr().err
+    assert main(["tree", "--data", "nope"]) == 2
+    assert "unknown data set 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_unreachable_target_lists_the_closest_nodes(tmp_path, capsys):
+    code = main(["tree", "--quick", "--data", "digits", "--max-size", "100", "--out", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "no node met every target; closest:" in err and "gzip" in err
+
+
+@pytest.mark.slow
+def test_cli_tree_quick_end_to_end(tmp_path, capsys):
+    assert main(["tree", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "PCQAT" in out and "Chosen" in out
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert len(data["nodes"]) == 8
