@@ -16,6 +16,13 @@ def test_all_four_notebooks_are_there():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_quick_mode(path, monkeypatch):
+    from collabopt import datasets
+
+    try:  # the notebooks use both optional data sets
+        datasets.fashion_mnist(n_train=1, n_test=1)
+        datasets.spoken_digits()
+    except datasets.DatasetNotInstalled as error:
+        pytest.skip(str(error))
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("COLLABOPT_QUICK", "1")
