@@ -231,3 +231,15 @@ def test_bad_input_names_the_layer():
         co.quantize_model(model, preserve=("sparsity", "colour"))
     with co.quantize_scope():
         pass
+
+
+def test_qat_trains_under_mirrored_strategy_and_converts(mirrored):
+    with mirrored.scope():
+        model = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(8, 3, name="conv"), L.ReLU(name="relu"), L.Flatten(), L.Dense(10, name="fc")])
+        qat = co.quantize_model(model)
+        qat.compile(optimizer="adam", loss="mse")
+    qat.fit(rand(32, 8, 8, 1), rand(32, 10), batch_size=8, epochs=1, verbose=0)
+    wrapper = qat.get_layer("quant_relu")
+    (_, quantizer, state) = wrapper.range_states()[0]
+    assert float(state["initialized"].numpy()) == 1.0 and float(state["max"].numpy()) > 0
+    assert ct.convert(qat, "int8").float_islands() == []
