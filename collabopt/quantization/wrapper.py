@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from collabopt.layers import OptimizationWrapper, base_layer, get_variable, spec_for, weight_specs
+from collabopt.layers import OptimizationWrapper, base_layer, call_with_weights, get_variable, spec_for, weight_specs
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import Quantizer
 from collabopt.transform import copy_layer
@@ -153,8 +153,6 @@ class QuantizeWrapper(OptimizationWrapper):
             ]
             inputs = flat if isinstance(inputs, (list, tuple)) else flat[0]
         weights = self.effective_weights(training)
-        from collabopt.layers import call_with_weights
-
         outputs = call_with_weights(self.base_layer, inputs, weights, training=training, **kwargs)
         if self.folded_batchnorm is not None:
             outputs = outputs + self._bias_correction()
@@ -170,8 +168,6 @@ class QuantizeWrapper(OptimizationWrapper):
             if i < len(self.quantize_inputs) and self.quantize_inputs[i]:
                 self.input_quantizer.observe(x, self._states[f"in:{i}"])
         weights = self.effective_weights(False)
-        from collabopt.layers import call_with_weights
-
         outputs = call_with_weights(self.base_layer, inputs, weights, training=False, **kwargs)
         if self.folded_batchnorm is not None:
             outputs = outputs + self._bias_correction()
