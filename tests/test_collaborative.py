@@ -1,6 +1,5 @@
 """PQAT, CQAT, PCQAT and sparsity-preserving clustering, proven in the int8 flatbuffer."""
 
-import warnings
 
 import keras
 import numpy as np

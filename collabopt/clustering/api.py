@@ -14,11 +14,10 @@ from collabopt.layers import (
     remove_wrappers,
     spec_for,
     transformable_weight_names,
-    weight_specs,
     wrapper_chain,
 )
 from collabopt.preserve import PreserveWrapper, constraints_on
-from collabopt.transform import PASS, UNSUPPORTED, WRAP, apply_per_layer, map_layers
+from collabopt.transform import apply_per_layer, map_layers, support_status
 
 
 @runtime_checkable
@@ -88,10 +87,7 @@ def cluster_weights(
                 f"cluster_weights: layer '{base.name}' is already clustered (wrapper '{layer.name}'); "
                 "cluster each layer once (strip_clustering first to start over)."
             )
-        specs = weight_specs(base)
-        if specs is None:
-            return UNSUPPORTED if base.weights else PASS
-        return WRAP if specs else PASS
+        return support_status(layer)
 
     def wrap(layer):
         base = base_layer(layer)

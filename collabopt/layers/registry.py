@@ -16,7 +16,7 @@ Custom layers join in one of two ways:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import keras
 

@@ -7,10 +7,10 @@ from typing import Protocol, runtime_checkable
 
 import keras
 
-from collabopt.layers import base_layer, register_weights_protocol, remove_wrappers, weight_specs, wrapper_chain
+from collabopt.layers import base_layer, register_weights_protocol, remove_wrappers, wrapper_chain
 from collabopt.sparsity.schedules import ConstantSparsity
 from collabopt.sparsity.wrapper import PruneLowMagnitude, validate_pruning_args
-from collabopt.transform import PASS, UNSUPPORTED, WRAP, apply_per_layer, map_layers
+from collabopt.transform import PASS, WRAP, apply_per_layer, map_layers, support_status
 
 
 @runtime_checkable
@@ -115,14 +115,10 @@ def prune_low_magnitude(
                 f"prune_low_magnitude: layer '{base.name}' is already pruned (wrapper '{layer.name}'); "
                 "prune each layer once (strip_pruning first to start over)."
             )
-        specs = weight_specs(layer)
-        if specs is None:
-            return UNSUPPORTED if layer.weights else PASS
-        if not specs:
+        status = support_status(layer)
+        if status == WRAP and pruning_policy is not None and not pruning_policy.allow_pruning(base_layer(layer)):
             return PASS
-        if pruning_policy is not None and not pruning_policy.allow_pruning(layer):
-            return PASS
-        return WRAP
+        return status
 
     def wrap(layer):
         wrapper = PruneLowMagnitude(

@@ -83,6 +83,17 @@ def apply_per_layer(
     raise ValueError(f"{what}: expected a keras layer, a list of layers or a model; received {target!r}.")
 
 
+def support_status(layer) -> str:
+    """WRAP if the (base) layer has optimizable weights, PASS if it has none, UNSUPPORTED if it has unknown ones."""
+    from collabopt.layers import base_layer, weight_specs
+
+    base = base_layer(layer)
+    specs = weight_specs(base)
+    if specs is None:
+        return UNSUPPORTED if base.weights else PASS
+    return WRAP if specs else PASS
+
+
 def _sublayers(layer):
     """Layers tracked inside a subclassed model (``Model.layers`` is public), recursively."""
     out = []

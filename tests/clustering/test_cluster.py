@@ -1,7 +1,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import collabopt.keras as co
 import collabopt.tflite as ct

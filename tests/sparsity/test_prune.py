@@ -1,4 +1,3 @@
-import warnings
 
 import keras
 import numpy as np
