@@ -152,12 +152,18 @@ def _saved_model_converter(model: keras.Model, directory: str):
     if len(signature) > 1:
         signature = [signature]
     archive.add_endpoint("serve", functools.partial(model.__call__, training=False), signature)
+    logger = tf.get_logger()
+    level = logger.level
     try:
-        # write_out prints "Saved artifact at ..."; noise for a library call.
+        # write_out prints "Saved artifact at ..." and logs "Assets written to"
+        # our temporary folder; noise for a library call.
+        logger.setLevel("ERROR")
         with contextlib.redirect_stdout(io.StringIO()):
             archive.write_out(directory)
     except Exception as error:  # TF raises several unrelated types here
         raise ConversionError(_explain(error, model)) from error
+    finally:
+        logger.setLevel(level)
     return tf.lite.TFLiteConverter.from_saved_model(directory)
 
 
