@@ -1,5 +1,6 @@
 """Layer support: optimizable weights, their axes, and running a layer on replacement weights."""
 
+from collabopt.layers.copy import copy_layer
 from collabopt.layers.channels import from_channel_rows, num_channels, to_channel_rows
 from collabopt.layers.registry import (
     PASSTHROUGH_LAYERS,
@@ -30,6 +31,7 @@ __all__ = [
     "WeightSpec",
     "base_layer",
     "call_with_weights",
+    "copy_layer",
     "declared_specs",
     "from_channel_rows",
     "get_variable",

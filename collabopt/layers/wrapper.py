@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import keras
 
-from collabopt.layers.registry import call_with_weights, declared_specs, optimizable_variables, spec_for
+from collabopt.layers.copy import copy_layer
+from collabopt.layers.registry import call_with_weights, declared_specs, get_variable, optimizable_variables, spec_for
 
 
 class OptimizationWrapper(keras.layers.Wrapper):
@@ -149,7 +150,7 @@ class OptimizationWrapper(keras.layers.Wrapper):
 
     def stripped(self) -> keras.layers.Layer:
         """A plain copy of the base layer (same name) holding the final weights."""
-        from collabopt.transform.copy import copy_layer
+        from collabopt.layers.copy import copy_layer
 
         plain = copy_layer(self.base_layer)
         for name, value in self.final_weights().items():

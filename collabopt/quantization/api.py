@@ -11,10 +11,11 @@ from collabopt.layers import base_layer, optimizable_variables, spec_for, transf
 from collabopt.preserve import PreserveWrapper, constraints_on, get_kind, known_kinds
 from collabopt.quantization import graph
 from collabopt.quantization.annotate import QuantizeAnnotate
+from collabopt.layers.copy import copy_layer
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.schemes import Default8BitQuantizeScheme, FoldedBatchNormalization, QuantizeScheme
 from collabopt.quantization.wrapper import QuantizeWrapper
-from collabopt.transform import copy_layer, iter_layers, map_layers
+from collabopt.transform import iter_layers, map_layers
 
 
 def _is_quantized(layer) -> bool:
@@ -247,7 +248,7 @@ def calibrate(model, data, batches: int = 20):
     widens every range to the values seen. Modifies ``model``'s range
     variables in place (it is the model being trained, not an input to copy).
     """
-    from collabopt.tflite.data import iter_batches
+    from collabopt.datasets.batches import iter_batches
 
     wrappers = quantize_wrappers(model)
     if not wrappers:

@@ -7,9 +7,9 @@ import numpy as np
 from keras import ops
 
 from collabopt.layers import OptimizationWrapper, base_layer, call_with_weights, get_variable, spec_for, weight_specs
+from collabopt.layers.copy import copy_layer
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import Quantizer
-from collabopt.transform import copy_layer
 
 
 def _flatten(x):

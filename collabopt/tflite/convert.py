@@ -11,7 +11,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from collabopt.tflite.data import samples
+from collabopt.datasets.batches import samples
 from collabopt.tflite.model import TFLiteModel
 from collabopt.transform import iter_layers, map_layers
 

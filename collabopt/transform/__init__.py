@@ -2,7 +2,7 @@
 
 from collabopt.transform.apply import PASS, UNSUPPORTED, WRAP, any_layer, apply_per_layer, support_status
 from collabopt.transform.clone import is_graph_model, is_opaque_model, iter_layers, map_layers
-from collabopt.transform.copy import copy_layer
+from collabopt.layers.copy import copy_layer
 
 __all__ = [
     "PASS",

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 import keras
 
-from collabopt.transform.copy import copy_layer
+from collabopt.layers.copy import copy_layer
 
 LayerFn = Callable[[keras.layers.Layer], Optional[keras.layers.Layer]]
 

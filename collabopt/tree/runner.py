@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from collabopt.tflite import convert, has_trained_ranges
-from collabopt.tflite.data import check_inputs
+from collabopt.datasets.batches import check_inputs
 from collabopt.tree.report import NodeResult, TreeReport, pareto_front
 from collabopt.tree.stages import Stage, Targets, check_stages, default_stages
 
