@@ -21,11 +21,20 @@ except RuntimeError:  # devices already initialised by another plugin
 import keras  # noqa: E402
 
 
+_START_DIR = os.getcwd()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)
     yield
     keras.backend.clear_session()
+    # A library call may leave the process in a temporary folder that is then
+    # removed; later tests (and subprocesses they start) need a real one.
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        os.chdir(_START_DIR)
 
 
 @pytest.fixture(scope="session")

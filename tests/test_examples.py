@@ -25,6 +25,7 @@ def test_notebook_runs_in_quick_mode(path, monkeypatch):
         pytest.skip(str(error))
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
+    monkeypatch.chdir(EXAMPLES)  # jupyter_client reads the working directory when it starts a kernel
     monkeypatch.setenv("COLLABOPT_QUICK", "1")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     nb = nbformat.read(path, as_version=4)
