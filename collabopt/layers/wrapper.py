@@ -150,12 +150,8 @@ class OptimizationWrapper(keras.layers.Wrapper):
 
     def stripped(self) -> keras.layers.Layer:
         """A plain copy of the base layer (same name) holding the final weights."""
-        from collabopt.layers.copy import copy_layer
-
         plain = copy_layer(self.base_layer)
         for name, value in self.final_weights().items():
-            from collabopt.layers.registry import get_variable
-
             get_variable(plain, spec_for(plain, name)).assign(value)
         return plain
 

@@ -9,7 +9,6 @@ from keras import ops
 
 from collabopt.layers import OptimizationWrapper, base_layer
 from collabopt.preserve.kinds import Constraint, get_kind, in_projection_order
-from collabopt.preserve.registry import derive_constraint
 
 
 @keras.saving.register_keras_serializable(package="collabopt")
@@ -49,15 +48,15 @@ class PreserveWrapper(OptimizationWrapper):
         self._state: dict[str, dict[str, dict]] = {}
 
     def build_wrapper(self, input_shape):
+        inner = self.inner_weights()  # the chain inside, computed once
         for weight_name, kinds in self.constraint_names.items():
             spec = self.spec(weight_name)
-            shape = tuple(self.inner_weights()[weight_name].shape)
+            value = ops.convert_to_numpy(inner[weight_name])
+            shape = tuple(value.shape)
             self._state[weight_name] = {}
             for kind_name in kinds:
                 kind = get_kind(kind_name)
-                values, warning = derive_constraint(
-                    self.layer, weight_name, kind_name, dict(self.options.get(kind_name, {}))
-                )
+                values, warning = kind.derive(value, spec, dict(self.options.get(kind_name, {})))
                 # Saved options (from a .keras file) win over the derived ones.
                 options = self.options[kind_name] = kind.record_options(values, self.options.get(kind_name, {}))
                 if warning:

@@ -20,7 +20,7 @@ import dataclasses
 import keras
 
 from collabopt.layers import weight_specs
-from collabopt.quantization.schemes import SAME_SCALE_LAYERS, fusable_activation, has_linear_activation
+from collabopt.quantization.schemes import fusable_activation, has_linear_activation
 from collabopt.transform import is_graph_model
 
 MODEL_INPUT = "<model input>"
@@ -173,7 +173,3 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
         if quantized(layer):
             result.input_flags[name] = [not arrives_quantized(s) for s in srcs]
     return result
-
-
-def same_scale(layer) -> bool:
-    return isinstance(core(layer), SAME_SCALE_LAYERS)

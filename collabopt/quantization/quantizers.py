@@ -112,8 +112,9 @@ class _RangeQuantizer(Quantizer):
     def is_initialized(self, state):
         return ops.greater(state["initialized"], 0.5)
 
+    @abc.abstractmethod
     def _update(self, batch_lo, batch_hi, state):
-        raise AssertionError("subclasses define _update")  # pragma: no cover
+        """The new ``(min, max)`` given a batch's min and max and the current state."""
 
     def range(self, x, state, training, spec):
         if not training:

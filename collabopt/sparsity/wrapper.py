@@ -69,9 +69,10 @@ class PruneLowMagnitude(OptimizationWrapper):
     protocol_method = "get_prunable_weights"
 
     def build_wrapper(self, input_shape):
+        inner = self.inner_weights()
         for name in self.weight_names():
             spec = self.spec(name)
-            shape = tuple(self.inner_weights()[name].shape)
+            shape = tuple(inner[name].shape)
             check_weight(self.base_layer, name, shape, spec, self.block_size, self.sparsity_m_by_n)
             self.masks[name] = self.add_weight(
                 name=f"{name}_mask",

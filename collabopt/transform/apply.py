@@ -7,7 +7,7 @@ from typing import Callable
 
 import keras
 
-from collabopt.transform.clone import is_opaque_model, iter_layers, map_layers
+from collabopt.transform.clone import is_opaque_model, map_layers
 
 WRAP, PASS, UNSUPPORTED = "wrap", "pass", "unsupported"
 
@@ -101,8 +101,3 @@ def _sublayers(layer):
         out.append(sub)
         out.extend(_sublayers(sub))
     return out
-
-
-def any_layer(model, predicate) -> list[keras.layers.Layer]:
-    """Leaf layers of ``model`` for which ``predicate`` holds."""
-    return [layer for layer in iter_layers(model) if predicate(layer)]
