@@ -12,14 +12,11 @@ import keras
 import tensorflow as tf
 
 from collabopt.datasets.batches import samples
+from collabopt.errors import ConversionError
 from collabopt.tflite.model import TFLiteModel
 from collabopt.transform import iter_layers, map_layers
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
-
-
-class ConversionError(ValueError):
-    """The TFLite converter rejected the model; the message names the layers/ops involved."""
 
 
 def has_trained_ranges(model) -> bool:
