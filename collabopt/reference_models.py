@@ -79,3 +79,99 @@ def compile_for_classification(model: keras.Model, learning_rate: float = 1e-3) 
         metrics=["accuracy"],
     )
     return model
+
+
+# --- the model zoo: the architectures users bring -------------------------------------------------
+
+#: keras.applications classification families: constructor name -> smallest input side it builds at.
+APPLICATIONS = {
+    "MobileNet": 32,
+    "MobileNetV2": 32,
+    "MobileNetV3Small": 32,
+    "MobileNetV3Large": 32,
+    "EfficientNetB0": 32,
+    "EfficientNetV2B0": 32,
+    "ResNet50": 32,
+    "ResNet50V2": 32,
+    "DenseNet121": 32,
+    "NASNetMobile": 32,
+    "ConvNeXtTiny": 32,
+    "Xception": 71,
+    "InceptionV3": 75,
+    "VGG16": 32,
+}
+
+# Width multipliers that keep the families with an ``alpha`` small.
+_SMALL_ALPHA = {"MobileNet": 0.25, "MobileNetV2": 0.35, "MobileNetV3Small": 0.75, "MobileNetV3Large": 0.75}
+
+
+def application(name: str, input_size: int | None = None, num_classes: int = 10, classifier_activation="softmax") -> keras.Model:
+    """A ``keras.applications`` classification model, untrained (``weights=None``), at a small input.
+
+    Args:
+        name: A key of :data:`APPLICATIONS`, e.g. ``"MobileNetV2"``.
+        input_size: Image side in pixels (default: the smallest the family builds at).
+        num_classes: Classes of the Dense head.
+        classifier_activation: ``"softmax"`` or ``None`` (logits).
+
+    Example:
+
+    >>> from collabopt.reference_models import application
+    >>> application("MobileNet", 32).output.shape
+    (None, 10)
+    """
+    if name not in APPLICATIONS:
+        raise ValueError(f"application name {name!r} is not in the zoo; accepted: {sorted(APPLICATIONS)}.")
+    size = input_size or APPLICATIONS[name]
+    kwargs = dict(weights=None, input_shape=(size, size, 3), classes=num_classes, classifier_activation=classifier_activation)
+    if name in _SMALL_ALPHA:
+        kwargs["alpha"] = _SMALL_ALPHA[name]
+    if name.startswith("MobileNetV3") or name.startswith("EfficientNetV2") or name.startswith("ConvNeXt"):
+        kwargs["include_preprocessing"] = True
+    return getattr(keras.applications, name)(**kwargs)
+
+
+def conv1d_kws(input_shape=(40, 13), num_classes: int = 10, width: int = 32) -> keras.Model:
+    """A Conv1D keyword spotter over MFCC frames: Conv1D-BN-ReLU blocks, separable and depthwise convs, GAP, Dense."""
+    L = keras.layers
+    inputs = keras.Input(input_shape, name="mfcc")
+    x = L.Conv1D(width, 5, padding="same", use_bias=False, name="stem")(inputs)
+    x = L.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+    x = L.ReLU(name="stem_relu")(x)
+    x = L.SeparableConv1D(width, 3, padding="same", activation="relu", name="sep")(x)
+    x = L.MaxPooling1D(name="pool")(x)
+    x = L.DepthwiseConv1D(3, padding="same", name="dw")(x)
+    x = L.Conv1D(2 * width, 1, activation="relu", name="pw")(x)
+    x = L.GlobalAveragePooling1D(name="gap")(x)
+    x = L.Dropout(0.1, name="drop")(x)
+    return keras.Model(inputs, L.Dense(num_classes, activation="softmax", name="head")(x), name="conv1d_kws")
+
+
+def recurrent_kws(cell: str = "lstm", bidirectional: bool = False, input_shape=(40, 13), num_classes: int = 10, units: int = 32) -> keras.Model:
+    """A keyword-spotting RNN: (Bi)LSTM or (Bi)GRU over MFCC frames, then a Dense head.
+
+    ``cell`` is ``"lstm"`` or ``"gru"``; the last layer returns the final state.
+    """
+    L = keras.layers
+    layer_class = {"lstm": L.LSTM, "gru": L.GRU}[cell]
+    inputs = keras.Input(input_shape, name="mfcc")
+    x = L.Normalization(axis=None, mean=0.5, variance=1.0 / 12.0, name="norm")(inputs)  # MFCC statistics of the data set
+    rnn = layer_class(units, name=cell)
+    x = (L.Bidirectional(rnn, name=f"bi_{cell}") if bidirectional else rnn)(x)
+    x = L.Dense(units, activation="relu", name="fc")(x)
+    name = f"{'bi' if bidirectional else ''}{cell}_kws"
+    return keras.Model(inputs, L.Dense(num_classes, name="logits")(x), name=name)
+
+
+def tiny_transformer(sequence_length: int = 16, vocabulary: int = 100, num_classes: int = 4, dim: int = 32, heads: int = 2) -> keras.Model:
+    """A one-block Transformer text classifier: integer token ids -> Embedding -> MHA -> LN -> GELU MLP -> LN -> pool -> Dense."""
+    L = keras.layers
+    tokens = keras.Input((sequence_length,), dtype="int32", name="tokens")
+    x = L.Embedding(vocabulary, dim, name="embedding")(tokens)
+    attention = L.MultiHeadAttention(heads, dim // heads, name="attention")(x, x)
+    x = L.LayerNormalization(name="ln1")(L.Add(name="res1")([x, attention]))
+    h = L.Dense(2 * dim, activation="gelu", name="mlp_up")(x)
+    h = L.EinsumDense("btd,de->bte", output_shape=(None, dim), bias_axes="e", name="mlp_down")(h)
+    x = L.LayerNormalization(name="ln2")(L.Add(name="res2")([x, h]))
+    x = L.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(tokens, L.Dense(num_classes, name="logits")(x), name="tiny_transformer")

@@ -119,11 +119,11 @@ class ClusterWeights(OptimizationWrapper):
                     centroids[c, 1:] = init_centroids(kept if kept.size else np.zeros(1), k - 1, self.cluster_centroids_init, seed=c)
             shape = (num_channels(spec, value.shape), k) if self.cluster_per_channel else (k,)
             self.centroids[name] = self.add_weight(
-                name=f"{name}_centroids", shape=shape, initializer="zeros", trainable=True
+                name=f"{name.replace('/', '__')}_centroids", shape=shape, initializer="zeros", trainable=True
             )
             self.centroids[name].assign(centroids if self.cluster_per_channel else centroids[0])
             self.indices[name] = self.add_weight(
-                name=f"{name}_indices",
+                name=f"{name.replace('/', '__')}_indices",
                 shape=value.shape,
                 dtype="int32",
                 initializer="zeros",

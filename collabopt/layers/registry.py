@@ -20,14 +20,17 @@ from typing import Protocol, runtime_checkable
 
 import keras
 
+from collabopt.layers.execution import call_in_tflite_form, has_tflite_form
+
 
 @dataclasses.dataclass(frozen=True)
 class WeightSpec:
     """One optimizable weight of a layer.
 
     Attributes:
-        name: Key of the weight within its layer, e.g. ``"kernel"``. For the
-            built-in layers this is the attribute that holds the variable.
+        name: Key of the weight within its layer: the attribute that holds
+            the variable (``"kernel"``), or its path through sublayers
+            (``"query/kernel"`` in a MultiHeadAttention).
         channel_axes: Axes that together index the output channels, in order
             (e.g. ``(-1,)`` for Conv2D, ``(2, 3)`` for DepthwiseConv2D, whose
             output channel is ``in_channel * multiplier + m``).
@@ -38,6 +41,14 @@ class WeightSpec:
     name: str
     channel_axes: tuple[int, ...] = (-1,)
     input_axis: int | None = -2
+    #: Whether int8 TFLite quantizes this weight per output channel; None:
+    #: by rank (per channel for rank >= 3 kernels, per tensor for Dense).
+    per_channel_quantization: bool | None = None
+
+    @property
+    def variable_name(self) -> str:
+        """``name`` usable in a Keras variable name (no ``/``), for state a wrapper keeps per weight."""
+        return self.name.replace("/", "__")
 
 
 @runtime_checkable
@@ -60,7 +71,9 @@ class OptimizableLayer(Protocol):
     def get_optimizable_weights(self) -> list[WeightSpec]: ...
 
 
-_REGISTRY: dict[type, tuple[WeightSpec, ...]] = {}
+# Layer class -> its weight specs, or a function of the layer instance giving
+# them (when the axes depend on its configuration, as for EinsumDense).
+_REGISTRY: dict[type, object] = {}
 
 # Layers with no weights that collabopt would transform; they pass through
 # every technique unchanged. Layers not listed here and not registered above
@@ -114,13 +127,15 @@ PASSTHROUGH_LAYERS: tuple[type, ...] = (
 )
 
 
-def register_layer(layer_class: type, weights: list[WeightSpec]) -> None:
+def register_layer(layer_class: type, weights) -> None:
     """Declares the optimizable weights of a layer class (and its subclasses).
 
     Args:
         layer_class: A ``keras.layers.Layer`` subclass.
-        weights: Its optimizable weights; ``WeightSpec.name`` must be the
-            attribute that holds each variable.
+        weights: Its optimizable weights (``WeightSpec.name``: the attribute
+            that holds each variable, or its path through sublayers), or a
+            function ``layer -> list[WeightSpec]`` when they depend on the
+            layer's configuration.
 
     Example:
 
@@ -134,7 +149,43 @@ def register_layer(layer_class: type, weights: list[WeightSpec]) -> None:
         raise ValueError(
             f"register_layer expects a keras.layers.Layer subclass; received {layer_class!r}."
         )
-    _REGISTRY[layer_class] = tuple(weights)
+    _REGISTRY[layer_class] = weights if callable(weights) else tuple(weights)
+
+
+def _einsum_spec(name: str, equation: str) -> WeightSpec:
+    """Axes of an einsum kernel: output channels are its axes that reach the output, input the first contracted one."""
+    inputs, output = equation.split("->")
+    kernel = inputs.split(",")[1]
+    rank = len(kernel)
+    out_axes = tuple(i - rank for i, c in enumerate(kernel) if c in output)
+    contracted = [i - rank for i, c in enumerate(kernel) if c not in output]
+    return WeightSpec(name, out_axes or (-1,), contracted[0] if contracted else None, per_channel_quantization=False)
+
+
+def _einsum_dense_specs(layer) -> tuple[WeightSpec, ...]:
+    return (_einsum_spec("kernel", layer.equation),)
+
+
+def _recurrent_specs(layer) -> tuple[WeightSpec, ...]:
+    # The input and recurrent kernels of every cell (both directions of a
+    # Bidirectional), addressed by their path inside the layer.
+    specs = []
+    prefix = layer.name + "/"
+    for variable in layer.weights:
+        leaf = variable.path.split("/")[-1]
+        if leaf in ("kernel", "recurrent_kernel") and variable.path.startswith(prefix):
+            specs.append(WeightSpec(variable.path[len(prefix):], (-1,), 0, per_channel_quantization=False))
+    return tuple(specs)
+
+
+def _multi_head_attention_specs(layer) -> tuple[WeightSpec, ...]:
+    # Public properties of the built layer; their variables are found by path.
+    specs = []
+    for attribute in ("query_dense", "key_dense", "value_dense", "output_dense"):
+        dense = getattr(layer, attribute, None)
+        if dense is not None:
+            specs.append(_einsum_spec(f"{dense.name}/kernel", dense.equation))
+    return tuple(specs)
 
 
 _CONV = (WeightSpec("kernel", (-1,), -2),)
@@ -146,7 +197,11 @@ _DEPTHWISE = (WeightSpec("kernel", (-2, -1), None),)
 _SEPARABLE = (WeightSpec("depthwise_kernel", (-2, -1), None), WeightSpec("pointwise_kernel", (-1,), -2))
 
 for _cls, _specs in [
-    (keras.layers.Dense, (WeightSpec("kernel", (-1,), 0),)),
+    (keras.layers.Dense, (WeightSpec("kernel", (-1,), 0, per_channel_quantization=False),)),
+    (keras.layers.EinsumDense, _einsum_dense_specs),
+    (keras.layers.MultiHeadAttention, _multi_head_attention_specs),
+    (keras.layers.RNN, _recurrent_specs),
+    (keras.layers.Bidirectional, _recurrent_specs),
     (keras.layers.Conv1D, _CONV),
     (keras.layers.Conv2D, _CONV),
     (keras.layers.Conv3D, _CONV),
@@ -157,7 +212,7 @@ for _cls, _specs in [
     (keras.layers.DepthwiseConv2D, _DEPTHWISE),
     (keras.layers.SeparableConv1D, _SEPARABLE),
     (keras.layers.SeparableConv2D, _SEPARABLE),
-    (keras.layers.Embedding, (WeightSpec("embeddings", (0,), None),)),
+    (keras.layers.Embedding, (WeightSpec("embeddings", (0,), None, per_channel_quantization=False),)),
 ]:
     _REGISTRY[_cls] = _specs
 
@@ -219,7 +274,8 @@ def weight_specs(layer: keras.layers.Layer) -> tuple[WeightSpec, ...] | None:
             # A Conv2D subclass that changes the convolution (e.g. Keras'
             # own Conv2DTranspose is *not* a Conv2D subclass, but users'
             # may be) still stores its weight under the same attribute.
-            return _REGISTRY[cls]
+            entry = _REGISTRY[cls]
+            return tuple(entry(layer)) if callable(entry) else entry
     if isinstance(layer, PASSTHROUGH_LAYERS):
         return ()
     return None
@@ -240,12 +296,12 @@ def get_variable(layer: keras.layers.Layer, spec: WeightSpec) -> keras.Variable:
             and the weight), e.g. a Dense layer with LoRA enabled, whose
             ``kernel`` is a computed tensor.
     """
-    value = getattr(layer, spec.name, None)
+    value = getattr(layer, spec.name, None) if "/" not in spec.name else None
     if isinstance(value, keras.Variable):
         return value
-    for variable in layer.weights:
-        if variable.path.split("/")[-1] == spec.name:
-            return variable
+    matches = [v for v in layer.weights if v.path == spec.name or v.path.endswith("/" + spec.name)]
+    if len(matches) == 1:
+        return matches[0]
     raise ValueError(
         f"layer '{layer.name}' ({type(layer).__name__}): weight '{spec.name}' is not a "
         f"variable of this layer (got {type(value).__name__}). Optimizable weights must be "
@@ -275,6 +331,9 @@ def call_with_weights(
     layer: keras.layers.Layer,
     inputs,
     weights: dict[str, object],
+    *args,
+    between=None,
+    tflite_form: bool = False,
     **kwargs,
 ):
     """Runs ``layer`` on ``inputs`` with some of its weights replaced.
@@ -292,14 +351,23 @@ def call_with_weights(
         layer: A built layer.
         inputs: The layer's inputs.
         weights: Weight name (as in :class:`WeightSpec`) -> replacement tensor
-            of the variable's shape.
+            of the variable's shape, or of its execution form
+            (:func:`collabopt.layers.execution.to_execution_form`).
+        between: For layers that TFLite runs as several ops
+            (:func:`collabopt.layers.execution.internal_tensors`), a function
+            applied to the tensor between them (e.g. a fake quantizer).
+        tflite_form: Compute the layer as the ops TFLite executes, where
+            :mod:`collabopt.layers.execution` has a runner for it (the same
+            values; quantization needs the op boundaries).
         **kwargs: Passed to the layer's call (e.g. ``training``).
 
     Returns:
         The layer's outputs computed with the replacement weights.
     """
+    if tflite_form and has_tflite_form(layer):
+        return call_in_tflite_form(layer, inputs, weights, between)
     if not weights:
-        return layer(inputs, **kwargs)
+        return layer(inputs, *args, **kwargs)
     specs = {s.name: s for s in weight_specs(layer) or ()}
     mapping = []
     for name, value in weights.items():
@@ -313,4 +381,4 @@ def call_with_weights(
     # the supported layers make none, and layers that do (e.g. a custom layer
     # with moving statistics) must not be run through here.
     with keras.StatelessScope(state_mapping=mapping):
-        return layer(inputs, **kwargs)
+        return layer(inputs, *args, **kwargs)

@@ -42,10 +42,10 @@ class OptimizationWrapper(keras.layers.Wrapper):
         """The innermost, plain Keras layer of the chain."""
         return base_layer(self)
 
-    @property
-    def inner(self) -> keras.layers.Layer:
-        """The layer or wrapper directly inside this one."""
-        return self.layer
+    #: Run the base layer as the ops TFLite executes (quantization needs the
+    #: op boundaries; see :mod:`collabopt.layers.execution`). Only the
+    #: outermost wrapper's setting counts, since only it runs the layer.
+    tflite_form: bool = False
 
     #: A TFMOT-style method a custom layer may define to list the weights this
     #: technique transforms (e.g. "get_prunable_weights"); None: all optimizable.
@@ -90,15 +90,37 @@ class OptimizationWrapper(keras.layers.Wrapper):
         """This stage's transform of the weights handed in by the inner chain."""
         return weights
 
+    def transform_inputs(self, inputs, training):
+        """This stage's transform of the layer's inputs (default: the inner chain's)."""
+        if isinstance(self.layer, OptimizationWrapper):
+            inputs = self.layer.transform_inputs(inputs, training)
+        return inputs
+
+    def transform_internal(self, training):
+        """A function for the tensors a layer computes between the ops TFLite splits it into, or None.
+
+        Only layers with internal tensors (:func:`collabopt.layers.execution.internal_tensors`)
+        ask; the outermost stage that answers wins.
+        """
+        if isinstance(self.layer, OptimizationWrapper):
+            return self.layer.transform_internal(training)
+        return None
+
     def transform_outputs(self, outputs, training):
-        """This stage's transform of the base layer's outputs (default: none)."""
+        """This stage's transform of the base layer's outputs (default: the inner chain's)."""
         if isinstance(self.layer, OptimizationWrapper):
             outputs = self.layer.transform_outputs(outputs, training)
         return outputs
 
-    def call(self, inputs, training=None, **kwargs):
+    def call(self, inputs, *args, training=None, **kwargs):
+        # ``args``: further positional inputs (MultiHeadAttention's value).
+        inputs = self.transform_inputs(inputs, training)
         weights = self.effective_weights(training)
-        outputs = call_with_weights(self.base_layer, inputs, weights, training=training, **kwargs)
+        between = self.transform_internal(training)
+        outputs = call_with_weights(
+            self.base_layer, inputs, weights, *args, between=between, tflite_form=self.tflite_form,
+            training=training, **kwargs,
+        )
         return self.transform_outputs(outputs, training)
 
     def compute_output_spec(self, *args, **kwargs):
@@ -146,7 +168,13 @@ class OptimizationWrapper(keras.layers.Wrapper):
     # --- leaving the wrapper -------------------------------------------------
     def final_weights(self) -> dict:
         """The effective weights at inference, as numpy arrays."""
-        return {k: keras.ops.convert_to_numpy(v) for k, v in self.effective_weights(False).items()}
+        shapes = {k: tuple(v.shape) for k, v in optimizable_variables(self.base_layer).items()}
+        # A stage may hand weights on in their execution form (e.g. a 1-D
+        # conv kernel expanded to rank 4); give them back in the variable's shape.
+        return {
+            k: keras.ops.convert_to_numpy(v).reshape(shapes.get(k, tuple(v.shape)))
+            for k, v in self.effective_weights(False).items()
+        }
 
     def stripped(self) -> keras.layers.Layer:
         """A plain copy of the base layer (same name) holding the final weights."""

@@ -73,7 +73,7 @@ class PreserveWrapper(OptimizationWrapper):
                 state = {}
                 for state_name, sv in specs.items():
                     var = self.add_weight(
-                        name=f"{weight_name}_{kind_name}_{state_name}",
+                        name=f"{weight_name.replace('/', '__')}_{kind_name}_{state_name}",
                         shape=sv.shape,
                         dtype=sv.dtype,
                         initializer="zeros",

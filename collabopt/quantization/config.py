@@ -18,6 +18,9 @@ class QuantizeConfig:
         weights: ``{weight_name: Quantizer}`` for the layer's optimizable weights.
         outputs: One :class:`Quantizer` per layer output (empty: outputs stay
             as they are, e.g. when a following activation layer quantizes).
+        internal: One :class:`Quantizer` per tensor computed *inside* the
+            layer between the ops TFLite splits it into (SeparableConv's
+            depthwise output).
 
     Example:
 
@@ -27,10 +30,11 @@ class QuantizeConfig:
     ...     outputs=[co.MovingAverageQuantizer(8)])
     """
 
-    def __init__(self, weights: dict | None = None, outputs: list | None = None):
+    def __init__(self, weights: dict | None = None, outputs: list | None = None, internal: list | None = None):
         self.weights = dict(weights or {})
         self.outputs = list(outputs or [])
-        for q in list(self.weights.values()) + self.outputs:
+        self.internal = list(internal or [])
+        for q in list(self.weights.values()) + self.outputs + self.internal:
             if not isinstance(q, Quantizer):
                 raise ValueError(f"QuantizeConfig expects Quantizer objects; received {q!r}.")
 
@@ -42,10 +46,15 @@ class QuantizeConfig:
         """One quantizer per output of ``layer`` (may be empty)."""
         return list(self.outputs)
 
+    def internal_quantizers(self, layer) -> list:
+        """One quantizer per internal tensor of ``layer`` (may be empty)."""
+        return list(self.internal)
+
     def get_config(self):
         return {
             "weights": {k: keras.saving.serialize_keras_object(q) for k, q in self.weights.items()},
             "outputs": [keras.saving.serialize_keras_object(q) for q in self.outputs],
+            "internal": [keras.saving.serialize_keras_object(q) for q in self.internal],
         }
 
     @classmethod
@@ -53,4 +62,5 @@ class QuantizeConfig:
         return cls(
             weights={k: keras.saving.deserialize_keras_object(q) for k, q in config.get("weights", {}).items()},
             outputs=[keras.saving.deserialize_keras_object(q) for q in config.get("outputs", [])],
+            internal=[keras.saving.deserialize_keras_object(q) for q in config.get("internal", [])],
         )

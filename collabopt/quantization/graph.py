@@ -24,6 +24,7 @@ from collabopt.quantization.schemes import fusable_activation, has_linear_activa
 from collabopt.transform import is_graph_model
 
 MODEL_INPUT = "<model input>"
+INTEGER_INPUT = "<integer model input>"  # token ids and other indices: never quantized
 
 
 @dataclasses.dataclass
@@ -58,10 +59,13 @@ def _histories(obj, out):
 
 def _edges(model):
     """``(layers by name, producers: name -> [names], consumers: name -> [names])``."""
-    layers = {l.name: l for l in model.layers}
+    # ``operations`` also holds plain ops of a Functional graph (``x + 3.0``).
+    layers = {op.name: op for op in getattr(model, "operations", model.layers)}
     producers: dict[str, list[str]] = {}
     if isinstance(model, keras.Sequential):
-        previous = MODEL_INPUT
+        previous = _input_kind(model.layers[0]) if isinstance(model.layers[0], keras.layers.InputLayer) else MODEL_INPUT
+        if model.inputs and not isinstance(model.layers[0], keras.layers.InputLayer):
+            previous = INTEGER_INPUT if _is_integer(model.inputs[0].dtype) else MODEL_INPUT
         for layer in model.layers:
             if isinstance(layer, keras.layers.InputLayer):
                 continue
@@ -72,12 +76,22 @@ def _edges(model):
             inbound = _histories(entry.get("inbound_nodes", []), [])
             if entry["class_name"] == "InputLayer" or not inbound:
                 continue
-            producers[entry["name"]] = [MODEL_INPUT if isinstance(layers.get(p), keras.layers.InputLayer) else p for p in inbound]
+            producers[entry["name"]] = [_input_kind(layers[p]) if isinstance(layers.get(p), keras.layers.InputLayer) else p for p in inbound]
     consumers: dict[str, list[str]] = {}
     for name, srcs in producers.items():
         for src in srcs:
+            src = MODEL_INPUT if src == INTEGER_INPUT else src
             consumers.setdefault(src, []).append(name)
     return layers, producers, consumers
+
+
+def _is_integer(dtype) -> bool:
+    return "int" in str(dtype) or "bool" in str(dtype)
+
+
+def _input_kind(input_layer) -> str:
+    dtype = getattr(input_layer, "dtype", None) or input_layer.get_config().get("dtype")
+    return INTEGER_INPUT if _is_integer(dtype) else MODEL_INPUT
 
 
 def _output_names(model) -> set:
@@ -156,6 +170,8 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
             result.skip_output.add(name)
 
     def arrives_quantized(src):
+        if src == INTEGER_INPUT:
+            return True
         if src == MODEL_INPUT:
             return inputs_quantized
         producer = layers[src]

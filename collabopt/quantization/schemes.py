@@ -15,8 +15,9 @@ from __future__ import annotations
 import keras
 
 from collabopt.layers import optimizable_variables, weight_specs
+from collabopt.layers.execution import internal_tensors
 from collabopt.quantization.config import QuantizeConfig
-from collabopt.quantization.quantizers import LastValueQuantizer, MovingAverageQuantizer
+from collabopt.quantization.quantizers import FixedQuantizer, LastValueQuantizer, MovingAverageQuantizer
 
 L = keras.layers
 
@@ -39,6 +40,23 @@ SAME_SCALE_LAYERS: tuple[type, ...] = (
 )
 
 FUSABLE_ACTIVATIONS = ("relu", "relu6")
+
+# TFLite's int8 kernels of these activations have a fixed output quantization
+# (SOFTMAX and LOGISTIC: scale 1/256, zero point -128; TANH: scale 1/128, zero
+# point 0); QAT uses exactly those ranges so the converter adds no requantize.
+FIXED_OUTPUT_RANGES_8BIT = {
+    "softmax": (0.0, 255.0 / 256.0),
+    "sigmoid": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),
+}
+
+
+def output_activation(layer) -> str:
+    """Name of the activation ``layer`` ends with (``"linear"`` if none)."""
+    if isinstance(layer, L.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
 
 
 def fusable_activation(layer) -> bool:
@@ -69,13 +87,22 @@ class QuantizeScheme:
     #: (None: detect them automatically from the weights).
     preserve: tuple | None = None
 
-    def weight_quantizer(self, rank: int):
-        return LastValueQuantizer(self.weight_bits, per_axis=rank >= 3, symmetric=True, narrow_range=True)
+    def weight_quantizer(self, rank: int, per_channel: bool | None = None):
+        """Quantizer of a weight of ``rank``; ``per_channel`` as the layer registry says (None: rank >= 3)."""
+        per_axis = rank >= 3 if per_channel is None else per_channel
+        return LastValueQuantizer(self.weight_bits, per_axis=per_axis, symmetric=True, narrow_range=True)
 
     def activation_quantizer(self):
         return MovingAverageQuantizer(
             self.activation_bits, symmetric=self.activation_symmetric, narrow_range=self.activation_symmetric
         )
+
+    def output_quantizer(self, layer):
+        """Quantizer for the output of ``layer``: fixed where TFLite fixes it, else moving-average."""
+        fixed = FIXED_OUTPUT_RANGES_8BIT.get(output_activation(layer)) if self.activation_bits == 8 else None
+        if fixed is not None:
+            return FixedQuantizer(8, init_min=fixed[0], init_max=fixed[1])
+        return self.activation_quantizer()
 
     def input_quantizer(self):
         """Quantizer for model inputs."""
@@ -85,10 +112,14 @@ class QuantizeScheme:
         """The default config for ``layer``, or None if this scheme cannot quantize it."""
         specs = weight_specs(layer)
         if specs is None:
-            return None if layer.weights else QuantizeConfig(outputs=[self.activation_quantizer()])
-        weights = {s.name: self.weight_quantizer(len(v.shape)) for s, v in zip(specs, optimizable_variables(layer).values())}
-        outputs = [] if isinstance(layer, SAME_SCALE_LAYERS) else [self.activation_quantizer()]
-        return QuantizeConfig(weights=weights, outputs=outputs)
+            return None if layer.weights else QuantizeConfig(outputs=[self.output_quantizer(layer)])
+        weights = {
+            s.name: self.weight_quantizer(len(v.shape), s.per_channel_quantization)
+            for s, v in zip(specs, optimizable_variables(layer).values())
+        }
+        outputs = [] if isinstance(layer, SAME_SCALE_LAYERS) else [self.output_quantizer(layer)]
+        internal = [self.activation_quantizer() for _ in internal_tensors(layer)]
+        return QuantizeConfig(weights=weights, outputs=outputs, internal=internal)
 
     def get_config(self):
         return {}

@@ -6,10 +6,15 @@ import keras
 import numpy as np
 from keras import ops
 
-from collabopt.layers import OptimizationWrapper, base_layer, call_with_weights, get_variable, spec_for, weight_specs
+from collabopt.layers import OptimizationWrapper, base_layer, get_variable, spec_for, weight_specs
 from collabopt.layers.copy import copy_layer
+from collabopt.layers.execution import to_execution_form
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import Quantizer
+
+
+def _is_float(x) -> bool:
+    return "float" in str(getattr(x, "dtype", "float32"))
 
 
 def _flatten(x):
@@ -48,6 +53,7 @@ class QuantizeWrapper(OptimizationWrapper):
     """
 
     collabopt_quantized = True
+    tflite_form = True
 
     def __init__(
         self,
@@ -74,6 +80,7 @@ class QuantizeWrapper(OptimizationWrapper):
         self.weight_quantizers = quantize_config.weight_quantizers(self.base_layer)
         self.quantize_outputs = bool(quantize_outputs)
         self.output_quantizers = quantize_config.output_quantizers(self.base_layer) if quantize_outputs else []
+        self.internal_quantizers = quantize_config.internal_quantizers(self.base_layer)
         self.calibrating = False
         names = {s.name for s in weight_specs(self.base_layer) or ()}
         unknown = sorted(set(self.weight_quantizers) - names)
@@ -88,12 +95,14 @@ class QuantizeWrapper(OptimizationWrapper):
     def build_wrapper(self, input_shape):
         inner = self.inner_weights()
         for name, quantizer in self.weight_quantizers.items():
-            self._states[f"w:{name}"] = quantizer.build(self, f"{name}_quant", tuple(inner[name].shape), self.spec(name))
+            self._states[f"w:{name}"] = quantizer.build(self, f"{self.spec(name).variable_name}_quant", tuple(inner[name].shape), self.spec(name))
         for i, quantizer in enumerate(self.output_quantizers):
             self._states[f"out:{i}"] = quantizer.build(self, f"output{i}", None)
         for i, flag in enumerate(self.quantize_inputs):
             if flag:
                 self._states[f"in:{i}"] = self.input_quantizer.build(self, f"input{i}", None)
+        for i, quantizer in enumerate(self.internal_quantizers):
+            self._states[f"mid:{i}"] = quantizer.build(self, f"internal{i}", None)
         if self.folded_batchnorm is not None and not self.folded_batchnorm.built:
             self.folded_batchnorm.build(self.base_layer.compute_output_shape(input_shape))
 
@@ -101,6 +110,7 @@ class QuantizeWrapper(OptimizationWrapper):
         """``[(label, quantizer, state)]`` for every activation range of this wrapper."""
         out = [(f"output{i}", q, self._states[f"out:{i}"]) for i, q in enumerate(self.output_quantizers)]
         out += [(f"input{i}", self.input_quantizer, self._states[f"in:{i}"]) for i, f in enumerate(self.quantize_inputs) if f]
+        out += [(f"internal{i}", q, self._states[f"mid:{i}"]) for i, q in enumerate(self.internal_quantizers)]
         return out
 
     # --- BN folding ----------------------------------------------------------
@@ -137,43 +147,47 @@ class QuantizeWrapper(OptimizationWrapper):
         if self.folded_batchnorm is not None:
             target = self._fold_target()
             out[target] = self._fold(ops.convert_to_tensor(out[target]), target)
+        # Quantize each weight in the shape the TFLite kernel consumes (a
+        # 1-D conv kernel expanded to rank 4), so the per-channel axis survives.
+        out = to_execution_form(self.base_layer, out)
         for name, quantizer in self.weight_quantizers.items():
             out[name] = quantizer(ops.convert_to_tensor(out[name]), self._states[f"w:{name}"], training, self.spec(name), export=bool(self.export_mode))
         return out
 
-    def call(self, inputs, training=None, **kwargs):
-        if self.calibrating:
-            return self._calibration_call(inputs, **kwargs)
-        export = bool(self.export_mode)
-        if any(self.quantize_inputs):
-            flat = _flatten(inputs)
-            flat = [
-                self.input_quantizer(x, self._states[f"in:{i}"], training, export=export) if i < len(self.quantize_inputs) and self.quantize_inputs[i] else x
-                for i, x in enumerate(flat)
-            ]
-            inputs = flat if isinstance(inputs, (list, tuple)) else flat[0]
-        weights = self.effective_weights(training)
-        outputs = call_with_weights(self.base_layer, inputs, weights, training=training, **kwargs)
+    def _quantize(self, quantizer, x, state, training):
+        if self.calibrating:  # calibrate(): widen the range to what is seen, compute in float
+            quantizer.observe(x, state)
+            return x
+        return quantizer(x, state, training, export=bool(self.export_mode))
+
+    def transform_inputs(self, inputs, training):
+        if not any(self.quantize_inputs):
+            return inputs
+        # Integer inputs (token ids of an Embedding) are indices, not values
+        # to quantize.
+        flat = [
+            self._quantize(self.input_quantizer, x, self._states[f"in:{i}"], training)
+            if i < len(self.quantize_inputs) and self.quantize_inputs[i] and _is_float(x)
+            else x
+            for i, x in enumerate(_flatten(inputs))
+        ]
+        return flat if isinstance(inputs, (list, tuple)) else flat[0]
+
+    def transform_internal(self, training):
+        if not self.internal_quantizers:
+            return None
+        return lambda x, i: self._quantize(self.internal_quantizers[i], x, self._states[f"mid:{i}"], training)
+
+    def transform_outputs(self, outputs, training):
         if self.folded_batchnorm is not None:
             outputs = outputs + self._bias_correction()
         if not self.output_quantizers:
             return outputs
-        flat = _flatten(outputs)
-        flat = [q(x, self._states[f"out:{i}"], training, export=export) for i, (q, x) in enumerate(zip(self.output_quantizers, flat))]
+        flat = [
+            self._quantize(q, x, self._states[f"out:{i}"], training)
+            for i, (q, x) in enumerate(zip(self.output_quantizers, _flatten(outputs)))
+        ]
         return flat if isinstance(outputs, (list, tuple)) else flat[0]
-
-    def _calibration_call(self, inputs, **kwargs):
-        """Float forward pass that widens every activation range to the values seen (eager)."""
-        for i, x in enumerate(_flatten(inputs)):
-            if i < len(self.quantize_inputs) and self.quantize_inputs[i]:
-                self.input_quantizer.observe(x, self._states[f"in:{i}"])
-        weights = self.effective_weights(False)
-        outputs = call_with_weights(self.base_layer, inputs, weights, training=False, **kwargs)
-        if self.folded_batchnorm is not None:
-            outputs = outputs + self._bias_correction()
-        for i, (q, x) in enumerate(zip(self.output_quantizers, _flatten(outputs))):
-            q.observe(x, self._states[f"out:{i}"])
-        return outputs
 
     # --- leaving QAT ---------------------------------------------------------
     def float_layer(self) -> keras.layers.Layer:

@@ -75,7 +75,7 @@ class PruneLowMagnitude(OptimizationWrapper):
             shape = tuple(inner[name].shape)
             check_weight(self.base_layer, name, shape, spec, self.block_size, self.sparsity_m_by_n)
             self.masks[name] = self.add_weight(
-                name=f"{name}_mask",
+                name=f"{self.spec(name).variable_name}_mask",
                 shape=shape,
                 initializer="ones",
                 trainable=False,

@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from collabopt.datasets.batches import samples
 from collabopt.errors import ConversionError
+from collabopt.layers import base_layer
+from collabopt.layers.execution import needs_unrolling, unrolled_copy
 from collabopt.tflite.model import TFLiteModel
 from collabopt.transform import iter_layers, map_layers
 
@@ -35,9 +37,22 @@ def export_model(model: keras.Model, mode: str | None = None) -> keras.Model:
     def exportable(layer):
         return callable(getattr(layer, "export_layer", None))
 
-    if not any(exportable(layer) for layer in iter_layers(model)):
+    def needs_change(layer):
+        return exportable(layer) or needs_unrolling(base_layer(layer))
+
+    def export_form(layer):
+        if exportable(layer):
+            layer = layer.export_layer(mode=mode)
+        base = base_layer(layer)
+        if needs_unrolling(base):
+            # Recurrent layers convert only unrolled (TensorList ops otherwise).
+            unrolled = unrolled_copy(base)
+            layer = unrolled if layer is base else layer.rewrap(unrolled)
+        return layer
+
+    if not any(needs_change(layer) for layer in iter_layers(model)):
         return model  # nothing to replace: convert the model as it is
-    return map_layers(model, lambda layer: layer.export_layer(mode=mode) if exportable(layer) else None, what="export")
+    return map_layers(model, export_form, what="export")
 
 
 def _layers_mentioned(text: str, model) -> list[str]:
@@ -81,9 +96,13 @@ def convert(
         mode: ``"float32"``, ``"float16"`` (float16 weights), ``"dynamic"``
             (int8 weights, float activations), ``"int8"`` (full integer) or
             ``"int16x8"`` (int16 activations, int8 weights).
-        representative_data: Calibration inputs for ``int8``/``int16x8`` when
-            the model has no QAT ranges: a numpy array, a ``tf.data.Dataset``
-            or an iterable of batches (``x`` or ``(x, y)``).
+        representative_data: Calibration inputs for ``int8``/``int16x8``: a
+            numpy array, a ``tf.data.Dataset`` or an iterable of batches (``x``
+            or ``(x, y)``). Needed when the model has no QAT ranges. For a QAT
+            model it is optional: the trained ranges are kept exactly, and the
+            tensors QAT does not reach (the inside of LayerNormalization or
+            GELU, plain ops such as ``x + 3.0``) are calibrated from it instead
+            of staying float.
         int8_io: For ``int8``/``int16x8``: make the model's inputs and outputs
             integer (int8, resp. int16) too; otherwise they stay float32.
         calibration_samples: How many samples of ``representative_data`` to use.
@@ -170,7 +189,7 @@ def _convert(converter, exported, mode, trained_ranges, calibration, int8_io, al
         converter.target_spec.supported_types = [tf.float16]
     elif mode == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif mode == "int8" and trained_ranges:
+    elif mode == "int8" and trained_ranges and calibration is None:
         # A QAT model: the converter reads every range from the fake-quant ops.
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if int8_io:
@@ -201,11 +220,17 @@ def _convert(converter, exported, mode, trained_ranges, calibration, int8_io, al
         islands = result.float_islands()
         if islands:
             text = " ".join(" ".join(i["float_tensors"]) for i in islands)
+            hint = (
+                "pass representative_data to calibrate the tensors that QAT does not reach"
+                if trained_ranges and calibration is None
+                else "replace or quantize them"
+            )
             raise ConversionError(
                 f"int8 conversion left {len(islands)} ops computing in float "
                 f"(ops: {sorted({i['op'] for i in islands})}; layers involved: "
                 f"{_layers_mentioned(text, exported) or 'unknown'}). Either TFLite has no integer "
-                "kernel for them, or no quantization range reached them (a layer left out of QAT); "
-                "replace or quantize them, or pass allow_float_islands=True to accept a mixed model."
+                f"kernel for them, or no quantization range reached them; {hint}, or pass "
+                "allow_float_islands=True to accept a mixed model (docs/coverage.md lists the ops "
+                "LiteRT has no integer kernel for)."
             )
     return result

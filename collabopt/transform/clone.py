@@ -90,6 +90,10 @@ def map_layers(model, fn: LayerFn, *, what: str = "rewrite"):
         )
 
     def clone_function(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            # A plain operation in a Functional graph (``x + 3.0``, as in
+            # MobileNetV3's hard-sigmoid): stateless, shared as it is.
+            return layer
         copy = copy_layer(layer)
         result = fn(copy)
         return copy if result is None else result

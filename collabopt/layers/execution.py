@@ -1,0 +1,356 @@
+"""Execution forms: running a layer on weights shaped as the TFLite kernel consumes them.
+
+TensorFlow runs every 1-D convolution (Conv1D, DepthwiseConv1D,
+SeparableConv1D) as a 2-D convolution on kernels expanded to rank 4, and the
+TFLite converter cannot carry a per-channel quantization axis through that
+expansion (``tfl.reshape`` ... quantized axis 2 vs 3). A quantized weight must
+therefore be fake-quantized *in the form the op consumes*: ``(1, k, in, out)``
+rather than ``(k, in, out)``. This module gives that form for each layer class
+and runs the layer on it, computing exactly what the layer's own ``call``
+computes.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+def _expand_inputs(layer, inputs):
+    axis = 1 if layer.data_format == "channels_last" else 2
+    return ops.expand_dims(inputs, axis), axis
+
+
+def _bias(layer, outputs, channels):
+    if layer.use_bias:
+        rank = len(outputs.shape)
+        shape = (1,) * (rank - 1) + (channels,) if layer.data_format == "channels_last" else (1, channels) + (1,) * (rank - 2)
+        outputs = ops.add(outputs, ops.reshape(layer.bias, shape))
+    return outputs
+
+
+def _causal(layer, inputs):
+    if layer.padding != "causal":
+        return inputs, layer.padding
+    left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+    pad = [[0, 0], [left, 0], [0, 0]] if layer.data_format == "channels_last" else [[0, 0], [0, 0], [left, 0]]
+    return ops.pad(inputs, pad), "valid"
+
+
+def _run_conv1d(layer, inputs, weights, between=None):
+    inputs, padding = _causal(layer, inputs)
+    x, axis = _expand_inputs(layer, inputs)
+    y = ops.conv(
+        x,
+        weights["kernel"],
+        strides=(1, layer.strides[0]),
+        padding=padding,
+        dilation_rate=(1, layer.dilation_rate[0]),
+        data_format=layer.data_format,
+    )
+    return _bias(layer, ops.squeeze(y, axis), layer.filters)
+
+
+def _run_depthwise_conv1d(layer, inputs, weights, between=None):
+    x, axis = _expand_inputs(layer, inputs)
+    kernel = weights["kernel"]
+    y = ops.depthwise_conv(
+        x,
+        kernel,
+        strides=(1, layer.strides[0]),
+        padding=layer.padding,
+        dilation_rate=(1, layer.dilation_rate[0]),
+        data_format=layer.data_format,
+    )
+    return _bias(layer, ops.squeeze(y, axis), int(kernel.shape[-2] * kernel.shape[-1]))
+
+
+def _separable(layer, x, weights, between, strides, dilation):
+    between = between or (lambda t, i: t)
+    # What tf.nn.separable_conv2d computes: a depthwise conv, then a 1x1 conv,
+    # as two ops, so the tensor between them can be fake-quantized as TFLite
+    # stores it (DEPTHWISE_CONV_2D then CONV_2D).
+    mid = ops.depthwise_conv(
+        x, weights["depthwise_kernel"], strides=strides, padding=layer.padding,
+        dilation_rate=dilation, data_format=layer.data_format,
+    )
+    mid = between(mid, 0)
+    return ops.conv(mid, weights["pointwise_kernel"], strides=1, padding="valid", data_format=layer.data_format)
+
+
+def _run_separable_conv1d(layer, inputs, weights, between=None):
+    x, axis = _expand_inputs(layer, inputs)
+    y = _separable(layer, x, weights, between, (1, layer.strides[0]), (1, layer.dilation_rate[0]))
+    return _bias(layer, ops.squeeze(y, axis), layer.filters)
+
+
+def _run_separable_conv2d(layer, inputs, weights, between=None):
+    y = _separable(layer, inputs, weights, between, tuple(layer.strides), tuple(layer.dilation_rate))
+    return _bias(layer, y, layer.filters)
+
+
+def _run_conv(layer, inputs, weights, between=None):
+    return _bias(layer, layer.convolution_op(inputs, weights["kernel"]), layer.filters)
+
+
+def _run_depthwise_conv2d(layer, inputs, weights, between=None):
+    kernel = weights["kernel"]
+    y = ops.depthwise_conv(
+        inputs, kernel, strides=tuple(layer.strides), padding=layer.padding,
+        dilation_rate=tuple(layer.dilation_rate), data_format=layer.data_format,
+    )
+    return _bias(layer, y, int(kernel.shape[-2] * kernel.shape[-1]))
+
+
+def _run_dense(layer, inputs, weights, between=None):
+    y = ops.matmul(inputs, weights["kernel"])
+    return ops.add(y, layer.bias) if layer.bias is not None else y
+
+
+def _run_einsum_dense(layer, inputs, weights, between=None):
+    y = ops.einsum(layer.equation, inputs, weights["kernel"])
+    return ops.add(y, layer.bias) if layer.bias is not None else y
+
+
+_LAYER_NORM_TENSORS = (
+    "mean", "squared_difference", "variance", "variance_plus_epsilon", "inverse_std", "centered", "normalized", "scaled",
+)
+
+
+def _run_layer_normalization(layer, inputs, weights, between=None):
+    # (x - mean) * rsqrt(var + eps) * gamma + beta, with ops that all have
+    # int8 kernels (MEAN, SQUARED_DIFFERENCE, ADD, RSQRT, SUB, MUL); Keras'
+    # own formulation goes through a NEG op, which TFLite keeps in float.
+    # ``between`` sees each intermediate tensor, so QAT gives each a range.
+    def at(tensor, tag):
+        return between(tensor, _LAYER_NORM_TENSORS.index(tag))
+
+    x = ops.convert_to_tensor(inputs)
+    rank = len(x.shape)
+    axes = [a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis])]
+    shape = [1] * rank
+    for a in axes:
+        shape[a] = x.shape[a]
+
+    def param(variable):
+        return ops.reshape(ops.cast(variable, x.dtype), shape)
+
+    if getattr(layer, "rms_scaling", False):
+        y = x * ops.rsqrt(ops.mean(ops.square(x), axis=axes, keepdims=True) + layer.epsilon)
+        return y * param(layer.gamma)
+    mean = at(ops.mean(x, axis=axes, keepdims=True), "mean")
+    squared = at(tf.math.squared_difference(x, mean), "squared_difference")
+    variance = at(ops.mean(squared, axis=axes, keepdims=True), "variance")
+    inverse = at(ops.rsqrt(at(variance + layer.epsilon, "variance_plus_epsilon")), "inverse_std")
+    y = at(at(x - mean, "centered") * inverse, "normalized")
+    if layer.scale:
+        y = y * param(layer.gamma)
+        if layer.center:
+            y = at(y, "scaled")
+    if layer.center:
+        y = y + param(layer.beta)
+    return y
+
+
+def _channel_shape(layer, x, axis):
+    rank = len(x.shape)
+    axes = [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
+    shape = [1] * rank
+    for a in axes:
+        shape[a] = x.shape[a]
+    return shape
+
+
+def _run_batch_normalization(layer, inputs, weights, between=None):
+    # Inference form with the moving statistics (frozen under QAT, as for a
+    # BatchNormalization folded into a conv): x * scale + offset, i.e. TFLite's
+    # MUL then ADD; ``between`` sees the product.
+    x = ops.convert_to_tensor(inputs)
+    shape = _channel_shape(layer, x, layer.axis)
+    inverse = ops.rsqrt(ops.cast(layer.moving_variance, x.dtype) + layer.epsilon)
+    scale = inverse * ops.cast(layer.gamma, x.dtype) if layer.scale else inverse
+    offset = -ops.cast(layer.moving_mean, x.dtype) * scale
+    if layer.center:
+        offset = offset + ops.cast(layer.beta, x.dtype)
+    return between(x * ops.reshape(scale, shape), 0) + ops.reshape(offset, shape)
+
+
+def _run_normalization(layer, inputs, weights, between=None):
+    # (x - mean) * (1 / std): SUB then MUL (TFLite has no int8 DIV).
+    x = ops.convert_to_tensor(inputs)
+    inverse = 1.0 / ops.maximum(ops.sqrt(ops.cast(layer.variance, x.dtype)), keras.backend.epsilon())
+    return between(x - ops.cast(layer.mean, x.dtype), 0) * inverse
+
+
+def _run_rescaling(layer, inputs, weights, between=None):
+    x = ops.convert_to_tensor(inputs)
+    scale = ops.cast(ops.convert_to_tensor(layer.scale), x.dtype)
+    offset = ops.cast(ops.convert_to_tensor(layer.offset), x.dtype)
+    return between(x * scale, 0) + offset
+
+
+# Layer class -> (weights that take a rank-4 execution form, runner). A
+# runner computes what the layer's own call computes up to its activation, as
+# the ops TFLite executes. Matched on the exact class: a user's subclass may
+# change ``call``, and keeps it.
+_TFLITE_FORMS = {
+    keras.layers.Conv1D: (("kernel",), _run_conv1d),
+    keras.layers.DepthwiseConv1D: (("kernel",), _run_depthwise_conv1d),
+    keras.layers.SeparableConv1D: (("depthwise_kernel", "pointwise_kernel"), _run_separable_conv1d),
+    keras.layers.SeparableConv2D: ((), _run_separable_conv2d),
+    keras.layers.LayerNormalization: ((), _run_layer_normalization),
+    keras.layers.Dense: ((), _run_dense),
+    keras.layers.EinsumDense: ((), _run_einsum_dense),
+    keras.layers.Conv2D: ((), _run_conv),
+    keras.layers.Conv3D: ((), _run_conv),
+    keras.layers.DepthwiseConv2D: ((), _run_depthwise_conv2d),
+    keras.layers.BatchNormalization: ((), _run_batch_normalization),
+    keras.layers.Normalization: ((), _run_normalization),
+    keras.layers.Rescaling: ((), _run_rescaling),
+}
+
+# Layers that must always run in their TFLite form under quantization (the
+# others only when their activation has to be split off, see below).
+_ALWAYS = (
+    keras.layers.Conv1D, keras.layers.DepthwiseConv1D, keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D, keras.layers.LayerNormalization, keras.layers.BatchNormalization,
+    keras.layers.Normalization, keras.layers.Rescaling,
+)
+
+# Tensors TFLite computes *inside* a layer, between the ops it becomes.
+_INTERNAL = {
+    keras.layers.SeparableConv1D: ("depthwise_output",),
+    keras.layers.SeparableConv2D: ("depthwise_output",),
+    keras.layers.LayerNormalization: _LAYER_NORM_TENSORS,
+    keras.layers.BatchNormalization: ("scaled",),
+    keras.layers.Normalization: ("centered",),
+    keras.layers.Rescaling: ("scaled",),
+}
+
+#: Activations TFLite fuses into the conv / fully-connected op before them.
+FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+
+
+def _activation_name(layer) -> str:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
+
+
+def _splits_activation(layer) -> bool:
+    return type(layer) in _TFLITE_FORMS and _activation_name(layer) not in FUSED_ACTIVATIONS
+
+
+def internal_tensors(layer) -> tuple[str, ...]:
+    """Names of the tensors TFLite computes *inside* ``layer``, between the ops it becomes.
+
+    SeparableConv has its depthwise output; a conv / dense layer whose
+    activation TFLite does not fuse (softmax, gelu, swish, ...) has its
+    pre-activation output.
+
+    Example:
+
+    >>> import keras
+    >>> from collabopt.layers.execution import internal_tensors
+    >>> internal_tensors(keras.layers.SeparableConv2D(4, 3)), internal_tensors(keras.layers.Dense(4, "softmax"))
+    (('depthwise_output',), ('activation_input',))
+    """
+    tags = _INTERNAL.get(type(layer), ())
+    return tags + (("activation_input",) if _splits_activation(layer) else ())
+
+
+def has_tflite_form(layer) -> bool:
+    """True if quantization must run ``layer`` as the ops TFLite executes (see :func:`call_in_tflite_form`)."""
+    return type(layer) in _ALWAYS or _splits_activation(layer)
+
+
+def to_execution_form(layer, weights: dict) -> dict:
+    """``weights`` reshaped as the TFLite kernel of ``layer`` consumes them (unchanged for most layers).
+
+    Output-channel axes of the registry are negative, so they name the same
+    axes in both forms.
+
+    Example:
+
+    >>> import keras
+    >>> from collabopt.layers.execution import to_execution_form
+    >>> conv = keras.layers.Conv1D(4, 3); conv.build((None, 10, 2))
+    >>> tuple(to_execution_form(conv, {"kernel": conv.kernel})["kernel"].shape)
+    (1, 3, 2, 4)
+    """
+    entry = _TFLITE_FORMS.get(type(layer))
+    if entry is None:
+        return dict(weights)
+    names = entry[0]
+    return {k: ops.expand_dims(v, 0) if k in names and len(v.shape) == 3 else v for k, v in weights.items()}
+
+
+def call_in_tflite_form(layer, inputs, weights: dict, between=None):
+    """Runs ``layer`` as the ops TFLite executes, with some weights replaced (any form).
+
+    Args:
+        layer: A layer with :func:`has_tflite_form`.
+        inputs: Its inputs.
+        weights: Replacement weights (variable shape or execution form); the
+            others are read from the layer.
+        between: ``between(tensor, index)`` is applied to each internal tensor
+            (index into :func:`internal_tensors`), e.g. a fake quantizer.
+    """
+    _, run = _TFLITE_FORMS[type(layer)]
+    full = {n: getattr(layer, n) for n in ("kernel", "depthwise_kernel", "pointwise_kernel") if hasattr(layer, n)}
+    full.update(weights)
+    between = between or (lambda t, i: t)
+    outputs = run(layer, inputs, to_execution_form(layer, full), between=between)
+    if _activation_name(layer) == "linear":
+        return outputs
+    if _splits_activation(layer):
+        outputs = between(outputs, internal_tensors(layer).index("activation_input"))
+    return layer.activation(outputs)
+
+
+def _recurrent(layer) -> bool:
+    return isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
+
+
+def needs_unrolling(layer) -> bool:
+    """True for a recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional) that is not unrolled yet.
+
+    TFLite's converter meets TensorList ops in a Keras 3 recurrent loop; an
+    unrolled copy converts to FULLY_CONNECTED and element-wise ops, all with
+    integer kernels.
+    """
+    if not _recurrent(layer):
+        return False
+    inner = layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
+    return not getattr(inner, "unroll", True)
+
+
+def unrolled_copy(layer, input_shape=None):
+    """A copy of recurrent ``layer`` with ``unroll=True`` and the same weights (for export).
+
+    Raises:
+        UnsupportedLayerError: the sequence length is not fixed (an unrolled
+            loop needs it); the message names the layer.
+    """
+    from collabopt.errors import UnsupportedLayerError
+
+    build_config = layer.get_build_config() or {}
+    shape = input_shape or build_config.get("input_shape")
+    if shape is None or len(shape) < 2 or shape[1] is None:
+        raise UnsupportedLayerError(
+            f"layer '{layer.name}' ({type(layer).__name__}) has no fixed sequence length (input shape "
+            f"{shape}); TFLite export unrolls recurrent layers, so give the model Input a time dimension, "
+            "e.g. keras.Input((40, 13))."
+        )
+    config = layer.get_config()
+    if isinstance(layer, keras.layers.Bidirectional):
+        config["layer"]["config"]["unroll"] = True
+        if config.get("backward_layer"):
+            config["backward_layer"]["config"]["unroll"] = True
+    else:
+        config["unroll"] = True
+    with keras.saving.custom_object_scope({type(layer).__name__: type(layer)}):
+        copy = type(layer).from_config(config)
+    copy.build_from_config(build_config)
+    copy.set_weights(layer.get_weights())
+    return copy
