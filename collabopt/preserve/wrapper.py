@@ -87,7 +87,7 @@ class PreserveWrapper(OptimizationWrapper):
 
     def recorded_constraints(self) -> dict:
         return {
-            w: [Constraint(get_kind(k), state, self.name, self.spec(w)) for k, state in kinds.items()]
+            w: [Constraint(get_kind(k), state, self.spec(w)) for k, state in kinds.items()]
             for w, kinds in self._state.items()
         }
 
