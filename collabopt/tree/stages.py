@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-TECHNIQUES = ("baseline", "prune", "cluster", "quantize")
+import collabopt.keras  # noqa: F401  (registers the techniques)
+from collabopt.errors import InvalidArgumentError
+from collabopt.technique import TechniqueConfig, get_technique, technique_names
+
+BASELINE = "baseline"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,13 +17,14 @@ class Stage:
 
     Attributes:
         name: Unique name, e.g. ``"pcqat"``.
-        technique: ``"baseline"`` (the given model), ``"prune"``, ``"cluster"``
-            or ``"quantize"``.
+        technique: ``"baseline"`` (the given model) or a registered technique
+            (``"prune"``, ``"cluster"``, ``"quantize"``, or one registered later).
         parent: Name of the stage it starts from (None for the baseline).
         settings: Keyword arguments of the technique's function
-            (``prune_low_magnitude``, ``cluster_weights``, ``quantize_model``);
-            for pruning, ``"sparsity"`` is turned into a PolynomialDecay
-            schedule over the stage's first epoch.
+            (``prune_low_magnitude``, ``cluster_weights``, ``quantize_model``),
+            read by its config's ``from_settings`` (for pruning, ``"sparsity"``
+            becomes a PolynomialDecay schedule over the stage's first epoch),
+            plus an optional ``"learning_rate"``.
         label: Row label in reports.
     """
 
@@ -30,10 +35,23 @@ class Stage:
     label: str = ""
 
     def __post_init__(self):
-        if self.technique not in TECHNIQUES:
-            raise ValueError(f"stage '{self.name}': technique={self.technique!r}; accepted: {', '.join(TECHNIQUES)}.")
-        if (self.technique == "baseline") != (self.parent is None):
-            raise ValueError(f"stage '{self.name}': the baseline (and only it) has no parent.")
+        accepted = (BASELINE, *technique_names())
+        if self.technique not in accepted:
+            raise InvalidArgumentError(
+                f"stage '{self.name}': technique={self.technique!r}; accepted: {', '.join(accepted)}."
+            )
+        if (self.technique == BASELINE) != (self.parent is None):
+            raise InvalidArgumentError(f"stage '{self.name}': the baseline (and only it) has no parent.")
+
+    def config(self, steps_per_epoch: int = 1) -> TechniqueConfig:
+        """The technique's config from this stage's settings (not for the baseline)."""
+        settings = {k: v for k, v in self.settings.items() if k != "learning_rate"}
+        return get_technique(self.technique).config.from_settings(settings, steps=steps_per_epoch)
+
+    @property
+    def learning_rate(self) -> float:
+        """The ``learning_rate`` setting, else the technique's usual fine-tuning rate."""
+        return self.settings.get("learning_rate", get_technique(self.technique).learning_rate)
 
 
 def default_stages(sparsity: float = 0.5, clusters: int = 16) -> list[Stage]:
