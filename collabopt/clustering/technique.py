@@ -39,9 +39,7 @@ class ClusteringConfig(TechniqueConfig):
         if not self.preserve_sparsity:
             return layer
         names = transformable_weight_names(base_layer(layer), ClusterWeights.protocol_method)
-        missing = [
-            n for n in names if not any(c.zero_mask() is not None for c in constraints_on(layer, n).values())
-        ]
+        missing = [n for n in names if not any(c.zero_mask() is not None for c in constraints_on(layer, n).values())]
         return PreserveWrapper(layer, {n: [SPARSITY.name] for n in missing}) if missing else layer
 
 

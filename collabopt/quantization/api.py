@@ -8,7 +8,7 @@ import numpy as np
 from collabopt.datasets.batches import iter_batches
 from collabopt.errors import InvalidArgumentError
 from collabopt.layers import base_layer, wrapper_chain
-from collabopt.quantization.annotate import QuantizeAnnotate
+from collabopt.quantization.annotate import QuantizeAnnotate, annotate_model
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.schemes import Default8BitQuantizeScheme, QuantizeScheme
 from collabopt.quantization.technique import QUANTIZATION, QuantizationConfig
@@ -48,14 +48,8 @@ def quantize_annotate_model(to_annotate):
     """Marks every layer of a Sequential / Functional / nested model for quantization."""
     if not isinstance(to_annotate, keras.Model):
         raise InvalidArgumentError(f"quantize_annotate_model expects a keras.Model; received {to_annotate!r}.")
-
-    def fn(layer):
-        if isinstance(layer, QuantizeAnnotate):
-            return None
-        check_chain(layer, QUANTIZATION, "quantize_annotate_model")
-        return QuantizeAnnotate(layer)
-
-    return map_layers(to_annotate, fn, what="quantize_annotate_model")
+    what = "quantize_annotate_model"
+    return annotate_model(to_annotate, lambda layer: check_chain(layer, QUANTIZATION, what), what)
 
 
 def quantize_apply(model, scheme: QuantizeScheme | None = None, *, preserve=None, strict: bool = False):
@@ -86,11 +80,7 @@ def quantize_apply(model, scheme: QuantizeScheme | None = None, *, preserve=None
             an unknown ``preserve`` kind.
         UnsupportedLayerError: an unsupported annotated layer with ``strict=True``.
     """
-    config = QuantizationConfig(scheme, preserve, strict)
-    config.validate()
-    if not isinstance(model, keras.Model):
-        raise InvalidArgumentError(f"quantize_apply expects a keras.Model; received {model!r}.")
-    return apply(model, config, what="quantize_apply")
+    return apply(model, QuantizationConfig(scheme, preserve, strict, selective=True), what="quantize_apply")
 
 
 def quantize_model(to_quantize, scheme: QuantizeScheme | None = None, *, preserve=None, strict: bool = False):
@@ -124,7 +114,7 @@ def quantize_model(to_quantize, scheme: QuantizeScheme | None = None, *, preserv
     already = [base_layer(w).name for w in quantize_wrappers(to_quantize)]
     if already:
         raise InvalidArgumentError(f"quantize_model: layers {already} are already quantized; quantize a model once.")
-    return quantize_apply(quantize_annotate_model(to_quantize), scheme, preserve=preserve, strict=strict)
+    return apply(to_quantize, QuantizationConfig(scheme, preserve, strict))
 
 
 def quantize_wrappers(model) -> list[QuantizeWrapper]:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import keras
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError, UnsupportedLayerError
 from collabopt.layers import base_layer, copy_layer, optimizable_variables, spec_for, transformable_weight_names
 from collabopt.preserve import PreserveWrapper, constraints_on, get_kind, known_kinds
 from collabopt.quantization import graph
-from collabopt.quantization.annotate import QuantizeAnnotate
+from collabopt.quantization.annotate import QuantizeAnnotate, annotate_model
 from collabopt.quantization.schemes import Default8BitQuantizeScheme, FoldedBatchNormalization, QuantizeScheme
 from collabopt.quantization.wrapper import QuantizeWrapper
-from collabopt.technique import QUANTIZE_STAGE, Technique, TechniqueConfig, register_technique
+from collabopt.technique import QUANTIZE_STAGE, Technique, TechniqueConfig, check_chain, register_technique
 from collabopt.transform import PASS, WRAP, iter_layers
 
 
@@ -31,25 +32,29 @@ class QuantizationConfig(TechniqueConfig):
     """The arguments of :func:`quantize_model` / :func:`quantize_apply`, as data.
 
     (Not to be confused with :class:`QuantizeConfig`, TFMOT's per-layer
-    choice of quantizers.) The layers it quantizes are the annotated ones
-    (:class:`QuantizeAnnotate`); ``quantize_model`` annotates them all.
+    choice of quantizers.)
 
     Attributes:
         scheme: A :class:`QuantizeScheme` (None: :class:`Default8BitQuantizeScheme`).
         preserve: Constraint kinds to keep on stripped layers (None: the
             scheme's, else detected from the weights; ``()``: none).
         strict: Raise instead of warning on annotated layers the scheme cannot quantize.
+        selective: Quantize only the layers marked with :class:`QuantizeAnnotate`
+            (``quantize_apply``); False: every layer (``quantize_model``).
     """
 
     scheme: QuantizeScheme | None = None
     preserve: tuple | None = None
     strict: bool = False
+    selective: bool = False
 
     def __post_init__(self):
         if self.scheme is None:
             object.__setattr__(self, "scheme", Default8BitQuantizeScheme())
         if isinstance(self.preserve, (str, list)):
-            object.__setattr__(self, "preserve", (self.preserve,) if isinstance(self.preserve, str) else tuple(self.preserve))
+            object.__setattr__(
+                self, "preserve", (self.preserve,) if isinstance(self.preserve, str) else tuple(self.preserve)
+            )
 
     def validate(self):
         if not isinstance(self.scheme, QuantizeScheme):
@@ -72,13 +77,21 @@ class QuantizationConfig(TechniqueConfig):
             return annotation.quantize_config
         return self.scheme.config_for(base_layer(annotation.layer))
 
+    def prepare(self, target, what):
+        """Unless ``selective``, every layer of the model is annotated first (``quantize_model``)."""
+        if not isinstance(target, keras.Model):
+            raise InvalidArgumentError(f"{what} expects a keras.Model; received {target!r}.")
+        if self.selective:
+            if not is_annotated(target):
+                raise InvalidArgumentError(
+                    f"{what}: model '{target.name}' has no annotated layers; use quantize_annotate_layer / "
+                    "quantize_annotate_model first, or quantize_model to quantize everything."
+                )
+            return target
+        return annotate_model(target, lambda layer: check_chain(layer, QUANTIZATION, what), what)
+
     def plan(self, model, what):
         annotated = [layer for layer in iter_layers(model) if isinstance(layer, QuantizeAnnotate)]
-        if not annotated:
-            raise InvalidArgumentError(
-                f"{what}: model '{model.name}' has no annotated layers; use quantize_annotate_layer / "
-                "quantize_annotate_model first, or quantize_model to quantize everything."
-            )
         unsupported = [a for a in annotated if self.config_of(a) is None]
         if unsupported:
             names = ", ".join(f"{base_layer(a.layer).name} ({type(base_layer(a.layer)).__name__})" for a in unsupported)
@@ -161,3 +174,7 @@ QUANTIZATION = register_technique(
     )
 )
 
+
+def is_annotated(model) -> bool:
+    """Whether any layer of ``model`` is marked for quantization."""
+    return any(isinstance(layer, QuantizeAnnotate) for layer in iter_layers(model))

@@ -64,9 +64,7 @@ class PruningConfig(TechniqueConfig):
         """Also accepts ``sparsity``: a PolynomialDecay from 0 to it over ``steps`` (default 0.5)."""
         settings = dict(settings)
         sparsity = settings.pop("sparsity", 0.5)
-        settings.setdefault(
-            "pruning_schedule", PolynomialDecay(0.0, sparsity, 0, steps, frequency=max(steps // 10, 1))
-        )
+        settings.setdefault("pruning_schedule", PolynomialDecay(0.0, sparsity, 0, steps, frequency=max(steps // 10, 1)))
         return super().from_settings(settings, steps=steps)
 
 

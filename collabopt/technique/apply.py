@@ -80,6 +80,7 @@ def apply(target, config: TechniqueConfig, *, what: str | None = None, **handler
     technique = get_technique(config.technique)
     what = what or technique.function
     config.validate()
+    target = config.prepare(target, what)
     plan = config.plan(target, what) if isinstance(target, keras.Model) else None
 
     def classify(layer):

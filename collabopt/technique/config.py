@@ -50,6 +50,10 @@ class TechniqueConfig:
         """The layer whose chain is checked and wrapped (e.g. without a selection marker)."""
         return layer
 
+    def prepare(self, target, what: str):
+        """The target to rewrite (e.g. with every layer marked for the technique); default: ``target``."""
+        return target
+
     def plan(self, model, what: str):
         """Model-level preparation before any layer is wrapped (e.g. a graph plan); default None."""
         return None
@@ -101,9 +105,7 @@ class TechniqueConfig:
         missing = [
             f.name
             for f in dataclasses.fields(cls)
-            if f.name not in settings
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
+            if f.name not in settings and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
         if missing:
             raise InvalidArgumentError(f"{cls.technique or cls.__name__}: missing settings {missing}.")

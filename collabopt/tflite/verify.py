@@ -65,7 +65,10 @@ def _find_tensor(stats, names, size) -> TensorStats | None:
     candidates = [
         t
         for t in stats
-        if t.is_weight and int(np.prod(t.shape or (1,))) == size and t.dtype in ("int8", "float32", "float16") and _mentions(t.name, names)
+        if t.is_weight
+        and int(np.prod(t.shape or (1,))) == size
+        and t.dtype in ("int8", "float32", "float16")
+        and _mentions(t.name, names)
     ]
     return candidates[0] if candidates else None
 
@@ -106,5 +109,9 @@ def verify(model, tflite) -> VerifyReport:
                 state = constraint.numpy_state()
                 holds, found = constraint.kind.check(state, tensor, channels_rescaled=folded)
                 expected = constraint.kind.expected(state)
-                report.append(ConstraintCheck(base.name, weight_name, kind, expected, found, tensor.name if tensor else None, holds))
+                report.append(
+                    ConstraintCheck(
+                        base.name, weight_name, kind, expected, found, tensor.name if tensor else None, holds
+                    )
+                )
     return report

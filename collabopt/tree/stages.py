@@ -62,7 +62,10 @@ def default_stages(sparsity: float = 0.5, clusters: int = 16) -> list[Stage]:
         Stage("clustered", "cluster", "baseline", {"number_of_clusters": clusters}, f"Clustered ({clusters})"),
         Stage("qat", "quantize", "baseline", {}, "QAT"),
         Stage(
-            "sparse_clustered", "cluster", "pruned", {"number_of_clusters": clusters, "preserve_sparsity": True},
+            "sparse_clustered",
+            "cluster",
+            "pruned",
+            {"number_of_clusters": clusters, "preserve_sparsity": True},
             "Sparsity-preserving clustered",
         ),
         Stage("pqat", "quantize", "pruned", {}, "PQAT"),
@@ -118,13 +121,17 @@ class Targets:
         if self.max_gzip_bytes is not None and self.max_gzip_bytes <= 0:
             raise ValueError(f"max_gzip_bytes must be a positive number of bytes; received {self.max_gzip_bytes!r}.")
         if self.max_latency_us is not None and self.max_latency_us <= 0:
-            raise ValueError(f"max_latency_us must be a positive number of microseconds; received {self.max_latency_us!r}.")
+            raise ValueError(
+                f"max_latency_us must be a positive number of microseconds; received {self.max_latency_us!r}."
+            )
 
     def misses(self, node, baseline_float: float) -> list[str]:
         """Which targets ``node`` misses (empty: it meets them all)."""
         out = []
         if self.max_accuracy_drop is not None and baseline_float - node.int8_top1 > self.max_accuracy_drop + 1e-12:
-            out.append(f"accuracy drop {100 * (baseline_float - node.int8_top1):.2f} > {100 * self.max_accuracy_drop:.2f} points")
+            out.append(
+                f"accuracy drop {100 * (baseline_float - node.int8_top1):.2f} > {100 * self.max_accuracy_drop:.2f} points"
+            )
         if self.max_gzip_bytes is not None and node.gzip_bytes > self.max_gzip_bytes:
             out.append(f"gzip {node.gzip_bytes:,} > {self.max_gzip_bytes:,} bytes")
         if self.max_latency_us is not None and node.latency_us > self.max_latency_us:

@@ -29,9 +29,17 @@ def _weights(model):
 @pytest.mark.parametrize(
     "make,later,match",
     [
-        (lambda m: co.cluster_weights(m, number_of_clusters=3), co.quantize_model, r"quantize_model\(cluster_weights\(model\)\)"),
+        (
+            lambda m: co.cluster_weights(m, number_of_clusters=3),
+            co.quantize_model,
+            r"quantize_model\(cluster_weights\(model\)\)",
+        ),
         (co.prune_low_magnitude, co.quantize_model, r"quantize_model\(prune_low_magnitude\(model\)\)"),
-        (co.prune_low_magnitude, lambda m: co.cluster_weights(m, number_of_clusters=3), r"cluster_weights\(prune_low_magnitude\(model\)\)"),
+        (
+            co.prune_low_magnitude,
+            lambda m: co.cluster_weights(m, number_of_clusters=3),
+            r"cluster_weights\(prune_low_magnitude\(model\)\)",
+        ),
         (co.prune_low_magnitude, co.quantize_annotate_model, r"quantize_model\(prune_low_magnitude\(model\)\)"),
     ],
 )
@@ -67,7 +75,10 @@ def test_layer_wise_apis_enforce_the_order_too():
 
 def test_strip_clustering_on_a_cqat_model_points_to_strip_clustering_cqat():
     cqat = co.quantize_model(co.cluster_weights(_model(), number_of_clusters=3))
-    with pytest.raises(OrderError, match=r"layer 'd' is clustered under quantize.*strip_clustering_cqat\(model\).*strip_quantization\(model\) first"):
+    with pytest.raises(
+        OrderError,
+        match=r"layer 'd' is clustered under quantize.*strip_clustering_cqat\(model\).*strip_quantization\(model\) first",
+    ):
         co.strip_clustering(cqat)
     baked = co.strip_clustering_cqat(cqat)  # the way that works keeps QAT
     assert [type(l).__name__ for l in baked.layers] == ["QuantizeWrapper", "QuantizeWrapper"]
@@ -77,7 +88,9 @@ def test_strip_clustering_on_a_cqat_model_points_to_strip_clustering_cqat():
 
 def test_strip_pruning_under_a_stage_that_keeps_its_zeros_is_refused():
     sparse_clustered = co.cluster_weights(_pruned(), number_of_clusters=4, preserve_sparsity=True)
-    with pytest.raises(OrderError, match=r"strip_pruning: layer 'd' is pruned under cluster.*strip_clustering\(model\) first"):
+    with pytest.raises(
+        OrderError, match=r"strip_pruning: layer 'd' is pruned under cluster.*strip_clustering\(model\) first"
+    ):
         co.strip_pruning(sparse_clustered)
 
 

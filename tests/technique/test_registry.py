@@ -8,14 +8,25 @@ import pytest
 import collabopt.keras as co
 from collabopt.errors import InvalidArgumentError
 from collabopt.preserve import CLUSTERS, SPARSITY
-from collabopt.technique import Technique, chain_techniques, get_technique, register_technique, technique_names, technique_of
+from collabopt.technique import (
+    Technique,
+    chain_techniques,
+    get_technique,
+    register_technique,
+    technique_names,
+    technique_of,
+)
 
 
 def test_built_in_techniques_are_registered_in_chain_order():
     names = technique_names()
     assert names.index("prune") < names.index("cluster") < names.index("quantize")
     prune, cluster, quantize = (get_technique(n) for n in ("prune", "cluster", "quantize"))
-    assert (prune.handler, cluster.handler, quantize.handler) == (co.PruneLowMagnitude, co.ClusterWeights, co.QuantizeWrapper)
+    assert (prune.handler, cluster.handler, quantize.handler) == (
+        co.PruneLowMagnitude,
+        co.ClusterWeights,
+        co.QuantizeWrapper,
+    )
     assert prune.records == (SPARSITY,) and cluster.records == (CLUSTERS,) and cluster.keeps == (SPARSITY,)
     assert co.PruningConfig.technique == "prune" and co.QuantizationConfig.technique == "quantize"
     with pytest.raises(InvalidArgumentError, match=r"unknown technique 'sharpen'; registered: .*prune"):
@@ -44,7 +55,9 @@ def test_chain_techniques_reads_wrappers_and_markers():
 @pytest.mark.parametrize(
     "config",
     [
-        co.PruningConfig(co.PolynomialDecay(0.0, 0.5, 0, 10), block_size=(1, 1), pruning_policy=co.PruneForLatencyOnXNNPack()),
+        co.PruningConfig(
+            co.PolynomialDecay(0.0, 0.5, 0, 10), block_size=(1, 1), pruning_policy=co.PruneForLatencyOnXNNPack()
+        ),
         co.ClusteringConfig(number_of_clusters=4, preserve_sparsity=True, cluster_per_channel=True),
         co.QuantizationConfig(co.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True), strict=True),
     ],
@@ -60,7 +73,9 @@ def test_configs_from_settings_name_bad_settings():
     config = co.PruningConfig.from_settings({"sparsity": 0.8}, steps=20)
     assert isinstance(config.pruning_schedule, co.PolynomialDecay)
     assert config.pruning_schedule.final_sparsity == 0.8
-    with pytest.raises(InvalidArgumentError, match=r"cluster: unknown settings \['clusters'\]; accepted: number_of_clusters"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"cluster: unknown settings \['clusters'\]; accepted: number_of_clusters"
+    ):
         co.ClusteringConfig.from_settings({"clusters": 4})
     with pytest.raises(InvalidArgumentError, match=r"cluster: missing settings \['number_of_clusters'\]"):
         co.ClusteringConfig.from_settings({})
