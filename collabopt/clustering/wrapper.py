@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from collabopt.clustering.init import CentroidInitialization, init_centroids, parse_init
-from collabopt.layers import OptimizationWrapper, base_layer, num_channels, to_channel_rows
+from collabopt.layers import OptimizationWrapper, base_layer, from_channel_rows, num_channels, to_channel_rows
 from collabopt.preserve import CLUSTERS, Constraint, gather_clustered, zero_mask
 
 AGGREGATIONS = ("SUM", "AVG")
@@ -152,8 +152,6 @@ class ClusterWeights(OptimizationWrapper):
             idx = ops.where(ops.equal(m_rows, 0), ops.zeros_like(idx), idx)
         idx = ops.cast(idx, "int32")
         if self.cluster_per_channel:
-            from collabopt.layers import from_channel_rows
-
             return from_channel_rows(idx, spec, shape)
         return ops.reshape(idx, shape)
 
