@@ -70,6 +70,29 @@ def small_cnn(input_shape=(8, 8, 1), classes=10):
     )
 
 
+class MatMul(keras.layers.Layer):
+    """The custom layer of the protocol tests: ``x @ w + other``.
+
+    collabopt knows nothing of it; each test subclasses it with the protocol
+    under test (``get_prunable_weights``, ``get_clusterable_weights``,
+    ``get_optimizable_weights``). ``other`` is a weight no protocol declares.
+    """
+
+    def __init__(self, units=4, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], self.units), name="w")
+        self.other = self.add_weight(shape=(self.units,), name="other", initializer="zeros")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.w) + self.other
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
 def rand(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 

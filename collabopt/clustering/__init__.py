@@ -2,12 +2,14 @@
 
 from collabopt.clustering.api import ClusterableLayer, cluster_scope, cluster_weights, strip_clustering
 from collabopt.clustering.init import CentroidInitialization, init_centroids
+from collabopt.clustering.technique import ClusteringConfig
 from collabopt.clustering.wrapper import ClusterWeights, nearest_centroid
 
 __all__ = [
     "CentroidInitialization",
     "ClusterWeights",
     "ClusterableLayer",
+    "ClusteringConfig",
     "cluster_scope",
     "cluster_weights",
     "init_centroids",

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Protocol, runtime_checkable
 
-from collabopt.clustering.init import CentroidInitialization, parse_init
-from collabopt.clustering.wrapper import ClusterWeights, check_cluster_count, validate_clustering_args
-from collabopt.layers import (
-    base_layer,
-    optimizable_variables,
-    register_weights_protocol,
-    remove_wrappers,
-    spec_for,
-    transformable_weight_names,
-    wrapper_chain,
-)
-from collabopt.preserve import PreserveWrapper, constraints_on
-from collabopt.transform import apply_per_layer, map_layers, support_status
+from collabopt.clustering.init import CentroidInitialization
+from collabopt.clustering.technique import CLUSTERING, ClusteringConfig
+from collabopt.layers import register_weights_protocol
+from collabopt.technique import apply, strip, tfmot_scope
 
 
 @runtime_checkable
@@ -28,10 +18,6 @@ class ClusterableLayer(Protocol):
 
 
 register_weights_protocol("get_clusterable_weights")
-
-
-def _is_clustered(layer) -> bool:
-    return any(isinstance(w, ClusterWeights) for w in wrapper_chain(layer))
 
 
 def cluster_weights(
@@ -64,10 +50,11 @@ def cluster_weights(
         The wrapped layer, list, or new model.
 
     Raises:
-        ValueError: naming the layer and argument: K too small, K larger than a
-            layer's weight count (per channel with ``cluster_per_channel``),
-            unknown init, an explicitly listed layer with nothing to cluster,
-            a layer already clustered.
+        InvalidArgumentError: naming the layer and argument: K too small, K
+            larger than a layer's weight count (per channel with
+            ``cluster_per_channel``), unknown init, a layer already clustered.
+        UnsupportedLayerError: an explicitly listed layer with nothing to cluster.
+        OrderError: a layer already quantized (cluster first).
 
     Example:
 
@@ -77,70 +64,22 @@ def cluster_weights(
     >>> type(clustered.layers[0]).__name__
     'ClusterWeights'
     """
-    validate_clustering_args(number_of_clusters, preserve_sparsity, cluster_gradient_aggregation)
-    init = parse_init(cluster_centroids_init)
-
-    def classify(layer):
-        base = base_layer(layer)
-        if _is_clustered(layer):
-            raise ValueError(
-                f"cluster_weights: layer '{base.name}' is already clustered (wrapper '{layer.name}'); "
-                "cluster each layer once (strip_clustering first to start over)."
-            )
-        return support_status(layer)
-
-    def wrap(layer):
-        base = base_layer(layer)
-        names = transformable_weight_names(base, ClusterWeights.protocol_method)
-        if layer.built:
-            for name in names:
-                value = optimizable_variables(base)[name]
-                check_cluster_count(base, name, tuple(value.shape), spec_for(base, name), number_of_clusters, cluster_per_channel, preserve_sparsity)
-        inner = layer
-        if preserve_sparsity:
-            missing = [n for n in names if "sparsity" not in constraints_on(layer, n)]
-            if missing:
-                inner = PreserveWrapper(layer, {n: ["sparsity"] for n in missing})
-        wrapper = ClusterWeights(
-            inner,
-            number_of_clusters=number_of_clusters,
-            cluster_centroids_init=init,
-            preserve_sparsity=preserve_sparsity,
-            cluster_per_channel=cluster_per_channel,
-            cluster_gradient_aggregation=cluster_gradient_aggregation,
-            **kwargs,
-        )
-        build_config = layer.get_build_config() if layer.built else None
-        if build_config:
-            wrapper.build(build_config["input_shape"])
-        return wrapper
-
-    return apply_per_layer(
-        to_cluster,
-        classify=classify,
-        wrap=wrap,
-        what="cluster_weights",
-        accepted="layers with clusterable weights (Dense, Conv*, DepthwiseConv*, SeparableConv*, "
-        "Conv*Transpose, Embedding, or a ClusterableLayer)",
+    config = ClusteringConfig(
+        number_of_clusters, cluster_centroids_init, preserve_sparsity, cluster_per_channel, cluster_gradient_aggregation
     )
+    return apply(to_cluster, config, **kwargs)
 
 
 def strip_clustering(model):
     """Removes clustering wrappers: plain layers (same names) holding at most K values per tensor/channel.
 
     Pruning wrappers inside clustering are removed too (their zeros are baked
-    in), as are the preserve wrappers clustering added.
+    in), as are the preserve wrappers clustering added. On a CQAT / PCQAT model
+    (clustering under quantization) it raises an OrderError: use
+    ``strip_clustering_cqat`` to bake the clusters and keep QAT, or
+    ``strip_quantization`` first.
     """
-
-    def fn(layer):
-        if not _is_clustered(layer):
-            return None
-        return remove_wrappers(layer, lambda w: True)
-
-    return map_layers(model, fn, what="strip_clustering")
+    return strip(model, CLUSTERING.name)
 
 
-@contextlib.contextmanager
-def cluster_scope():
-    """Accepted for TFMOT compatibility; loading collabopt models needs no scope."""
-    yield
+cluster_scope = tfmot_scope

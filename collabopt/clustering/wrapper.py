@@ -8,8 +8,8 @@ import tensorflow as tf
 from keras import ops
 
 from collabopt.clustering.init import CentroidInitialization, init_centroids, parse_init
-from collabopt.layers import OptimizationWrapper, base_layer, num_channels, to_channel_rows
-from collabopt.preserve import CLUSTERS, Constraint, constraints_on, gather_clustered
+from collabopt.layers import OptimizationWrapper, base_layer, from_channel_rows, num_channels, to_channel_rows
+from collabopt.preserve import CLUSTERS, Constraint, gather_clustered, zero_mask
 
 AGGREGATIONS = ("SUM", "AVG")
 
@@ -87,14 +87,14 @@ class ClusterWeights(OptimizationWrapper):
     def _sparsity_mask(self, name):
         if not self.preserve_sparsity:
             return None
-        constraint = constraints_on(self.layer, name).get("sparsity")
-        if constraint is None:
+        mask = zero_mask(self.layer, name)
+        if mask is None:
             raise ValueError(
                 f"layer '{self.base_layer.name}': preserve_sparsity=True but nothing inside the "
-                "clustering wrapper records a sparsity constraint; use cluster_weights(), which "
+                "clustering wrapper records a constraint that keeps zeros; use cluster_weights(), which "
                 "derives one from a stripped model."
             )
-        return constraint.state["mask"]
+        return mask
 
     def build_wrapper(self, input_shape):
         weights = self.inner_weights()
@@ -152,8 +152,6 @@ class ClusterWeights(OptimizationWrapper):
             idx = ops.where(ops.equal(m_rows, 0), ops.zeros_like(idx), idx)
         idx = ops.cast(idx, "int32")
         if self.cluster_per_channel:
-            from collabopt.layers import from_channel_rows
-
             return from_channel_rows(idx, spec, shape)
         return ops.reshape(idx, shape)
 
@@ -193,7 +191,7 @@ class ClusterWeights(OptimizationWrapper):
 
     def recorded_constraints(self) -> dict:
         return {
-            name: [Constraint(CLUSTERS, {"centroids": self.centroids[name], "indices": self.indices[name]}, self.name, self.spec(name))]
+            name: [Constraint(CLUSTERS, {"centroids": self.centroids[name], "indices": self.indices[name]}, self.spec(name))]
             for name in self.centroids
         }
 

@@ -19,7 +19,7 @@ from collabopt.preserve.kinds import (
     known_kinds,
     register_kind,
 )
-from collabopt.preserve.registry import constraints_on, derive_constraint
+from collabopt.preserve.registry import constraints_on, zero_mask
 from collabopt.preserve.wrapper import PreserveWrapper
 
 __all__ = [
@@ -33,9 +33,9 @@ __all__ = [
     "SparsityKind",
     "StateVariable",
     "constraints_on",
-    "derive_constraint",
     "get_kind",
     "in_projection_order",
     "known_kinds",
     "register_kind",
+    "zero_mask",
 ]

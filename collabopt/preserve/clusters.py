@@ -83,5 +83,25 @@ class ClustersKind(ConstraintKind):
         per_channel = len(state["centroids"].shape) == 2
         return ops.cast(gather_clustered(state["centroids"], state["indices"], spec, per_channel), weight.dtype)
 
+    def expected(self, state):
+        return float(state["centroids"].shape[-1])
+
+    def check(self, state, tensor, *, channels_rescaled=False):
+        # At most K distinct values: per tensor for per-tensor clusters in a
+        # per-tensor-quantized tensor whose channels export did not rescale,
+        # per channel otherwise.
+        if tensor is None:
+            return False, None
+        per_tensor = len(state["centroids"].shape) == 1 and not tensor.per_channel and not channels_rescaled
+        found = tensor.unique_values if per_tensor else tensor.max_unique_per_channel
+        if found is None:
+            return False, None
+        return float(found) <= self.expected(state), float(found)
+
+    def describe(self, value, *, bound=False):
+        if value is None:
+            return "no tensor"
+        return f"<= {int(value)} values" if bound else f"{int(value)} values"
+
 
 CLUSTERS = register_kind(ClustersKind())

@@ -6,7 +6,12 @@ A *kind* (sparsity, clusters, ...) knows
 * how to derive that state from plain weight values, for models that arrive
   already stripped (``derive``; returns a warning when the derivation is a
   guess),
-* how to project a weight onto the constraint (``project``).
+* how to project a weight onto the constraint (``project``),
+* which values it pins to zero, if any (``zero_mask``), so a later stage can
+  keep them without knowing the kind,
+* what it promises, as one number (``expected``), how to check that promise
+  against an exported tensor (``check``) and how to say it (``describe``), so
+  ``collabopt.tflite.verify`` and reports never name a kind.
 
 The state itself lives in the variables of the wrapper that owns the
 constraint (so it is saved in ``.keras`` files); a :class:`Constraint` is a
@@ -66,6 +71,40 @@ class ConstraintKind(abc.ABC):
     def project(self, state: dict, weight, spec=None):
         """``weight`` (with :class:`WeightSpec` ``spec``) projected onto the constraint ``state``."""
 
+    def zero_mask(self, state: dict):
+        """A 0/1 mask of the weight's shape (0 where the constraint pins the value to zero), or None.
+
+        Stages that keep zeros (sparsity-preserving clustering) combine the
+        masks of every constraint on a weight without knowing their kinds.
+        """
+        return None
+
+    @abc.abstractmethod
+    def expected(self, state: dict) -> float:
+        """The promise this constraint makes, as one number (e.g. the zeros fraction, or K)."""
+
+    @abc.abstractmethod
+    def check(self, state: dict, tensor, *, channels_rescaled: bool = False) -> tuple[bool, float | None]:
+        """Whether an exported tensor keeps the constraint: ``(holds, found)``.
+
+        Args:
+            state: The constraint's state as numpy arrays.
+            tensor: Statistics of the exported tensor (``zeros_fraction``,
+                ``unique_values``, ``max_unique_per_channel``, ``per_channel``;
+                e.g. ``collabopt.tflite``'s ``TensorStats``), or None when no
+                tensor of the file matched the weight.
+            channels_rescaled: True when export scaled each output channel
+                differently (a folded BatchNormalization).
+
+        Returns:
+            ``(holds, found)``: ``found`` is the number compared with
+            :meth:`expected` (None without a tensor; then it does not hold).
+        """
+
+    @abc.abstractmethod
+    def describe(self, value: float | None, *, bound: bool = False) -> str:
+        """Words for ``value`` (from :meth:`expected` if ``bound``, else from :meth:`check`)."""
+
 
 _KINDS: dict[str, ConstraintKind] = {}
 
@@ -102,16 +141,19 @@ class Constraint:
     Attributes:
         kind: The :class:`ConstraintKind`.
         state: State name -> variable (owned by a wrapper).
-        owner: Name of the wrapper that owns the state.
+        spec: The weight's :class:`~collabopt.layers.WeightSpec` (per-channel kinds need it).
     """
 
     kind: ConstraintKind
     state: dict
-    owner: str = ""
     spec: object = None
 
     def project(self, weight):
         return self.kind.project(self.state, weight, self.spec)
+
+    def zero_mask(self):
+        """The kind's :meth:`ConstraintKind.zero_mask` of this state (None if it pins no zeros)."""
+        return self.kind.zero_mask(self.state)
 
     def numpy_state(self) -> dict[str, np.ndarray]:
         return {k: ops.convert_to_numpy(v) for k, v in self.state.items()}
@@ -149,6 +191,22 @@ class SparsityKind(ConstraintKind):
 
     def project(self, state, weight, spec=None):
         return weight * ops.cast(state["mask"], weight.dtype)
+
+    def zero_mask(self, state):
+        return state["mask"]
+
+    def expected(self, state):
+        return float(np.mean(np.asarray(state["mask"]) == 0))
+
+    def check(self, state, tensor, *, channels_rescaled=False):
+        # Holds when the file keeps at least the recorded fraction of zeros.
+        if tensor is None or tensor.zeros_fraction is None:
+            return False, None
+        found = float(tensor.zeros_fraction)
+        return found >= self.expected(state) - 1e-9, found
+
+    def describe(self, value, *, bound=False):
+        return "no tensor" if value is None else f"{100 * value:.1f}% zeros"
 
 
 SPARSITY = register_kind(SparsityKind())

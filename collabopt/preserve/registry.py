@@ -2,17 +2,13 @@
 
 Every :class:`~collabopt.layers.OptimizationWrapper` may record constraints
 through ``recorded_constraints() -> {weight_name: [Constraint, ...]}``. A later
-stage asks :func:`constraints_on` what the chain inside it guarantees, and
-:func:`derive_constraint` when the layer arrived stripped.
+stage asks :func:`constraints_on` what the chain inside it guarantees.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from keras import ops
-
-from collabopt.layers import base_layer, get_variable, spec_for, wrapper_chain
-from collabopt.preserve.kinds import Constraint, get_kind
+from collabopt.layers import wrapper_chain
+from collabopt.preserve.kinds import Constraint
 
 
 def constraints_on(layer, weight_name: str) -> dict[str, Constraint]:
@@ -31,23 +27,16 @@ def constraints_on(layer, weight_name: str) -> dict[str, Constraint]:
     return found
 
 
-def derive_constraint(layer, weight_name: str, kind_name: str, options: dict | None = None):
-    """Derives ``kind_name`` state from the current values of a weight.
+def zero_mask(layer, weight_name: str):
+    """The product of the zero masks of every constraint the chain records on a weight, or None.
 
-    Args:
-        layer: A layer or wrapper chain (its effective weights are used).
-        weight_name: The weight.
-        kind_name: A registered kind, e.g. ``"sparsity"``.
-        options: Kind-specific options.
-
-    Returns:
-        ``(state as numpy arrays, warning or None)``.
+    A stage that must keep zeros (sparsity-preserving clustering) asks this
+    instead of any particular kind.
     """
-    kind = get_kind(kind_name)
-    base = base_layer(layer)
-    spec = spec_for(base, weight_name)
-    if hasattr(layer, "effective_weights"):
-        value = ops.convert_to_numpy(layer.effective_weights(False)[weight_name])
-    else:
-        value = np.asarray(get_variable(base, spec).numpy())
-    return kind.derive(value, spec, options or {})
+    masks = [m for c in constraints_on(layer, weight_name).values() if (m := c.zero_mask()) is not None]
+    if not masks:
+        return None
+    mask = masks[0]
+    for m in masks[1:]:
+        mask = mask * m
+    return mask

@@ -31,7 +31,7 @@ class PreserveWrapper(OptimizationWrapper):
     >>> import keras, numpy as np
     >>> from collabopt.preserve import PreserveWrapper
     >>> dense = keras.layers.Dense(2)
-    >>> dense.build((None, 4)); dense.kernel.assign(np.eye(4, 2, dtype="float32"))
+    >>> dense.build((None, 4)); _ = dense.kernel.assign(np.eye(4, 2, dtype="float32"))
     >>> kept = PreserveWrapper(dense, constraints={"kernel": ["sparsity"]})
     >>> kept.build((None, 4)); int(kept.recorded_constraints()["kernel"][0].state["mask"].numpy().sum())
     2
@@ -87,7 +87,7 @@ class PreserveWrapper(OptimizationWrapper):
 
     def recorded_constraints(self) -> dict:
         return {
-            w: [Constraint(get_kind(k), state, self.name, self.spec(w)) for k, state in kinds.items()]
+            w: [Constraint(get_kind(k), state, self.spec(w)) for k, state in kinds.items()]
             for w, kinds in self._state.items()
         }
 

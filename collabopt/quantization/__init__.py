@@ -28,6 +28,7 @@ from collabopt.quantization.schemes import (
     FoldedBatchNormalization,
     QuantizeScheme,
 )
+from collabopt.quantization.technique import QuantizationConfig
 from collabopt.quantization.wrapper import QuantizeWrapper
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "FixedQuantizer",
     "LastValueQuantizer",
     "MovingAverageQuantizer",
+    "QuantizationConfig",
     "QuantizeAnnotate",
     "QuantizeConfig",
     "QuantizeScheme",

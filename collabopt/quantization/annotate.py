@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from collabopt.quantization.config import QuantizeConfig
+from collabopt.transform import map_layers
 
 
 @keras.saving.register_keras_serializable(package="collabopt")
@@ -49,3 +50,19 @@ class QuantizeAnnotate(keras.layers.Wrapper):
         layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
         qc = config.pop("quantize_config", None)
         return cls(layer, keras.saving.deserialize_keras_object(qc) if qc is not None else None, **config)
+
+
+def annotate_model(model, check, what: str):
+    """``model`` with every layer not yet annotated wrapped in a :class:`QuantizeAnnotate`.
+
+    ``check(layer)`` runs on each layer first (it raises for layers that must
+    not be quantized, e.g. already quantized ones).
+    """
+
+    def fn(layer):
+        if isinstance(layer, QuantizeAnnotate):
+            return None
+        check(layer)
+        return QuantizeAnnotate(layer)
+
+    return map_layers(model, fn, what=what)

@@ -16,6 +16,7 @@ import keras
 
 from collabopt.layers import optimizable_variables, weight_specs
 from collabopt.layers.execution import internal_tensors
+from collabopt.preserve import CLUSTERS, SPARSITY
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import FixedQuantizer, LastValueQuantizer, MovingAverageQuantizer
 
@@ -150,7 +151,7 @@ class Default16x8QuantizeScheme(QuantizeScheme):
 class Default8BitPrunePreserveQuantizeScheme(Default8BitQuantizeScheme):
     """TFMOT's PQAT spelling: the 8-bit scheme keeping every pruned zero."""
 
-    preserve = ("sparsity",)
+    preserve = (SPARSITY.name,)
 
 
 @keras.saving.register_keras_serializable(package="collabopt")
@@ -159,7 +160,7 @@ class Default8BitClusterPreserveQuantizeScheme(Default8BitQuantizeScheme):
 
     def __init__(self, preserve_sparsity: bool = False):
         self.preserve_sparsity = bool(preserve_sparsity)
-        self.preserve = ("clusters", "sparsity") if preserve_sparsity else ("clusters",)
+        self.preserve = (CLUSTERS.name, SPARSITY.name) if preserve_sparsity else (CLUSTERS.name,)
 
     def get_config(self):
         return {"preserve_sparsity": self.preserve_sparsity}

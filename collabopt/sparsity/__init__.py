@@ -9,6 +9,7 @@ from collabopt.sparsity.api import (
     strip_pruning,
 )
 from collabopt.sparsity.callbacks import PruningSummaries, UpdatePruningStep, pruning_wrappers
+from collabopt.sparsity.technique import PruningConfig
 from collabopt.sparsity.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from collabopt.sparsity.wrapper import PruneLowMagnitude
 
@@ -18,6 +19,7 @@ __all__ = [
     "PrunableLayer",
     "PruneForLatencyOnXNNPack",
     "PruneLowMagnitude",
+    "PruningConfig",
     "PruningSchedule",
     "PruningSummaries",
     "UpdatePruningStep",

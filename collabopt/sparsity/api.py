@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Protocol, runtime_checkable
 
 import keras
 
-from collabopt.layers import base_layer, register_weights_protocol, remove_wrappers, wrapper_chain
-from collabopt.sparsity.schedules import ConstantSparsity
-from collabopt.sparsity.wrapper import PruneLowMagnitude, validate_pruning_args
-from collabopt.transform import PASS, WRAP, apply_per_layer, map_layers, support_status
+from collabopt.errors import InvalidArgumentError
+from collabopt.layers import register_weights_protocol, wrapper_chain
+from collabopt.sparsity.technique import PRUNING, PruningConfig
+from collabopt.sparsity.wrapper import PruneLowMagnitude
+from collabopt.technique import apply, strip, tfmot_scope
+from collabopt.transform import iter_layers
 
 
 @runtime_checkable
@@ -35,12 +36,20 @@ class PrunableLayer(Protocol):
 register_weights_protocol("get_prunable_weights")
 
 
+@keras.saving.register_keras_serializable(package="collabopt")
 class PruneForLatencyOnXNNPack:
     """Pruning policy: prune only what XNNPack's sparse inference speeds up.
 
     XNNPack runs sparse 1x1 (pointwise) Conv2D layers with stride 1 and no
     dilation faster; every other layer is left dense.
     """
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def allow_pruning(self, layer) -> bool:
         return (
@@ -50,10 +59,6 @@ class PruneForLatencyOnXNNPack:
             and tuple(layer.strides) == (1, 1)
             and tuple(layer.dilation_rate) == (1, 1)
         )
-
-
-def _is_pruned(layer) -> bool:
-    return any(isinstance(w, PruneLowMagnitude) for w in wrapper_chain(layer))
 
 
 def prune_low_magnitude(
@@ -88,9 +93,11 @@ def prune_low_magnitude(
         The wrapped layer, list of wrapped layers, or new model.
 
     Raises:
-        ValueError: bad arguments (named), a listed layer with nothing to
-            prune, a layer that is already pruned, or settings that do not fit a
-            layer's weights. Nothing is changed when an error is raised.
+        InvalidArgumentError: bad arguments (named), a layer that is already
+            pruned, or settings that do not fit a layer's weights.
+        UnsupportedLayerError: a listed layer with nothing to prune.
+        OrderError: a layer already clustered or quantized (prune first).
+        Nothing is changed when an error is raised.
 
     Example:
 
@@ -100,52 +107,8 @@ def prune_low_magnitude(
     >>> type(pruned.layers[0]).__name__
     'PruneLowMagnitude'
     """
-    schedule = pruning_schedule if pruning_schedule is not None else ConstantSparsity(0.5, 0)
-    validate_pruning_args(schedule, block_size, block_pooling_type, sparsity_m_by_n)
-    if pruning_policy is not None and not callable(getattr(pruning_policy, "allow_pruning", None)):
-        raise ValueError(
-            f"pruning_policy must have an allow_pruning(layer) method (e.g. PruneForLatencyOnXNNPack); "
-            f"received {pruning_policy!r}."
-        )
-
-    def classify(layer):
-        if _is_pruned(layer):
-            base = base_layer(layer)
-            raise ValueError(
-                f"prune_low_magnitude: layer '{base.name}' is already pruned (wrapper '{layer.name}'); "
-                "prune each layer once (strip_pruning first to start over)."
-            )
-        status = support_status(layer)
-        if status == WRAP and pruning_policy is not None and not pruning_policy.allow_pruning(base_layer(layer)):
-            return PASS
-        return status
-
-    def wrap(layer):
-        wrapper = PruneLowMagnitude(
-            layer,
-            pruning_schedule=schedule,
-            block_size=block_size,
-            block_pooling_type=block_pooling_type,
-            sparsity_m_by_n=sparsity_m_by_n,
-            **kwargs,
-        )
-        if layer.built:
-            wrapper.build(_build_shape(layer))
-        return wrapper
-
-    return apply_per_layer(
-        to_prune,
-        classify=classify,
-        wrap=wrap,
-        what="prune_low_magnitude",
-        accepted="layers with prunable weights (Dense, Conv*, DepthwiseConv*, SeparableConv*, "
-        "Conv*Transpose, Embedding, or a PrunableLayer)",
-    )
-
-
-def _build_shape(layer):
-    config = layer.get_build_config() or {}
-    return config.get("input_shape")
+    config = PruningConfig(pruning_schedule, block_size, block_pooling_type, pruning_policy, sparsity_m_by_n)
+    return apply(to_prune, config, **kwargs)
 
 
 def strip_pruning(model):
@@ -162,25 +125,16 @@ def strip_pruning(model):
     >>> type(co.strip_pruning(m).layers[0]).__name__
     'Dense'
     """
-
-    def fn(layer):
-        return remove_wrappers(layer, lambda w: isinstance(w, PruneLowMagnitude))
-
-    return map_layers(model, fn, what="strip_pruning")
+    return strip(model, PRUNING.name)
 
 
-@contextlib.contextmanager
-def prune_scope():
-    """Accepted for TFMOT compatibility; loading collabopt models needs no scope."""
-    yield
+prune_scope = tfmot_scope
 
 
 def pruning_step(model) -> int:
     """The pruning step of a model's pruning wrappers (they advance together)."""
-    from collabopt.transform import iter_layers
-
     for layer in iter_layers(model):
         for wrapper in wrapper_chain(layer):
             if isinstance(wrapper, PruneLowMagnitude):
                 return int(wrapper.pruning_step.numpy())
-    raise ValueError(f"model '{model.name}' has no pruning wrappers.")
+    raise InvalidArgumentError(f"pruning_step: model '{model.name}' has no pruning wrappers.")

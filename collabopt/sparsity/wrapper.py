@@ -120,7 +120,7 @@ class PruneLowMagnitude(OptimizationWrapper):
         return out
 
     def recorded_constraints(self) -> dict:
-        return {name: [Constraint(SPARSITY, {"mask": mask}, self.name)] for name, mask in self.masks.items()}
+        return {name: [Constraint(SPARSITY, {"mask": mask}, self.spec(name))] for name, mask in self.masks.items()}
 
     def get_config(self):
         config = super().get_config()

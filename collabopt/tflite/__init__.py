@@ -3,7 +3,7 @@
 Example:
 
 >>> import numpy as np, keras, collabopt.tflite
->>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+>>> m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32)])  # dynamic range skips tensors under 1024 values
 >>> tfl = collabopt.tflite.convert(m, "dynamic")
 >>> tfl.inspect().weights()[0].dtype
 'int8'

@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from collabopt.layers import base_layer, optimizable_variables, wrapper_chain
-from collabopt.preserve import constraints_on
+from collabopt.preserve import constraints_on, get_kind
 from collabopt.tflite.inspection import TensorStats
 from collabopt.transform import iter_layers
 
@@ -20,10 +20,11 @@ class ConstraintCheck:
     Attributes:
         layer: Base layer name.
         weight: Weight name.
-        kind: ``"sparsity"`` or ``"clusters"``.
-        expected: What training recorded (zeros fraction, or K).
-        found: What the file holds (zeros fraction; max unique values per
-            tensor or per channel), or None if no tensor matched.
+        kind: The constraint kind's name (any registered kind).
+        expected: What training recorded, as the kind's number
+            (``ConstraintKind.expected``: e.g. a zeros fraction, or K).
+        found: What the file holds, as the kind's number
+            (``ConstraintKind.check``), or None if no tensor matched.
         tensor: Name of the flatbuffer tensor checked.
         holds: Whether the file keeps the constraint.
     """
@@ -47,9 +48,9 @@ class VerifyReport(list):
     def __str__(self) -> str:
         rows = [("layer", "weight", "constraint", "recorded", "in file", "holds")]
         for c in self:
-            fmt = (lambda v: f"{100 * v:.1f}% zeros") if c.kind == "sparsity" else (lambda v: f"<= {int(v)} values")
-            found = "no tensor" if c.found is None else (f"{100 * c.found:.1f}% zeros" if c.kind == "sparsity" else f"{int(c.found)} values")
-            rows.append((c.layer, c.weight, c.kind, fmt(c.expected), found, "yes" if c.holds else "NO"))
+            kind = get_kind(c.kind)
+            recorded, found = kind.describe(c.expected, bound=True), kind.describe(c.found)
+            rows.append((c.layer, c.weight, c.kind, recorded, found, "yes" if c.holds else "NO"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -64,18 +65,23 @@ def _find_tensor(stats, names, size) -> TensorStats | None:
     candidates = [
         t
         for t in stats
-        if t.is_weight and int(np.prod(t.shape or (1,))) == size and t.dtype in ("int8", "float32", "float16") and _mentions(t.name, names)
+        if t.is_weight
+        and int(np.prod(t.shape or (1,))) == size
+        and t.dtype in ("int8", "float32", "float16")
+        and _mentions(t.name, names)
     ]
     return candidates[0] if candidates else None
 
 
 def verify(model, tflite) -> VerifyReport:
-    """Reports, per layer and weight, whether the recorded sparsity and cluster constraints hold in ``tflite``.
+    """Reports, per layer and weight, whether each constraint recorded in training holds in ``tflite``.
 
-    Sparsity holds when the file's tensor has at least the recorded fraction of
-    zeros; clusters hold when it has at most K distinct values per channel
-    (per tensor for per-tensor-quantized weights, unless a folded
-    BatchNormalization scaled each channel differently).
+    Each constraint kind checks itself (``ConstraintKind.check``) against the
+    statistics of the file's tensor for the weight: e.g. sparsity holds when
+    the tensor has at least the recorded fraction of zeros, clusters when it
+    has at most K distinct values per channel (per tensor for
+    per-tensor-quantized weights, unless a folded BatchNormalization scaled
+    each channel differently). A kind registered later is checked the same way.
 
     Args:
         model: The trained Keras model holding collabopt wrappers.
@@ -101,15 +107,11 @@ def verify(model, tflite) -> VerifyReport:
             tensor = _find_tensor(stats, names, size) if constraints else None
             for kind, constraint in constraints.items():
                 state = constraint.numpy_state()
-                if kind == "sparsity":
-                    expected = float(np.mean(state["mask"] == 0))
-                    found = tensor.zeros_fraction if tensor is not None else None
-                    holds = found is not None and found >= expected - 1e-9
-                else:
-                    centroids = state["centroids"]
-                    expected = float(centroids.shape[-1])
-                    per_tensor = centroids.ndim == 1 and tensor is not None and not tensor.per_channel and not folded
-                    found = None if tensor is None else float(tensor.unique_values if per_tensor else tensor.max_unique_per_channel)
-                    holds = found is not None and found <= expected
-                report.append(ConstraintCheck(base.name, weight_name, kind, expected, found, tensor.name if tensor else None, holds))
+                holds, found = constraint.kind.check(state, tensor, channels_rescaled=folded)
+                expected = constraint.kind.expected(state)
+                report.append(
+                    ConstraintCheck(
+                        base.name, weight_name, kind, expected, found, tensor.name if tensor else None, holds
+                    )
+                )
     return report

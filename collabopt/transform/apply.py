@@ -7,6 +7,8 @@ from typing import Callable
 
 import keras
 
+from collabopt.errors import InvalidArgumentError, UnsupportedLayerError
+from collabopt.layers import base_layer, weight_specs
 from collabopt.transform.clone import is_opaque_model, map_layers
 
 WRAP, PASS, UNSUPPORTED = "wrap", "pass", "unsupported"
@@ -17,6 +19,7 @@ def apply_per_layer(
     *,
     classify: Callable[[keras.layers.Layer], str],
     wrap: Callable[[keras.layers.Layer], keras.layers.Layer],
+    replace: Callable[[keras.layers.Layer], keras.layers.Layer | None] | None = None,
     what: str,
     accepted: str,
 ):
@@ -29,6 +32,8 @@ def apply_per_layer(
         classify: ``layer -> WRAP | PASS | UNSUPPORTED``; raises ValueError for
             layers that must not be wrapped (e.g. already wrapped).
         wrap: ``layer -> wrapper``.
+        replace: ``layer -> replacement or None`` for the layers of a model
+            that are not wrapped (default: all kept).
         what: The public function's name, for messages.
         accepted: What would be accepted, for the error on an explicit layer.
 
@@ -39,10 +44,10 @@ def apply_per_layer(
 
     def explicit(layer):
         if not isinstance(layer, keras.layers.Layer):
-            raise ValueError(f"{what}: expected a keras layer or model; received {layer!r}.")
+            raise InvalidArgumentError(f"{what}: expected a keras layer or model; received {layer!r}.")
         status = classify(layer)
         if status != WRAP:
-            raise ValueError(
+            raise UnsupportedLayerError(
                 f"{what}: layer '{layer.name}' ({type(layer).__name__}) has nothing it can "
                 f"transform; accepted: {accepted}."
             )
@@ -56,11 +61,11 @@ def apply_per_layer(
 
         def fn(layer):
             if is_opaque_model(layer):
-                inner = [l for l in _sublayers(layer) if classify(l) == WRAP]
+                inner = [sub for sub in _sublayers(layer) if classify(sub) == WRAP]
                 if inner:
-                    raise ValueError(
+                    raise UnsupportedLayerError(
                         f"{what}: '{layer.name}' is a subclassed model nested in '{target.name}' and "
-                        f"holds layers to transform ({', '.join(l.name for l in inner[:5])}); its graph "
+                        f"holds layers to transform ({', '.join(sub.name for sub in inner[:5])}); its graph "
                         "cannot be rewritten. Wrap those layers where the subclassed model builds them."
                     )
                 return None
@@ -69,7 +74,7 @@ def apply_per_layer(
                 return wrap(layer)
             if status == UNSUPPORTED:
                 skipped.append(f"{layer.name} ({type(layer).__name__})")
-            return None
+            return replace(layer) if replace is not None else None
 
         result = map_layers(target, fn, what=what)
         if skipped:
@@ -80,13 +85,11 @@ def apply_per_layer(
         return result
     if isinstance(target, keras.layers.Layer):
         return wrap(explicit(target))
-    raise ValueError(f"{what}: expected a keras layer, a list of layers or a model; received {target!r}.")
+    raise InvalidArgumentError(f"{what}: expected a keras layer, a list of layers or a model; received {target!r}.")
 
 
 def support_status(layer) -> str:
     """WRAP if the (base) layer has optimizable weights, PASS if it has none, UNSUPPORTED if it has unknown ones."""
-    from collabopt.layers import base_layer, weight_specs
-
     base = base_layer(layer)
     specs = weight_specs(base)
     if specs is None:

@@ -11,26 +11,8 @@ import numpy as np
 from collabopt.tflite import convert, has_trained_ranges
 from collabopt.datasets.batches import check_inputs
 from collabopt.tree.report import NodeResult, TreeReport, pareto_front
-from collabopt.tree.stages import Stage, Targets, check_stages, default_stages
-
-LEARNING_RATES = {"prune": 5e-4, "cluster": 1e-4, "quantize": 1e-4}
-
-
-def _technique(stage: Stage, parent, steps_per_epoch: int):
-    import collabopt.keras as co
-
-    settings = {k: v for k, v in stage.settings.items() if k != "learning_rate"}
-    if stage.technique == "prune":
-        sparsity = settings.pop("sparsity", 0.5)
-        schedule = settings.pop(
-            "pruning_schedule",
-            co.PolynomialDecay(0.0, sparsity, 0, steps_per_epoch, frequency=max(steps_per_epoch // 10, 1)),
-        )
-        return co.prune_low_magnitude(parent, pruning_schedule=schedule, **settings)
-    if stage.technique == "cluster":
-        return co.cluster_weights(parent, **settings)
-    return co.quantize_model(parent, **settings)
-
+from collabopt.technique import apply
+from collabopt.tree.stages import BASELINE, Stage, Targets, check_stages, default_stages
 
 def default_compile(model, learning_rate):
     """Adam and sparse categorical cross-entropy (from logits unless the model ends in softmax)."""
@@ -127,12 +109,12 @@ def run(
     densities = {}
     for i, stage in enumerate(ordered, start=1):
         start = time.perf_counter()
-        if stage.technique == "baseline":
+        if stage.technique == BASELINE:
             trained = model  # measured as given: not recompiled, not trained
         else:
             say(f"[{i}/{len(ordered)}] {stage.label or stage.name}: {stage.technique} from {stage.parent} ...")
-            trained = _technique(stage, models[stage.parent], steps_per_epoch)
-            compile_fn(trained, stage.settings.get("learning_rate", LEARNING_RATES[stage.technique]))
+            trained = apply(models[stage.parent], stage.config(steps_per_epoch))
+            compile_fn(trained, stage.learning_rate)
             if epochs:
                 trained.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose)
         models[stage.name] = trained

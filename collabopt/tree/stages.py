@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-TECHNIQUES = ("baseline", "prune", "cluster", "quantize")
+import collabopt.keras  # noqa: F401  (registers the techniques)
+from collabopt.errors import InvalidArgumentError
+from collabopt.technique import TechniqueConfig, get_technique, technique_names
+
+BASELINE = "baseline"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,13 +17,14 @@ class Stage:
 
     Attributes:
         name: Unique name, e.g. ``"pcqat"``.
-        technique: ``"baseline"`` (the given model), ``"prune"``, ``"cluster"``
-            or ``"quantize"``.
+        technique: ``"baseline"`` (the given model) or a registered technique
+            (``"prune"``, ``"cluster"``, ``"quantize"``, or one registered later).
         parent: Name of the stage it starts from (None for the baseline).
         settings: Keyword arguments of the technique's function
-            (``prune_low_magnitude``, ``cluster_weights``, ``quantize_model``);
-            for pruning, ``"sparsity"`` is turned into a PolynomialDecay
-            schedule over the stage's first epoch.
+            (``prune_low_magnitude``, ``cluster_weights``, ``quantize_model``),
+            read by its config's ``from_settings`` (for pruning, ``"sparsity"``
+            becomes a PolynomialDecay schedule over the stage's first epoch),
+            plus an optional ``"learning_rate"``.
         label: Row label in reports.
     """
 
@@ -30,10 +35,23 @@ class Stage:
     label: str = ""
 
     def __post_init__(self):
-        if self.technique not in TECHNIQUES:
-            raise ValueError(f"stage '{self.name}': technique={self.technique!r}; accepted: {', '.join(TECHNIQUES)}.")
-        if (self.technique == "baseline") != (self.parent is None):
-            raise ValueError(f"stage '{self.name}': the baseline (and only it) has no parent.")
+        accepted = (BASELINE, *technique_names())
+        if self.technique not in accepted:
+            raise InvalidArgumentError(
+                f"stage '{self.name}': technique={self.technique!r}; accepted: {', '.join(accepted)}."
+            )
+        if (self.technique == BASELINE) != (self.parent is None):
+            raise InvalidArgumentError(f"stage '{self.name}': the baseline (and only it) has no parent.")
+
+    def config(self, steps_per_epoch: int = 1) -> TechniqueConfig:
+        """The technique's config from this stage's settings (not for the baseline)."""
+        settings = {k: v for k, v in self.settings.items() if k != "learning_rate"}
+        return get_technique(self.technique).config.from_settings(settings, steps=steps_per_epoch)
+
+    @property
+    def learning_rate(self) -> float:
+        """The ``learning_rate`` setting, else the technique's usual fine-tuning rate."""
+        return self.settings.get("learning_rate", get_technique(self.technique).learning_rate)
 
 
 def default_stages(sparsity: float = 0.5, clusters: int = 16) -> list[Stage]:
@@ -44,7 +62,10 @@ def default_stages(sparsity: float = 0.5, clusters: int = 16) -> list[Stage]:
         Stage("clustered", "cluster", "baseline", {"number_of_clusters": clusters}, f"Clustered ({clusters})"),
         Stage("qat", "quantize", "baseline", {}, "QAT"),
         Stage(
-            "sparse_clustered", "cluster", "pruned", {"number_of_clusters": clusters, "preserve_sparsity": True},
+            "sparse_clustered",
+            "cluster",
+            "pruned",
+            {"number_of_clusters": clusters, "preserve_sparsity": True},
             "Sparsity-preserving clustered",
         ),
         Stage("pqat", "quantize", "pruned", {}, "PQAT"),
@@ -100,13 +121,17 @@ class Targets:
         if self.max_gzip_bytes is not None and self.max_gzip_bytes <= 0:
             raise ValueError(f"max_gzip_bytes must be a positive number of bytes; received {self.max_gzip_bytes!r}.")
         if self.max_latency_us is not None and self.max_latency_us <= 0:
-            raise ValueError(f"max_latency_us must be a positive number of microseconds; received {self.max_latency_us!r}.")
+            raise ValueError(
+                f"max_latency_us must be a positive number of microseconds; received {self.max_latency_us!r}."
+            )
 
     def misses(self, node, baseline_float: float) -> list[str]:
         """Which targets ``node`` misses (empty: it meets them all)."""
         out = []
         if self.max_accuracy_drop is not None and baseline_float - node.int8_top1 > self.max_accuracy_drop + 1e-12:
-            out.append(f"accuracy drop {100 * (baseline_float - node.int8_top1):.2f} > {100 * self.max_accuracy_drop:.2f} points")
+            out.append(
+                f"accuracy drop {100 * (baseline_float - node.int8_top1):.2f} > {100 * self.max_accuracy_drop:.2f} points"
+            )
         if self.max_gzip_bytes is not None and node.gzip_bytes > self.max_gzip_bytes:
             out.append(f"gzip {node.gzip_bytes:,} > {self.max_gzip_bytes:,} bytes")
         if self.max_latency_us is not None and node.latency_us > self.max_latency_us:

@@ -6,7 +6,7 @@ import collabopt.keras as co
 import collabopt.tflite as ct
 from collabopt.clustering import init_centroids, nearest_centroid
 from collabopt.preserve import constraints_on
-from tests.conftest import rand, small_cnn
+from tests.conftest import MatMul, rand, small_cnn
 
 L = keras.layers
 
@@ -185,20 +185,14 @@ def test_explicit_layer_without_weights_and_double_clustering():
         co.cluster_weights(clustered, number_of_clusters=4)
 
 
-class Clusterable(keras.layers.Layer):
-    def build(self, shape):
-        self.w = self.add_weight(shape=(shape[-1], 6), name="w")
-
-    def call(self, x):
-        return keras.ops.matmul(x, self.w)
-
+class Clusterable(MatMul):
     def get_clusterable_weights(self):
         return [("w", self.w)]
 
 
 def test_clusterable_layer_protocol():
     inputs = keras.Input((8,))
-    model = keras.Model(inputs, Clusterable(name="custom")(inputs))
+    model = keras.Model(inputs, Clusterable(6, name="custom")(inputs))
     clustered = co.cluster_weights(model, number_of_clusters=3)
     _fit(clustered, rand(16, 8), rand(16, 6))
     w = clustered.get_layer("cluster_custom").final_weights()["w"]

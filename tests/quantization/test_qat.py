@@ -6,7 +6,7 @@ import collabopt.keras as co
 import collabopt.tflite as ct
 from collabopt.quantization import quantize_wrappers
 from collabopt.reference_models import compile_for_classification
-from tests.conftest import rand
+from tests.conftest import MatMul, rand
 
 L = keras.layers
 
@@ -91,7 +91,7 @@ def test_save_and_load_keeps_configs_and_ranges(trained, tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
     for a, b in zip(quantize_wrappers(qat), quantize_wrappers(loaded)):
         assert a.quantize_config.get_config() == b.quantize_config.get_config()
-        for (la, qa, sa), (lb, qb, sb) in zip(a.range_states(), b.range_states()):
+        for (la, _qa, sa), (lb, _qb, sb) in zip(a.range_states(), b.range_states()):
             assert la == lb and float(sa["min"].numpy()) == float(sb["min"].numpy())
     assert ct.convert(loaded, "int8").content == ct.convert(qat, "int8").content
 
@@ -177,13 +177,7 @@ def test_unsupported_layers_warn_or_raise():
 
 
 def test_custom_config_and_quantizers():
-    class Scale(keras.layers.Layer):
-        def build(self, shape):
-            self.w = self.add_weight(shape=(shape[-1], 3), name="w")
-
-        def call(self, x):
-            return keras.ops.matmul(x, self.w)
-
+    class Scale(MatMul):
         def get_optimizable_weights(self):
             return [co.WeightSpec("w", (-1,), 0)]
 
@@ -192,7 +186,7 @@ def test_custom_config_and_quantizers():
         weights={"w": co.LastValueQuantizer(4, symmetric=True, narrow_range=True)},
         outputs=[co.AllValuesQuantizer(8)],
     )
-    model = keras.Model(inputs, co.quantize_annotate_layer(Scale(name="scale"), config)(inputs))
+    model = keras.Model(inputs, co.quantize_annotate_layer(Scale(3, name="scale"), config)(inputs))
     qat = co.quantize_apply(model)
     wrapper = qat.get_layer("quant_scale")
     w = wrapper.final_weights()["w"]

@@ -7,7 +7,7 @@ import tensorflow as tf
 import collabopt.keras as co
 import collabopt.tflite as ct
 from collabopt.preserve import constraints_on
-from tests.conftest import rand, small_cnn
+from tests.conftest import MatMul, rand, small_cnn
 
 L = keras.layers
 
@@ -35,7 +35,7 @@ def test_sparsity_follows_the_schedule_step_by_step():
     (wrapper,) = _wrappers(pruned)
     x, y = rand(1, 16), rand(1, 32)
     seen = []
-    for step in range(10):
+    for _ in range(10):
         pruned.train_on_batch(x, y)
         seen.append(round(_sparsity(wrapper), 4))
     # Mask updates at steps 0, 2, 4, 6, 8 to round(s(t) * 512) / 512 and holds in between.
@@ -228,21 +228,14 @@ def test_strip_keeps_names_and_exact_zeros():
     np.testing.assert_allclose(stripped(x), pruned(x), atol=1e-6)
 
 
-class Custom(keras.layers.Layer):
-    def build(self, shape):
-        self.w = self.add_weight(shape=(shape[-1], 8), name="w")
-        self.other = self.add_weight(shape=(8,), name="other")
-
-    def call(self, x):
-        return keras.ops.matmul(x, self.w) + self.other
-
+class Custom(MatMul):
     def get_prunable_weights(self):
         return [self.w]
 
 
 def test_prunable_layer_protocol():
     inputs = keras.Input((8,))
-    model = keras.Model(inputs, Custom(name="custom")(inputs))
+    model = keras.Model(inputs, Custom(8, name="custom")(inputs))
     pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
     (wrapper,) = _wrappers(pruned)
     assert list(wrapper.masks) == ["w"]
