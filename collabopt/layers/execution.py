@@ -13,6 +13,7 @@ computes.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -123,8 +124,10 @@ def _run_layer_normalization(layer, inputs, weights, between=None):
     # int8 kernels (MEAN, SQUARED_DIFFERENCE, ADD, RSQRT, SUB, MUL); Keras'
     # own formulation goes through a NEG op, which TFLite keeps in float.
     # ``between`` sees each intermediate tensor, so QAT gives each a range.
+    tags = _layer_norm_tensors(layer)
+
     def at(tensor, tag):
-        return between(tensor, _LAYER_NORM_TENSORS.index(tag))
+        return between(tensor, tags.index(tag)) if tag in tags else tensor
 
     x = ops.convert_to_tensor(inputs)
     rank = len(x.shape)
@@ -180,13 +183,16 @@ def _run_normalization(layer, inputs, weights, between=None):
     # (x - mean) * (1 / std): SUB then MUL (TFLite has no int8 DIV).
     x = ops.convert_to_tensor(inputs)
     inverse = 1.0 / ops.maximum(ops.sqrt(ops.cast(layer.variance, x.dtype)), keras.backend.epsilon())
-    return between(x - ops.cast(layer.mean, x.dtype), 0) * inverse
+    centered = x - ops.cast(layer.mean, x.dtype)
+    return (between(centered, 0) if internal_tensors(layer)[:1] == ("centered",) else centered) * inverse
 
 
 def _run_rescaling(layer, inputs, weights, between=None):
     x = ops.convert_to_tensor(inputs)
     scale = ops.cast(ops.convert_to_tensor(layer.scale), x.dtype)
     offset = ops.cast(ops.convert_to_tensor(layer.offset), x.dtype)
+    if internal_tensors(layer)[:1] != ("scaled",):
+        return x * scale
     return between(x * scale, 0) + offset
 
 
@@ -219,13 +225,27 @@ _ALWAYS = (
 )
 
 # Tensors TFLite computes *inside* a layer, between the ops it becomes.
+def _layer_norm_tensors(layer):
+    if getattr(layer, "rms_scaling", False):
+        return ()
+    scaled = ("scaled",) if layer.scale and layer.center else ()
+    return _LAYER_NORM_TENSORS[:-1] + scaled
+
+
+def _nonzero(value) -> bool:
+    return bool(np.any(np.asarray(keras.ops.convert_to_numpy(value)) != 0))
+
+
+# A tensor is internal only while the op after it does something: the
+# converter folds ``x + 0`` and ``x - 0`` away, and two quantizations of one
+# tensor would become a float requantize.
 _INTERNAL = {
-    keras.layers.SeparableConv1D: ("depthwise_output",),
-    keras.layers.SeparableConv2D: ("depthwise_output",),
-    keras.layers.LayerNormalization: _LAYER_NORM_TENSORS,
-    keras.layers.BatchNormalization: ("scaled",),
-    keras.layers.Normalization: ("centered",),
-    keras.layers.Rescaling: ("scaled",),
+    keras.layers.SeparableConv1D: lambda layer: ("depthwise_output",),
+    keras.layers.SeparableConv2D: lambda layer: ("depthwise_output",),
+    keras.layers.LayerNormalization: _layer_norm_tensors,
+    keras.layers.BatchNormalization: lambda layer: ("scaled",),
+    keras.layers.Normalization: lambda layer: ("centered",) if layer.built and _nonzero(layer.mean) else (),
+    keras.layers.Rescaling: lambda layer: ("scaled",) if _nonzero(layer.offset) else (),
 }
 
 #: Activations TFLite fuses into the conv / fully-connected op before them.
@@ -255,8 +275,8 @@ def internal_tensors(layer) -> tuple[str, ...]:
     >>> internal_tensors(keras.layers.SeparableConv2D(4, 3)), internal_tensors(keras.layers.Dense(4, "softmax"))
     (('depthwise_output',), ('activation_input',))
     """
-    tags = _INTERNAL.get(type(layer), ())
-    return tags + (("activation_input",) if _splits_activation(layer) else ())
+    tags = _INTERNAL[type(layer)](layer) if type(layer) in _INTERNAL else ()
+    return tuple(tags) + (("activation_input",) if _splits_activation(layer) else ())
 
 
 def has_tflite_form(layer) -> bool:

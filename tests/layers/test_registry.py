@@ -90,10 +90,29 @@ def test_channel_axes():
 def test_passthrough_and_unsupported():
     assert co_layers.weight_specs(L.MaxPooling2D()) == ()
     assert co_layers.is_passthrough(L.Add())
-    lstm = L.LSTM(3)
+    unknown = L.GroupNormalization(groups=1)  # has weights, and no registry entry
+    unknown.build((None, 4, 2))
+    assert co_layers.weight_specs(unknown) is None
+    assert not co_layers.is_passthrough(unknown)
+
+
+def test_sublayer_weights_are_addressed_by_path():
+    attention = L.MultiHeadAttention(2, 4, name="att")
+    x = keras.Input((5, 8))
+    attention(x, x)
+    specs = {s.name: s for s in co_layers.weight_specs(attention)}
+    assert sorted(specs) == ["attention_output/kernel", "key/kernel", "query/kernel", "value/kernel"]
+    assert co_layers.get_variable(attention, specs["query/kernel"]).path == "att/query/kernel"
+    # query "abc,cde->abde": kernel (8, 2, 4); heads and key_dim reach the output, c is contracted
+    assert specs["query/kernel"].channel_axes == (-2, -1) and specs["query/kernel"].input_axis == -3
+    assert specs["query/kernel"].per_channel_quantization is False
+    lstm = L.Bidirectional(L.LSTM(3), name="bi")
     lstm.build((None, 4, 2))
-    assert co_layers.weight_specs(lstm) is None
-    assert not co_layers.is_passthrough(lstm)
+    names = [s.name for s in co_layers.weight_specs(lstm)]
+    assert len(names) == 4 and all(n.endswith(("/kernel", "/recurrent_kernel")) for n in names)
+    einsum = L.EinsumDense("btd,de->bte", output_shape=(None, 6))
+    einsum.build((None, 3, 4))
+    assert co_layers.spec_for(einsum, "kernel").channel_axes == (-1,)
 
 
 class Scale(keras.layers.Layer):

@@ -1,0 +1,191 @@
+"""Which real architectures get through the whole chain, collabopt and TFMOT 0.8.1 side by side.
+
+    python benchmarks/coverage.py [--models MobileNetV2,lstm] [--peer]
+
+For every ``keras.applications`` family (``weights=None``, smallest input it
+builds at, 10 classes) and the sequence models of ``collabopt.reference_models``,
+each in its own process: post-training int8; then prune 50% -> sparsity-
+preserving cluster 16 -> QAT (a few eager steps each on random data) -> int8
+from the trained ranges alone, and again with representative data for the
+tensors QAT does not reach. Records the float ops left in each file, how many
+recorded constraints ``verify()`` finds holding in the file, and the seconds.
+With ``--peer`` the same chain runs with TFMOT 0.8.1 on tf_keras
+(``pip install -e ".[bench]"``). Writes docs/coverage.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).parent
+SEQUENCE_MODELS = ("conv1d", "lstm", "bigru", "transformer")
+
+
+def build(name):
+    from collabopt import reference_models as zoo
+
+    if name in zoo.APPLICATIONS:
+        return zoo.application(name)
+    return {
+        "conv1d": zoo.conv1d_kws,
+        "lstm": lambda: zoo.recurrent_kws("lstm"),
+        "bigru": lambda: zoo.recurrent_kws("gru", bidirectional=True),
+        "transformer": zoo.tiny_transformer,
+    }[name]()
+
+
+def measure(name) -> dict:
+    """Runs one model through PTQ and the PCQAT chain (in this process)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import collabopt.keras as co
+    import collabopt.tflite as ct
+
+    model = build(name)
+    rng = np.random.default_rng(0)
+    spec = model.inputs[0]
+    shape = (8,) + tuple(spec.shape[1:])
+    x = rng.integers(0, 100, shape).astype("int32") if "int" in str(spec.dtype) else rng.random(shape).astype("float32")
+    y = rng.integers(0, model.outputs[0].shape[-1], 8)
+    row = {"model": name, "params": int(model.count_params())}
+
+    def float_ops(tflite):
+        return sorted({i["op"] for i in tflite.float_islands()})
+
+    start = time.perf_counter()
+    try:
+        row["ptq"] = float_ops(ct.convert(model, "int8", x, allow_float_islands=True))
+    except Exception as error:  # recorded, not raised: the table shows it
+        row["ptq"] = f"error: {type(error).__name__}: {str(error)[:160]}"
+    row["ptq_seconds"] = round(time.perf_counter() - start, 1)
+
+    from_logits = getattr(model.layers[-1], "activation", None) is not keras.activations.softmax
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+
+    def train(m, steps=2):
+        optimizer = keras.optimizers.SGD(1e-3)
+        for _ in range(steps):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, m(x, training=True))
+            grads = tape.gradient(loss, m.trainable_variables)
+            optimizer.apply_gradients([(g, v) for g, v in zip(grads, m.trainable_variables) if g is not None])
+        return m
+
+    start = time.perf_counter()
+    try:
+        pruned = train(co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1)))
+        clustered = train(co.cluster_weights(pruned, number_of_clusters=16, preserve_sparsity=True), 1)
+        qat = train(co.quantize_model(clustered))
+        trained = ct.convert(qat, "int8", allow_float_islands=True)
+        row["pcqat"] = float_ops(trained)
+        mixed = trained if not row["pcqat"] else ct.convert(qat, "int8", x, allow_float_islands=True)
+        row["pcqat_calibrated"] = float_ops(mixed)
+        report = ct.verify(qat, mixed)
+        row["verified"] = f"{sum(c.holds for c in report)}/{len(report)}"
+    except Exception as error:
+        row["pcqat"] = f"error: {type(error).__name__}: {str(error)[:160]}"
+    row["pcqat_seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def run_isolated(args) -> dict:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+
+
+def cell(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return "no float op" if not value else "float: " + ", ".join(value)
+    return str(value).replace("|", "/")
+
+
+def write(rows, peer_rows, path):
+    from results_file import machine
+
+    lines = [
+        "# Model coverage",
+        "",
+        "Every `keras.applications` classification family (`weights=None`, the smallest input it builds at, "
+        "10 classes) and the sequence models of `collabopt.reference_models`, through post-training int8 and "
+        "through prune 50% → sparsity-preserving cluster 16 → QAT → int8. Each stage trains 2 eager steps on "
+        "random data (this table is about what converts and what survives, not accuracy).",
+        "",
+        "* **PTQ int8**: float ops left by post-training int8 (representative data, no QAT).",
+        "* **PCQAT int8 (trained ranges)**: float ops left when converting from the QAT ranges alone.",
+        "* **PCQAT int8 (+ calibration)**: float ops left when `representative_data` is also given: trained "
+        "ranges are kept, the tensors QAT does not reach (inside MultiHeadAttention, LSTM/GRU gates, plain ops "
+        "such as `x + 3.0`) are calibrated.",
+        "* **verified**: constraints recorded in training (50% zeros, ≤ 16 values) that `verify()` finds in the file.",
+        "",
+        f"Machine: {machine()}. Command: `python benchmarks/coverage.py{' --peer' if peer_rows else ''}`. "
+        f"Date: {datetime.date.today()}.",
+        "",
+        "| model | params | PTQ int8 | PCQAT int8 (trained ranges) | PCQAT int8 (+ calibration) | verified | seconds |"
+        + (" TFMOT 0.8.1 PCQAT int8 | TFMOT seconds |" if peer_rows else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if peer_rows else ""),
+    ]
+    for row in rows:
+        name = row.get("model")
+        line = (
+            f"| {name} | {row.get('params', '—'):,} | {cell(row.get('ptq', row.get('error')))} | {cell(row.get('pcqat'))} | "
+            f"{cell(row.get('pcqat_calibrated'))} | {row.get('verified', '—')} | "
+            f"{row.get('ptq_seconds', 0) + row.get('pcqat_seconds', 0):.0f} |"
+        )
+        if peer_rows:
+            peer = peer_rows.get(name, {})
+            line += f" {cell(peer.get('pcqat', peer.get('error')))} | {peer.get('seconds', '—')} |"
+        lines.append(line)
+    lines += [
+        "",
+        "Ops LiteRT has no integer kernel for, or that stay float after conversion, are listed in the "
+        "table where they occur; `convert(..., allow_float_islands=True)` is the explicit way to accept them.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main():
+    from collabopt import reference_models as zoo
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(list(zoo.APPLICATIONS) + list(SEQUENCE_MODELS)))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", action="store_true", help="also run TFMOT 0.8.1 (needs the bench extra)")
+    parser.add_argument("--out", default=str(HERE.parent / "docs" / "coverage.md"))
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one)))
+        return
+    rows, peer_rows = [], {}
+    for name in args.models.split(","):
+        print(f"[coverage] {name} ...", flush=True)
+        rows.append(run_isolated([__file__, "--one", name]))
+        rows[-1].setdefault("model", name)
+        print(f"[coverage] {json.dumps(rows[-1])}", flush=True)
+        if args.peer:
+            peer_rows[name] = run_isolated([str(HERE / "peer_tfmot.py"), "coverage", "--model", name])
+            print(f"[coverage] TFMOT {json.dumps(peer_rows[name])}", flush=True)
+    write(rows, peer_rows, pathlib.Path(args.out))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    main()
