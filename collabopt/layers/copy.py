@@ -10,8 +10,12 @@ def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
 
     Uses only public serialization hooks: ``get_config``/``from_config`` for
     the structure, ``get_build_config``/``build_from_config`` to create the
-    variables, and ``get_weights``/``set_weights`` for their values.
+    variables, and ``get_weights``/``set_weights`` for their values. A
+    collabopt wrapper is rebuilt around a copy of the layer it wraps
+    (``from_config_with_layer``), so a Lambda inside is never deserialized.
     """
+    if isinstance(layer, keras.layers.Wrapper) and hasattr(type(layer), "from_config_with_layer"):
+        return _copy_wrapper(layer)
     # `from_config` of the live class (as keras.models.clone_model does), with
     # the classes of the layer and of any layers it wraps in scope, so custom
     # layers need not be registered to be copied in memory.
@@ -31,4 +35,37 @@ def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
                 "not record its build shape (get_build_config). Build it by calling it on an input."
             )
         new.set_weights(layer.get_weights())
+    return new
+
+
+def copy_layer_or_share(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A copy of ``layer``, or ``layer`` itself when it holds no weights and cannot be rebuilt from its config.
+
+    A ``Lambda`` (or a custom weightless layer whose config holds Python code)
+    is not rebuilt from its config, since Keras refuses to deserialize code in
+    safe mode, and a layer without weights has no state to copy: the new model
+    shares it, and the original is left unchanged.
+    """
+    if not layer.weights and (isinstance(layer, keras.layers.Lambda) or not _rebuildable(layer)):
+        return layer
+    return copy_layer(layer)
+
+
+def _rebuildable(layer) -> bool:
+    try:
+        copy_layer(layer)
+    except Exception:  # any failure of a user layer's from_config: share it instead
+        return False
+    return True
+
+
+def _copy_wrapper(wrapper):
+    config = wrapper.get_config()
+    config.pop("layer")
+    new = type(wrapper).from_config_with_layer(config, copy_layer_or_share(wrapper.layer))
+    if wrapper.built:
+        build_config = wrapper.get_build_config()
+        if build_config and not new.built:
+            new.build_from_config(build_config)
+        new.set_weights(wrapper.get_weights())
     return new

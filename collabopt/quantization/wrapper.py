@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 
 from collabopt.layers import OptimizationWrapper, base_layer, get_variable, spec_for, weight_specs
-from collabopt.layers.copy import copy_layer
+from collabopt.layers.copy import copy_layer, copy_layer_or_share
 from collabopt.layers.execution import to_execution_form
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import Quantizer
@@ -195,7 +195,7 @@ class QuantizeWrapper(OptimizationWrapper):
         base = self.base_layer
         weights = self.final_weights()
         if self.folded_batchnorm is None:
-            plain = copy_layer(base)
+            plain = copy_layer_or_share(base)
         else:
             config = base.get_config()
             config["use_bias"] = True
@@ -233,7 +233,7 @@ class QuantizeWrapper(OptimizationWrapper):
     def with_inner_stripped(self) -> "QuantizeWrapper":
         """This wrapper (config and state) around the inner chain's final weights as a plain layer."""
         inner = self.layer
-        inner = inner.stripped() if isinstance(inner, OptimizationWrapper) else copy_layer(inner)
+        inner = inner.stripped() if isinstance(inner, OptimizationWrapper) else copy_layer_or_share(inner)
         return self.rewrap(inner)
 
     # --- serialization -------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 import keras
 
-from collabopt.layers.copy import copy_layer
+from collabopt.layers.copy import copy_layer, copy_layer_or_share
 
 LayerFn = Callable[[keras.layers.Layer], Optional[keras.layers.Layer]]
 
@@ -94,7 +94,7 @@ def map_layers(model, fn: LayerFn, *, what: str = "rewrite"):
             # A plain operation in a Functional graph (``x + 3.0``, as in
             # MobileNetV3's hard-sigmoid): stateless, shared as it is.
             return layer
-        copy = copy_layer(layer)
+        copy = copy_layer_or_share(layer)
         result = fn(copy)
         return copy if result is None else result
 

@@ -109,3 +109,39 @@ def test_subclassed_model_error_explains_the_alternative():
 def test_unbuilt_model_is_rejected():
     with pytest.raises(ValueError, match="not built"):
         map_layers(keras.Sequential([L.Dense(2)]), lambda l: None)
+
+
+class _Halve(keras.layers.Layer):
+    """A weightless custom layer whose config cannot rebuild it (it takes a required argument)."""
+
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+
+def test_weightless_user_layers_pass_through_every_transform():
+    import collabopt.keras as co
+    import collabopt.tflite as ct
+
+    L = keras.layers
+    i = keras.Input((8, 8, 3))
+    h = L.Conv2D(8, 3, name="c")(i)
+    h = L.Lambda(lambda t: t * 0.5, name="lam")(h)
+    h = _Halve(0.5, name="halve")(h)
+    h = L.Flatten()(L.ReLU()(h))
+    model = keras.Model(i, L.Dense(4, name="d")(h))
+    x = np.random.default_rng(0).random((16, 8, 8, 3)).astype("float32")
+    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
+    pruned(x, training=True)
+    clustered = co.cluster_weights(pruned, number_of_clusters=8, preserve_sparsity=True)
+    clustered(x, training=True)
+    qat = co.quantize_model(clustered)
+    qat(x, training=True)
+    tflite = ct.convert(qat, "int8")
+    assert tflite.float_islands() == [] and ct.verify(qat, tflite).all_hold
+    stripped = co.strip_pruning(pruned)
+    assert [type(layer).__name__ for layer in stripped.layers][2:4] == ["Lambda", "_Halve"]
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5)
