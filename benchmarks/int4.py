@@ -105,12 +105,13 @@ def model_section(title, data, build, args):
     q4 = facts["4-bit QAT"]["raw"] / qat8_raw
     pc4_raw = base_raw / facts["PC4QAT"]["raw"]
     pc4_drop = 100 * (float_top1 - facts["PC4QAT"]["top1"])
-    pc_gzip = min(base_gzip / facts["PCQAT (8-bit)"]["gzip"], base_gzip / facts["PC4QAT"]["gzip"])
+    pc_gzip = {name: base_gzip / facts[name]["gzip"] for name in ("PCQAT (8-bit)", "PC4QAT")}
     targets = [
         f"- 4-bit QAT raw / 8-bit QAT raw = {q4:.3f} (target <= 0.55: {'met' if q4 <= 0.55 else 'MISSED'})",
         (f"- PC4QAT raw = 1/{pc4_raw:.2f} of float32 raw (target <= 1/7: {'met' if pc4_raw >= 7 else 'MISSED'}), "
         f"top-1 {-pc4_drop:+.2f} points against float (target >= -1: {'met' if pc4_drop <= 1 else 'MISSED'})"),
-        f"- PCQAT / PC4QAT gzip >= {pc_gzip:.2f}x smaller than float32 gzip (target >= 10x: {'met' if pc_gzip >= 10 else 'MISSED'})",
+        "- gzip vs float32 gzip (target >= 10x): "
+        + ", ".join(f"{name} {r:.2f}x ({'met' if r >= 10 else 'MISSED'})" for name, r in pc_gzip.items()),
         f"- PC4QAT raw bytes by content: {parts}",
     ]
     return (
