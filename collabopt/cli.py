@@ -123,6 +123,7 @@ def cmd_tree(args) -> int:
             max_accuracy_drop=args.max_accuracy_drop if args.max_accuracy_drop is not None else 0.01,
             max_gzip_bytes=args.max_size,
             max_latency_us=args.max_latency,
+            max_raw_bytes=args.max_raw_size,
         )
     except ValueError as error:
         raise UsageError(str(error)) from error
@@ -143,11 +144,11 @@ def cmd_tree(args) -> int:
         print(f"baseline: reference CNN trained {base_epochs} epochs on {data_name} ({len(x):,} images)")
         model = compile_for_classification(reference_cnn(x.shape[1:], int(max(y.max(), yt.max())) + 1))
         model.fit(x, y, epochs=base_epochs, batch_size=64, verbose=2)
-    any_target = any(v is not None for v in (args.max_accuracy_drop, args.max_size, args.max_latency))
+    any_target = any(v is not None for v in (args.max_accuracy_drop, args.max_size, args.max_latency, args.max_raw_size))
     exhaustive = args.exhaustive or args.quick or not any_target
     try:
         report = tree.run(
-            model, (x, y), (xt, yt), targets, epochs=epochs, out_dir=out, exhaustive=exhaustive,
+            model, (x, y), (xt, yt), targets, stages=tree.default_stages(int4=args.int4), epochs=epochs, out_dir=out, exhaustive=exhaustive,
             latency_runs=20 if args.quick else 100, verbose=2,
         )
     except ValueError as error:
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-accuracy-drop", type=float, help="largest int8 top-1 drop below the float baseline, as a fraction (0.01 = 1 point)")
     p.add_argument("--max-size", type=int, help="largest gzip size of the int8 .tflite, bytes")
     p.add_argument("--max-latency", type=float, help="largest batch-1 latency, microseconds")
+    p.add_argument("--max-raw-size", type=int, help="largest raw size of the int8 .tflite, bytes")
+    p.add_argument("--int4", action="store_true", help="add the 4-bit branches (4-bit QAT, P4QAT, PC4QAT; INT4 weights)")
     p.add_argument("--exhaustive", action="store_true", help="run every node and mark the Pareto front (default when no target is given)")
     p.add_argument("--quick", action="store_true", help="small data subset and short training: every node in a few minutes")
     p.add_argument("--seed", type=int, default=0)

@@ -13,6 +13,7 @@ from collabopt.quantization.api import (
     strip_quantization,
 )
 from collabopt.quantization.config import QuantizeConfig
+from collabopt.quantization.nbit import DefaultNBitQuantizeScheme
 from collabopt.quantization.quantizers import (
     AllValuesQuantizer,
     FixedQuantizer,
@@ -38,6 +39,7 @@ __all__ = [
     "Default8BitPrunePreserveQuantizeScheme",
     "FoldedBatchNormalization",
     "Default8BitQuantizeScheme",
+    "DefaultNBitQuantizeScheme",
     "FixedQuantizer",
     "LastValueQuantizer",
     "MovingAverageQuantizer",

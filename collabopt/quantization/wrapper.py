@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 
 from collabopt.layers import OptimizationWrapper, base_layer, get_variable, spec_for, weight_specs
-from collabopt.layers.copy import copy_layer, copy_layer_or_share
+from collabopt.layers.copy import copy_layer_or_share
 from collabopt.layers.execution import to_execution_form
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import Quantizer

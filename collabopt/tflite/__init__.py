@@ -11,7 +11,7 @@ Example:
 
 from collabopt.tflite.convert import MODES, ConversionError, convert, export_model, has_trained_ranges
 from collabopt.tflite.inspection import InspectionReport, TensorStats
-from collabopt.tflite.model import SizeReport, TFLiteModel, load
+from collabopt.tflite.model import SizeBreakdown, SizeReport, TFLiteModel, load
 from collabopt.tflite.verify import ConstraintCheck, VerifyReport, verify
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "MODES",
     "ConversionError",
     "InspectionReport",
+    "SizeBreakdown",
     "SizeReport",
     "TFLiteModel",
     "TensorStats",

@@ -12,9 +12,11 @@ import keras
 import tensorflow as tf
 
 from collabopt.datasets.batches import samples
-from collabopt.errors import ConversionError
+from collabopt.errors import ConversionError, InvalidArgumentError
 from collabopt.layers import base_layer
 from collabopt.layers.execution import needs_unrolling, unrolled_copy
+from collabopt.tflite import flatbuffer
+from collabopt.tflite.int4 import check_int4_storage, low_bit_weights
 from collabopt.tflite.model import TFLiteModel
 from collabopt.transform import iter_layers, map_layers
 
@@ -84,6 +86,7 @@ def convert(
     int8_io: bool = True,
     calibration_samples: int = 200,
     allow_float_islands: bool = False,
+    sparse: bool = False,
 ) -> TFLiteModel:
     """Converts a Keras model to TFLite.
 
@@ -109,14 +112,23 @@ def convert(
         allow_float_islands: For ``int8``: accept a model in which some ops
             still compute in float (the converter falls back silently for ops
             with no integer kernel). By default that raises.
+        sparse: Store weights with at least 30% zeros in the converter's
+            sparse format (``Optimize.EXPERIMENTAL_SPARSITY``): the raw file
+            shrinks and outputs stay identical. Where the consuming kernel
+            cannot read the sparse layout, the file holds a DENSIFY op that
+            expands the weight once when the interpreter is prepared. Not
+            with INT4 weights (the converter cannot encode them sparse).
 
     Returns:
         A :class:`TFLiteModel`.
 
     Raises:
         ValueError: unknown mode; missing or ill-shaped representative data.
-        ConversionError: the converter rejected the model, or (int8) left
-            float islands; the message names the layers and ops.
+        InvalidArgumentError: ``sparse=True`` on a model with weights
+            trained at 4 bits or fewer in ``int8`` mode.
+        ConversionError: the converter rejected the model, (int8) left
+            float islands, or did not store 4-bit weights as INT4; the
+            message names the layers and ops.
 
     Example:
 
@@ -144,14 +156,25 @@ def convert(
             )
     if representative_data is not None:
         calibration = samples(representative_data, model, calibration_samples)
+    if sparse and mode == "int8" and trained_ranges:
+        low_bit = sorted({layer for layer, _, _ in low_bit_weights(model)})
+        if low_bit:
+            raise InvalidArgumentError(
+                f"convert(sparse=True): layers {low_bit} hold weights trained at 4 bits or fewer, stored as INT4; "
+                "the converter cannot store INT4 weights in its sparse format. Pass sparse=False (INT4 "
+                "already halves them), or train those layers at 8 bits to store them sparse."
+            )
 
     exported = export_model(model, mode)
     workdir = tempfile.TemporaryDirectory(prefix="collabopt_export_")
     try:
         converter = _saved_model_converter(exported, workdir.name)
-        return _convert(converter, exported, mode, trained_ranges, calibration, int8_io, allow_float_islands)
+        result = _convert(converter, exported, mode, trained_ranges, calibration, int8_io, allow_float_islands, sparse)
     finally:
         workdir.cleanup()
+    if mode == "int8" and trained_ranges:
+        check_int4_storage(flatbuffer.parse(result.content), model)
+    return result
 
 
 def _saved_model_converter(model: keras.Model, directory: str):
@@ -183,7 +206,7 @@ def _saved_model_converter(model: keras.Model, directory: str):
     return tf.lite.TFLiteConverter.from_saved_model(directory)
 
 
-def _convert(converter, exported, mode, trained_ranges, calibration, int8_io, allow_float_islands):
+def _convert(converter, exported, mode, trained_ranges, calibration, int8_io, allow_float_islands, sparse=False):
     if mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -210,6 +233,8 @@ def _convert(converter, exported, mode, trained_ranges, calibration, int8_io, al
         if int8_io:
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
+    if sparse:
+        converter.optimizations = list(converter.optimizations) + [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # converter progress chatter
             content = converter.convert()

@@ -12,6 +12,8 @@ import functools
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from collabopt.errors import InvalidFileError
+
 _TENSOR_TYPES = {
     v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_") and isinstance(v, int)
 }
@@ -42,10 +44,13 @@ class Tensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    data: np.ndarray | None  # values of a constant buffer, else None
+    data: np.ndarray | None  # values of a constant buffer (INT4: unpacked to int8), else None
     scales: np.ndarray | None
     zero_points: np.ndarray | None
     quantized_dimension: int
+    nbytes: int = 0  # bytes of its constant buffer in the file (0 if not constant)
+    sparse: bool = False  # stored in the converter's sparse format (``data`` is densified)
+    buffer: int = 0  # index of its buffer (tensors may share one)
 
 
 @dataclasses.dataclass
@@ -66,12 +71,75 @@ class Graph:
     operators: list[Operator]
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
+    metadata_bytes: int = 0  # bytes of the model's metadata buffers (runtime version, conversion options)
 
 
 def _dtype_name(type_code: int) -> str:
     name = _TENSOR_TYPES.get(type_code, str(type_code))
     dtype = _NUMPY_DTYPES.get(name)
     return np.dtype(dtype).name if dtype is not None else name.lower()
+
+
+def unpack_int4(raw: bytes, count: int) -> np.ndarray:
+    """The ``count`` signed 4-bit values packed in ``raw``, as int8.
+
+    LiteRT packs two values per byte, element ``2i`` in the low nibble and
+    ``2i + 1`` in the high nibble (``tensor_utils::UnpackPackedIntToInt8``);
+    an odd count leaves the last high nibble unused.
+    """
+    packed = np.frombuffer(raw, np.uint8)
+    if packed.size * 2 < count:
+        raise InvalidFileError(f"an INT4 buffer of {packed.size} bytes cannot hold {count} values.")
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=1).reshape(-1)[:count].astype(np.int8)
+    return np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
+
+
+def _vector(union) -> np.ndarray:
+    # DimensionMetadata's segments / indices: an Int32Vector, Uint16Vector or Uint8Vector.
+    values = getattr(union, "values", None)
+    return np.asarray(values if values is not None else [], np.int64)
+
+
+def densify(values: np.ndarray, shape: tuple[int, ...], sparsity) -> np.ndarray:
+    """The dense tensor of ``shape`` that a sparse-format constant encodes.
+
+    ``sparsity`` is the tensor's ``SparsityParameters``: a traversal order over
+    the tensor's dimensions followed by block dimensions (``block_map`` names
+    the dimension each block splits), and for each traversed dimension either
+    DENSE (its size) or SPARSE_CSR (segments and indices). ``values`` holds the
+    stored values in traversal order.
+    """
+    rank = len(shape)
+    order = [int(d) for d in sparsity.traversalOrder]
+    block_map = [int(d) for d in (sparsity.blockMap if sparsity.blockMap is not None else [])]
+    positions = np.zeros(1, np.int64)
+    coords: list[np.ndarray] = []
+    for meta in sparsity.dimMetadata:
+        if meta.format == schema.DimensionType.DENSE:
+            n = int(meta.denseSize)
+            coords = [np.repeat(c, n) for c in coords]
+            coords.append(np.tile(np.arange(n), positions.size))
+            positions = (positions[:, None] * n + np.arange(n)).reshape(-1)
+        else:
+            segments, indices = _vector(meta.arraySegments), _vector(meta.arrayIndices)
+            starts, counts = segments[positions], segments[positions + 1] - segments[positions]
+            total = int(counts.sum())
+            offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+            positions = offsets + np.arange(total)
+            coords = [np.repeat(c, counts) for c in coords]
+            coords.append(indices[positions])
+    dense_coords = []
+    for dim in range(rank):
+        coord = coords[order.index(dim)]
+        if dim in block_map:
+            level = order.index(rank + block_map.index(dim))
+            coord = coord * int(sparsity.dimMetadata[level].denseSize) + coords[level]
+        dense_coords.append(coord)
+    if positions.size and positions.max() >= values.size:
+        raise InvalidFileError(f"a sparse tensor of shape {shape} refers to value {positions.max()} of {values.size}.")
+    out = np.zeros(shape, values.dtype)
+    out[tuple(dense_coords)] = values[positions]
+    return out
 
 
 def _buffer_bytes(model, content: bytes, index: int) -> bytes | None:
@@ -97,8 +165,13 @@ def parse(content: bytes) -> Graph:
         shape = tuple(int(s) for s in (t.shape if t.shape is not None else ()))
         raw = _buffer_bytes(model, content, t.buffer)
         data = None
-        if raw is not None and dtype in {np.dtype(d).name for d in _NUMPY_DTYPES.values()}:
-            data = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape) if shape else np.frombuffer(raw, dtype=np.dtype(dtype))
+        if raw is not None and dtype == "int4":
+            count = 2 * len(raw) if t.sparsity is not None else (int(np.prod(shape)) if shape else 1)
+            data = unpack_int4(raw, count)
+        elif raw is not None and dtype in {np.dtype(d).name for d in _NUMPY_DTYPES.values()}:
+            data = np.frombuffer(raw, dtype=np.dtype(dtype))
+        if data is not None:
+            data = densify(data, shape, t.sparsity) if t.sparsity is not None else (data.reshape(shape) if shape else data)
         q = t.quantization
         scales = np.asarray(q.scale, np.float32) if q is not None and q.scale is not None else None
         zps = np.asarray(q.zeroPoint, np.int64) if q is not None and q.zeroPoint is not None else None
@@ -112,6 +185,9 @@ def parse(content: bytes) -> Graph:
                 scales=scales,
                 zero_points=zps,
                 quantized_dimension=int(q.quantizedDimension) if q is not None else 0,
+                nbytes=len(raw) if raw is not None else 0,
+                sparse=t.sparsity is not None,
+                buffer=int(t.buffer),
             )
         )
     operators = []
@@ -129,9 +205,11 @@ def parse(content: bytes) -> Graph:
                 outputs=tuple(int(x) for x in (op.outputs if op.outputs is not None else ())),
             )
         )
+    metadata_bytes = sum(len(_buffer_bytes(model, content, m.buffer) or b"") for m in model.metadata or [])
     return Graph(
         tensors=tensors,
         operators=operators,
         inputs=tuple(int(x) for x in subgraph.inputs),
         outputs=tuple(int(x) for x in subgraph.outputs),
+        metadata_bytes=metadata_bytes,
     )

@@ -16,6 +16,87 @@ from collabopt.tflite import flatbuffer
 from collabopt.tflite.inspection import InspectionReport, float_islands, tensor_stats
 
 
+# The bias input of each op with one (index into the op's inputs).
+_BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3, "CONV_3D": 2}
+
+
+@dataclasses.dataclass
+class SizeBreakdown:
+    """Where the raw bytes of a flatbuffer go.
+
+    Attributes:
+        weights_by_dtype: Bytes of constant tensors of rank >= 2 (kernels,
+            embedding tables) by stored dtype (``"int4"``, ``"int8"``,
+            ``"float32"``, ...); a sparse-format weight counts its stored values.
+        biases: Bytes of the bias inputs of convolutions and fully connected ops.
+        other_constants: Bytes of every other constant buffer (shapes, scalars).
+        quantization: Bytes of quantization scales (4 each) and zero points (8 each).
+        tensor_names: Bytes of tensor names.
+        metadata: Bytes of the model's metadata buffers.
+        graph: The rest: operators, tensor tables, sparse-format indices,
+            signatures, alignment padding.
+    """
+
+    weights_by_dtype: dict
+    biases: int
+    other_constants: int
+    quantization: int
+    tensor_names: int
+    metadata: int
+    graph: int
+
+    @property
+    def weights(self) -> int:
+        """All weight bytes."""
+        return sum(self.weights_by_dtype.values())
+
+    def rows(self) -> list[tuple[str, int]]:
+        """``[(label, bytes)]`` in print order."""
+        rows = [(f"weights {dtype}", n) for dtype, n in sorted(self.weights_by_dtype.items())]
+        return rows + [
+            ("biases", self.biases),
+            ("other constants", self.other_constants),
+            ("quantization params", self.quantization),
+            ("tensor names", self.tensor_names),
+            ("metadata", self.metadata),
+            ("graph and padding", self.graph),
+        ]
+
+
+def size_breakdown(graph, raw_bytes: int) -> SizeBreakdown:
+    """Splits ``raw_bytes`` of a parsed flatbuffer (:class:`flatbuffer.Graph`) into a :class:`SizeBreakdown`."""
+    bias_buffers = set()
+    for op in graph.operators:
+        index = _BIAS_INPUT.get(op.op)
+        if index is not None and index < len(op.inputs):
+            bias_buffers.add(graph.tensors[op.inputs[index]].buffer)
+    weights: dict = {}
+    biases = other = quantization = names = 0
+    seen = set()
+    for t in graph.tensors:
+        names += len(t.name.encode())
+        quantization += 4 * (0 if t.scales is None else t.scales.size) + 8 * (0 if t.zero_points is None else t.zero_points.size)
+        if not t.nbytes or t.buffer in seen:
+            continue
+        seen.add(t.buffer)
+        if t.buffer in bias_buffers:
+            biases += t.nbytes
+        elif len(t.shape) >= 2:
+            weights[t.dtype] = weights.get(t.dtype, 0) + t.nbytes
+        else:
+            other += t.nbytes
+    counted = sum(weights.values()) + biases + other + quantization + names + graph.metadata_bytes
+    return SizeBreakdown(
+        weights_by_dtype=weights,
+        biases=biases,
+        other_constants=other,
+        quantization=quantization,
+        tensor_names=names,
+        metadata=graph.metadata_bytes,
+        graph=raw_bytes - counted,
+    )
+
+
 @dataclasses.dataclass
 class SizeReport:
     """Sizes of a flatbuffer, optionally against a baseline.
@@ -28,6 +109,7 @@ class SizeReport:
         baseline_gzip_bytes: gzip size of the baseline, if one was given.
         compression: ``baseline_gzip_bytes / gzip_bytes`` (None without baseline).
         raw_ratio: ``baseline raw / raw_bytes`` (None without baseline).
+        breakdown: Where the raw bytes go (:class:`SizeBreakdown`).
     """
 
     raw_bytes: int
@@ -36,6 +118,7 @@ class SizeReport:
     baseline_gzip_bytes: int | None = None
     compression: float | None = None
     raw_ratio: float | None = None
+    breakdown: SizeBreakdown | None = None
 
     def __str__(self) -> str:
         lines = [
@@ -46,13 +129,29 @@ class SizeReport:
         if self.compression is not None:
             lines.append(f"gzip compression vs baseline  {self.compression:.2f}x")
             lines.append(f"raw  compression vs baseline  {self.raw_ratio:.2f}x")
+        if self.breakdown is not None:
+            lines.append("raw bytes by content:")
+            for label, n in self.breakdown.rows():
+                lines.append(f"  {label:<20}{n:>12,}  {100 * n / max(self.raw_bytes, 1):5.1f}%")
         return "\n".join(lines)
 
 
-def _interpreter(content: bytes, num_threads: int = 1):
-    from ai_edge_litert.interpreter import Interpreter
+def _integer_densify(content: bytes) -> bool:
+    """True if the file expands a sparse integer weight with DENSIFY (XNNPack cannot prepare that graph)."""
+    graph = flatbuffer.parse(content)
+    return any(
+        op.op == "DENSIFY" and graph.tensors[op.outputs[0]].dtype not in ("float32", "float16")
+        for op in graph.operators
+    )
 
-    interp = Interpreter(model_content=content, num_threads=num_threads)
+
+def _interpreter(content: bytes, num_threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # XNNPack (the default delegate) fails to prepare an int8 FULLY_CONNECTED
+    # fed by DENSIFY; LiteRT's builtin kernels run it.
+    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if _integer_densify(content) else OpResolverType.AUTO
+    interp = Interpreter(model_content=content, num_threads=num_threads, experimental_op_resolver_type=resolver)
     interp.allocate_tensors()
     return interp
 
@@ -120,12 +219,17 @@ class TFLiteModel:
 
     # --- sizes ---------------------------------------------------------------
     def size_report(self, baseline: "TFLiteModel | None" = None) -> SizeReport:
-        """Raw, gzip (level 9) and zip sizes; ratios against ``baseline`` if given."""
+        """Raw, gzip (level 9) and zip sizes, where the raw bytes go; ratios against ``baseline`` if given."""
         gz = len(gzip.compress(self.content, 9))
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
             z.writestr("model.tflite", self.content)
-        report = SizeReport(raw_bytes=len(self.content), gzip_bytes=gz, zip_bytes=len(buf.getvalue()))
+        report = SizeReport(
+            raw_bytes=len(self.content),
+            gzip_bytes=gz,
+            zip_bytes=len(buf.getvalue()),
+            breakdown=size_breakdown(flatbuffer.parse(self.content), len(self.content)),
+        )
         if baseline is not None:
             base = baseline.size_report()
             report.baseline_gzip_bytes = base.gzip_bytes

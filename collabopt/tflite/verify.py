@@ -67,7 +67,7 @@ def _find_tensor(stats, names, size) -> TensorStats | None:
         for t in stats
         if t.is_weight
         and int(np.prod(t.shape or (1,))) == size
-        and t.dtype in ("int8", "float32", "float16")
+        and t.dtype in ("int8", "int4", "float32", "float16")
         and _mentions(t.name, names)
     ]
     return candidates[0] if candidates else None

@@ -161,6 +161,7 @@ def run(
                 "max_accuracy_drop": targets.max_accuracy_drop,
                 "max_gzip_bytes": targets.max_gzip_bytes,
                 "max_latency_us": targets.max_latency_us,
+                "max_raw_bytes": targets.max_raw_bytes,
             },
             "epochs": epochs,
             "exhaustive": exhaustive,

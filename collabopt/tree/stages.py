@@ -54,9 +54,14 @@ class Stage:
         return self.settings.get("learning_rate", get_technique(self.technique).learning_rate)
 
 
-def default_stages(sparsity: float = 0.5, clusters: int = 16) -> list[Stage]:
-    """TFMOT's deployment tree: baseline; pruned / clustered / QAT; sparse clustering / PQAT / CQAT; PCQAT."""
-    return [
+def default_stages(sparsity: float = 0.5, clusters: int = 16, int4: bool = False) -> list[Stage]:
+    """TFMOT's deployment tree: baseline; pruned / clustered / QAT; sparse clustering / PQAT / CQAT; PCQAT.
+
+    With ``int4=True`` the tree also has 4-bit branches (weights stored as
+    INT4): 4-bit QAT from the baseline, P4QAT from the pruned node and PC4QAT
+    from the sparsity-preserving clustered node.
+    """
+    stages = [
         Stage("baseline", "baseline", label="Baseline"),
         Stage("pruned", "prune", "baseline", {"sparsity": sparsity}, f"Pruned ({100 * sparsity:.0f}%)"),
         Stage("clustered", "cluster", "baseline", {"number_of_clusters": clusters}, f"Clustered ({clusters})"),
@@ -72,6 +77,16 @@ def default_stages(sparsity: float = 0.5, clusters: int = 16) -> list[Stage]:
         Stage("cqat", "quantize", "clustered", {}, "CQAT"),
         Stage("pcqat", "quantize", "sparse_clustered", {}, "PCQAT"),
     ]
+    if int4:
+        from collabopt.quantization import DefaultNBitQuantizeScheme
+
+        four = {"scheme": DefaultNBitQuantizeScheme(num_bits_weight=4, num_bits_activation=8)}
+        stages += [
+            Stage("qat4", "quantize", "baseline", four, "4-bit QAT"),
+            Stage("p4qat", "quantize", "pruned", four, "P4QAT"),
+            Stage("pc4qat", "quantize", "sparse_clustered", four, "PC4QAT"),
+        ]
+    return stages
 
 
 def check_stages(stages: list[Stage]) -> list[Stage]:
@@ -107,11 +122,13 @@ class Targets:
             baseline's float top-1, as a fraction (0.01 = one point).
         max_gzip_bytes: Largest gzip size of the int8 .tflite file (None: any).
         max_latency_us: Largest median batch-1 latency in microseconds (None: any).
+        max_raw_bytes: Largest raw size of the int8 .tflite file (None: any).
     """
 
     max_accuracy_drop: float = 0.01
     max_gzip_bytes: int | None = None
     max_latency_us: float | None = None
+    max_raw_bytes: int | None = None
 
     def __post_init__(self):
         if self.max_accuracy_drop is not None and not (0.0 <= self.max_accuracy_drop <= 1.0):
@@ -124,6 +141,8 @@ class Targets:
             raise ValueError(
                 f"max_latency_us must be a positive number of microseconds; received {self.max_latency_us!r}."
             )
+        if self.max_raw_bytes is not None and self.max_raw_bytes <= 0:
+            raise ValueError(f"max_raw_bytes must be a positive number of bytes; received {self.max_raw_bytes!r}.")
 
     def misses(self, node, baseline_float: float) -> list[str]:
         """Which targets ``node`` misses (empty: it meets them all)."""
@@ -134,6 +153,8 @@ class Targets:
             )
         if self.max_gzip_bytes is not None and node.gzip_bytes > self.max_gzip_bytes:
             out.append(f"gzip {node.gzip_bytes:,} > {self.max_gzip_bytes:,} bytes")
+        if self.max_raw_bytes is not None and node.raw_bytes > self.max_raw_bytes:
+            out.append(f"raw {node.raw_bytes:,} > {self.max_raw_bytes:,} bytes")
         if self.max_latency_us is not None and node.latency_us > self.max_latency_us:
             out.append(f"latency {node.latency_us:.0f} > {self.max_latency_us:.0f} us")
         return out
