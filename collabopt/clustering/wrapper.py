@@ -110,7 +110,8 @@ class ClusterWeights(OptimizationWrapper):
                 mask_rows = to_channel_rows(mask_np, spec) if self.cluster_per_channel else mask_np.reshape(1, -1)
             k = self.number_of_clusters
             centroids = np.zeros((rows.shape[0], k), np.float32)
-            for c, row in enumerate(rows):
+            # A restored wrapper gets its centroids from the saved state next.
+            for c, row in enumerate(rows if not self.restoring else ()):
                 if mask_rows is None:
                     centroids[c] = init_centroids(row, k, self.cluster_centroids_init, seed=c)
                 else:

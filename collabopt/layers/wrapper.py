@@ -137,8 +137,18 @@ class OptimizationWrapper(keras.layers.Wrapper):
 
     @classmethod
     def from_config_with_layer(cls, config: dict, layer):
-        """Builds this wrapper class around ``layer`` from a config without its ``layer`` entry."""
-        return cls(layer, **cls.deserialize_config(dict(config)))
+        """Builds this wrapper class around ``layer`` from a config without its ``layer`` entry.
+
+        The wrapper is marked as *restoring*: its state is about to be loaded
+        (from a ``.keras`` file, or from the wrapper it copies), so building it
+        may skip expensive initialisation (e.g. k-means of the centroids).
+        """
+        wrapper = cls(layer, **cls.deserialize_config(dict(config)))
+        wrapper.restoring = True
+        return wrapper
+
+    #: True when built from a config whose state is loaded next (see from_config_with_layer).
+    restoring: bool = False
 
     @classmethod
     def deserialize_config(cls, config: dict) -> dict:

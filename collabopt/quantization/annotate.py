@@ -48,6 +48,13 @@ class QuantizeAnnotate(keras.layers.Wrapper):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
+        return cls.from_config_with_layer(config, layer)
+
+    @classmethod
+    def from_config_with_layer(cls, config, layer):
+        """This annotation around ``layer`` (already built or copied), from a config without its ``layer``."""
+        config = dict(config)
+        config.pop("layer", None)
         qc = config.pop("quantize_config", None)
         return cls(layer, keras.saving.deserialize_keras_object(qc) if qc is not None else None, **config)
 
