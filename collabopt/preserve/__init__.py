@@ -7,6 +7,7 @@ or wraps a stripped layer in a :class:`PreserveWrapper` that derives the state
 from the weights.
 """
 
+from collabopt.preserve.channels import CHANNELS, ChannelsKind
 from collabopt.preserve.clusters import CLUSTERS, ClustersKind, gather_clustered
 from collabopt.preserve.kinds import (
     SPARSITY,
@@ -23,10 +24,11 @@ from collabopt.preserve.registry import constraints_on, derive_constraint
 from collabopt.preserve.wrapper import PreserveWrapper
 
 __all__ = [
+    "CHANNELS",
     "CLUSTERS",
-    "ClustersKind",
-    "gather_clustered",
     "SPARSITY",
+    "ChannelsKind",
+    "ClustersKind",
     "Constraint",
     "ConstraintKind",
     "PreserveWrapper",
@@ -34,6 +36,7 @@ __all__ = [
     "StateVariable",
     "constraints_on",
     "derive_constraint",
+    "gather_clustered",
     "get_kind",
     "in_projection_order",
     "known_kinds",

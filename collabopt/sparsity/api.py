@@ -7,10 +7,24 @@ from typing import Protocol, runtime_checkable
 
 import keras
 
-from collabopt.layers import base_layer, register_weights_protocol, remove_wrappers, wrapper_chain
+from collabopt.layers import (
+    base_layer,
+    register_weights_protocol,
+    remove_wrappers,
+    wrapper_chain,
+)
 from collabopt.sparsity.schedules import ConstantSparsity
 from collabopt.sparsity.wrapper import PruneLowMagnitude, validate_pruning_args
-from collabopt.transform import PASS, WRAP, apply_per_layer, map_layers, support_status
+from collabopt.transform import (
+    PASS,
+    WRAP,
+    apply_per_layer,
+    is_channel_pruner,
+    map_layers,
+    pruned_channel_masks,
+    shrink_model,
+    support_status,
+)
 
 
 @runtime_checkable
@@ -151,6 +165,9 @@ def _build_shape(layer):
 def strip_pruning(model):
     """Removes pruning wrappers, leaving plain layers (same names) holding exact zeros.
 
+    Filter-pruned models (:func:`prune_filters`) come back physically smaller:
+    the pruned channels are removed (``collabopt.transform.shrink_model``).
+
     Works on a model or a single wrapped layer; where pruning sits under
     another technique (clustering over pruning), only the pruning wrapper is
     removed and its mask is baked into the weights. The input is not modified.
@@ -164,9 +181,11 @@ def strip_pruning(model):
     """
 
     def fn(layer):
-        return remove_wrappers(layer, lambda w: isinstance(w, PruneLowMagnitude))
+        return remove_wrappers(layer, lambda w: isinstance(w, PruneLowMagnitude) or is_channel_pruner(w))
 
-    return map_layers(model, fn, what="strip_pruning")
+    channels = pruned_channel_masks(model)  # filter pruning: the model also gets physically smaller
+    stripped = map_layers(model, fn, what="strip_pruning")
+    return shrink_model(stripped, channels) if channels and isinstance(stripped, keras.Model) else stripped
 
 
 @contextlib.contextmanager
