@@ -173,12 +173,15 @@ class ChannelGraph:
         members: Layer name -> output :class:`Slice` list.
         consumers: Layer name -> input :class:`Slice` list.
         layers: Layer name -> the (possibly wrapped) layer.
+        nested_inputs: Nested model name -> per input, its channel
+            :class:`Slice` list (``None`` where unknown).
     """
 
     groups: dict
     members: dict
     consumers: dict
     layers: dict
+    nested_inputs: dict = dataclasses.field(default_factory=dict)
 
     def prunable_groups(self) -> list:
         return [g for g in self.groups.values() if g.prunable]
@@ -205,6 +208,7 @@ class _Analysis:
         self.consumers: dict[str, tuple] = {}  # name -> Channels seen at its input
         self.layers: dict[str, keras.layers.Layer] = {}
         self.sources: dict[str, int] = {}  # producer name -> its source
+        self.nested_inputs: dict[str, list] = {}  # nested model name -> Channels of its inputs
 
     # --- union-find ------------------------------------------------------------
     def new_source(self, size, frozen=None):
@@ -270,6 +274,7 @@ class _Analysis:
         name = base.name
         self.layers[name] = layer
         if is_graph_model(layer):
+            self.nested_inputs[name] = list(inputs)
             return self.walk(layer, inputs)
         x = inputs[0] if inputs else None
         shape = input_shapes[0] if input_shapes else None
@@ -372,12 +377,15 @@ class _Analysis:
     def walk(self, model, inputs):
         if isinstance(model, keras.Sequential):
             x = inputs[0] if inputs else None
+            shape = tuple(model.inputs[0].shape)
             for layer in model.layers:
                 if isinstance(layer, keras.layers.InputLayer):
                     continue
-                build = layer.get_build_config() or {}
-                shape = build.get("input_shape")
-                x = self.apply(layer, [x], [tuple(shape)] if shape is not None else [None])[0]
+                x = self.apply(layer, [x], [shape])[0]
+                try:
+                    shape = tuple(layer.compute_output_shape(shape))
+                except Exception:  # a layer that cannot tell: later layers get no shape
+                    shape = None
             return [x]
         config = model.get_config()
         layers = {l.name: l for l in model.layers}
@@ -520,14 +528,19 @@ def _result(analysis: _Analysis) -> ChannelGraph:
         members[name] = [Slice(off, size, roots[analysis.find(src)]) for off, size, src in slices]
         for off, _, src in slices:
             groups[roots[analysis.find(src)]].members.append((name, off))
-    consumers = {}
-    for name, channels in analysis.consumers.items():
-        out, offset = [], 0
-        for seg in channels.segments:
-            out.append(Slice(offset, seg.size, roots[analysis.find(seg.source)], channels.positions, channels.total))
-            offset += seg.size
-        consumers[name] = out
+    consumers = {name: _slices(channels, analysis, roots) for name, channels in analysis.consumers.items()}
+    nested = {}
+    for name, inputs in analysis.nested_inputs.items():
+        nested[name] = [None if c is None else _slices(c, analysis, roots) for c in inputs]
     # Groups with no layer holding their channels (model inputs) are reported
     # only if frozen for another reason than being an input.
     groups = {k: g for k, g in groups.items() if g.members}
-    return ChannelGraph(groups, members, consumers, analysis.layers)
+    return ChannelGraph(groups, members, consumers, analysis.layers, nested)
+
+
+def _slices(channels, analysis, roots):
+    out, offset = [], 0
+    for seg in channels.segments:
+        out.append(Slice(offset, seg.size, roots[analysis.find(seg.source)], channels.positions, channels.total))
+        offset += seg.size
+    return out

@@ -175,16 +175,28 @@ def shrink_model(model, pruned: dict):
     pending = []
 
     def clone_function(layer):
+        if is_graph_model(layer):
+            return clone(layer, graph.nested_inputs.get(layer.name))
         if layer.name in plan:
             new, weights = _shrunk_layer(layer, *plan[layer.name])
             pending.append((new, weights))
             return new
         return copy_layer(layer)
 
-    if is_graph_model(model):
-        result = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    else:
-        raise InvalidArgumentError(f"shrink_model expects a Sequential or Functional model; received {model!r}.")
+    def clone(m, input_slices=None):
+        input_tensors = None
+        if input_slices is not None and any(s for s in input_slices if s):
+            input_tensors = []
+            for tensor, slices in zip(m.inputs, input_slices):
+                shape = list(tensor.shape[1:])
+                if slices:
+                    shape[-1] = int(_kept(slices, removable, sum(s.size for s in slices)).sum())
+                input_tensors.append(keras.Input(shape=tuple(shape), dtype=tensor.dtype))
+            if isinstance(m, keras.Sequential):
+                input_tensors = input_tensors[0]
+        return keras.models.clone_model(m, input_tensors=input_tensors, clone_function=clone_function)
+
+    result = clone(model)
     for new, weights in pending:
         new.set_weights(weights)
     return result
