@@ -384,7 +384,7 @@ class _Analysis:
                 x = self.apply(layer, [x], [shape])[0]
                 try:
                     shape = tuple(layer.compute_output_shape(shape))
-                except Exception:  # a layer that cannot tell: later layers get no shape
+                except (ValueError, TypeError, NotImplementedError):  # cannot tell: later layers get no shape
                     shape = None
             return [x]
         config = model.get_config()
