@@ -18,7 +18,7 @@ from collabopt.layers import (
     weight_specs,
 )
 from collabopt.layers.copy import copy_layer
-from collabopt.preserve import CHANNELS, Constraint
+from collabopt.preserve import CHANNELS, SPARSITY, Constraint
 
 # Per-output-channel weights zeroed with a pruned channel when the wrapper is
 # stripped, so the plain full-size layer outputs exact zeros there too.
@@ -42,7 +42,9 @@ class PruneFilters(OptimizationWrapper):
     offsets cannot leak into a pruned channel).
 
     Records a *channels* constraint (the mask) on its kernel in the preserve
-    registry.
+    registry, and the same zeros as a *sparsity* constraint, so
+    ``cluster_weights(..., preserve_sparsity=True)`` and QAT stacked on top
+    keep them.
 
     Args:
         layer: The layer to wrap.
@@ -143,7 +145,15 @@ class PruneFilters(OptimizationWrapper):
         spec = self._masked_spec()
         if spec is None:
             return {}
-        return {spec.name: [Constraint(CHANNELS, {"mask": self.channel_mask}, self.name, spec)]}
+        shape = tuple(get_variable(self.base_layer, spec).shape)
+        rows = ops.ones((self.channels, int(np.prod(shape)) // self.channels)) * ops.cast(self.channel_mask, "float32")[:, None]
+        elementwise = from_channel_rows(rows, spec, shape)  # the same mask per weight: what sparsity-preserving stages read
+        return {
+            spec.name: [
+                Constraint(CHANNELS, {"mask": self.channel_mask}, self.name, spec),
+                Constraint(SPARSITY, {"mask": elementwise}, self.name, spec),
+            ]
+        }
 
     # --- leaving the wrapper -------------------------------------------------
     def stripped(self) -> keras.layers.Layer:

@@ -56,9 +56,10 @@ class ChannelsKind(ConstraintKind):
         Args:
             state: This kind's state (``{"mask": array}``).
             tensor_stats: The flatbuffer tensor's statistics
-                (:class:`collabopt.tflite.inspection.TensorStats`); when it
-                also carries ``values`` (the stored array), each pruned
-                channel is checked exactly, else through the zero fraction.
+                (:class:`collabopt.tflite.inspection.TensorStats`), or a
+                parsed flatbuffer tensor; when it carries its stored values
+                (``values`` or ``data``) each pruned channel is checked
+                exactly, else through the zero fraction.
 
         Returns:
             ``(holds, found)``: ``found`` is the number of output channels in
@@ -69,17 +70,19 @@ class ChannelsKind(ConstraintKind):
         full, kept = mask.size, int(mask.sum())
         shape = tuple(tensor_stats.shape)
         values = getattr(tensor_stats, "values", None)
+        if values is None:
+            values = getattr(tensor_stats, "data", None)  # a parsed flatbuffer tensor
         if full not in shape:
             return kept in shape, kept if kept in shape else None
-        axis = tensor_stats.quantized_dimension if getattr(tensor_stats, "per_channel", False) and shape[tensor_stats.quantized_dimension] == full else shape.index(full)
+        scales = getattr(tensor_stats, "scales", None)
+        per_channel = scales is not None and len(scales) > 1
+        qdim = getattr(tensor_stats, "quantized_dimension", 0) or 0
+        axis = qdim if per_channel and shape[qdim] == full else shape.index(full)
         if values is not None:
-            values = np.asarray(values)
-            zero_point = np.asarray(tensor_stats.zero_points or (0,))
-            rows = np.moveaxis(values, axis, 0).reshape(full, -1)
-            if zero_point.size == full:
-                rows = rows - zero_point[:, None]
-            elif zero_point.size == 1:
-                rows = rows - zero_point[0]
+            zero_points = getattr(tensor_stats, "zero_points", None)
+            zero_point = np.asarray(zero_points if zero_points is not None and len(zero_points) else [0])
+            rows = np.moveaxis(np.asarray(values), axis, 0).reshape(full, -1).astype(np.float64)
+            rows = rows - (zero_point[:, None] if zero_point.size == full else zero_point.reshape(-1)[0])
             nonzero = np.any(rows != 0, axis=1)
             return bool(not np.any(nonzero[~mask])), int(nonzero.sum())
         pruned_fraction = 1.0 - kept / full
