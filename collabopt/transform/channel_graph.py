@@ -171,7 +171,8 @@ class ChannelGraph:
     Attributes:
         groups: Group id -> :class:`Group`.
         members: Layer name -> output :class:`Slice` list.
-        consumers: Layer name -> input :class:`Slice` list.
+        consumers: Layer name -> input :class:`Slice` list (for a Reshape
+            whose target names the channel count: its output's).
         layers: Layer name -> the (possibly wrapped) layer.
         nested_inputs: Nested model name -> per input, its channel
             :class:`Slice` list (``None`` where unknown).
@@ -209,6 +210,7 @@ class _Analysis:
         self.layers: dict[str, keras.layers.Layer] = {}
         self.sources: dict[str, int] = {}  # producer name -> its source
         self.nested_inputs: dict[str, list] = {}  # nested model name -> Channels of its inputs
+        self.reshapes: dict[str, Channels] = {}  # Reshape name -> Channels of its output
 
     # --- union-find ------------------------------------------------------------
     def new_source(self, size, frozen=None):
@@ -327,11 +329,15 @@ class _Analysis:
             if x is None or x.positions != 1 or shape is None or None in shape[1:]:
                 return give_up()
             positions = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
-            return [Channels(x.segments, positions)]
+            out = Channels(x.segments, positions)
+            if isinstance(base, keras.layers.Reshape):
+                self.reshapes[name] = out
+            return [out]
         if isinstance(base, keras.layers.Reshape):
             target = tuple(config["target_shape"])
             if x is None or shape is None or x.positions != 1 or target[-1] != shape[-1]:
                 return give_up()
+            self.reshapes[name] = x
             return [x]
         if isinstance(base, _ELEMENTWISE):
             if isinstance(base, keras.layers.Activation) and _activation_name(config) in _CHANNEL_MIXING_ACTIVATIONS:
@@ -529,6 +535,8 @@ def _result(analysis: _Analysis) -> ChannelGraph:
         for off, _, src in slices:
             groups[roots[analysis.find(src)]].members.append((name, off))
     consumers = {name: _slices(channels, analysis, roots) for name, channels in analysis.consumers.items()}
+    # A Reshape's target shape names the channel count: it "consumes" the channels it reshapes.
+    consumers.update({name: _slices(channels, analysis, roots) for name, channels in analysis.reshapes.items()})
     nested = {}
     for name, inputs in analysis.nested_inputs.items():
         nested[name] = [None if c is None else _slices(c, analysis, roots) for c in inputs]

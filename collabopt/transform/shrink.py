@@ -84,6 +84,8 @@ def _shrunk_layer(layer, out_keep, in_keep):
         weights["kernel"] = _take(weights["kernel"], keep, -2)
         if "bias" in weights:
             weights["bias"] = _take(weights["bias"], keep, 0)
+    elif isinstance(layer, keras.layers.Reshape):
+        config["target_shape"] = tuple(config["target_shape"][:-1]) + (int(in_keep.sum()),)
     elif isinstance(layer, keras.layers.BatchNormalization):
         weights = {k: _take(v, out_keep, 0) for k, v in weights.items()}
     else:
