@@ -148,7 +148,7 @@ def prune_filters(model, pruning_ratio: float = 0.5, criterion: str = "l2", prun
     >>> m = keras.Model(x, keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(y)))
     >>> pruned = co.prune_filters(m, pruning_ratio=0.5)
     >>> small = co.strip_pruning(pruned)
-    >>> small.get_layer("conv").filters, small.get_layer("logits").kernel.shape
+    >>> small.get_layer("conv").filters, tuple(small.get_layer("logits").kernel.shape)
     (4, (144, 2))
     """
     config = FilterPruningConfig(as_schedule(pruning_ratio, pruning_schedule), check_criterion(criterion))

@@ -138,7 +138,7 @@ def shrink_model(model, pruned: dict):
     >>> y = keras.layers.Conv2D(4, 3, name="a")(x)
     >>> m = keras.Model(x, keras.layers.Dense(2, name="b")(keras.layers.Flatten()(y)))
     >>> small = shrink_model(m, {"a": np.array([True, False, True, False])})
-    >>> small.get_layer("a").filters, small.get_layer("b").kernel.shape
+    >>> small.get_layer("a").filters, tuple(small.get_layer("b").kernel.shape)
     (2, (32, 2))
     """
     wrapped = [base_layer(l).name for l in iter_layers(model) if isinstance(l, OptimizationWrapper)]
