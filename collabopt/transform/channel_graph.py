@@ -320,9 +320,11 @@ class _Analysis:
                 return give_up()
             axis = config["axis"]
             rank = len(shape) if shape is not None else None
-            if (axis == -1 or (rank is not None and axis == rank - 1)) and all(c.positions == 1 for c in inputs):
+            if any(c.positions != 1 for c in inputs):  # flattened vectors: positions and channels interleave
+                return give_up()
+            if axis == -1 or (rank is not None and axis == rank - 1):
                 return [Channels(tuple(s for c in inputs for s in c.segments))]
-            return [self.merge(base, inputs)]
+            return [self.merge(base, inputs)]  # along another axis, channels line up as in an Add
         if isinstance(base, keras.layers.Flatten) or (
             isinstance(base, keras.layers.Reshape) and len(config["target_shape"]) == 1
         ):

@@ -72,6 +72,14 @@ def test_channels_that_cannot_shrink_are_reported():
     assert "left alone" in graph.report()
 
 
+def test_concatenated_flat_vectors_are_left_alone():
+    x = keras.Input((4, 4, 1))
+    a = L.Flatten()(L.Conv2D(4, 1, name="a")(x))
+    b = L.Flatten()(L.Conv2D(4, 1, name="b")(x))
+    graph = analyze_channels(keras.Model(x, L.Dense(2)(L.Concatenate()([a, b]))))
+    assert not _group_of(graph, "a").prunable and not _group_of(graph, "b").prunable
+
+
 def test_bad_models_are_refused():
     class Sub(keras.Model):
         def call(self, x):
