@@ -1,6 +1,7 @@
 """Filter pruning: MACs, parameters, file size, int8 top-1 and LiteRT latency, dense vs filter-pruned.
 
-    python benchmarks/filter_pruning.py [--epochs 3] [--finetune-epochs 2] [--n-train 20000] [--rounds 5]
+    python benchmarks/filter_pruning.py [--models fashion_mnist ds_cnn] [--epochs 3] [--finetune-epochs 2]
+        [--finetune-lr 5e-4] [--n-train 20000] [--rounds 5]
 
 For the Fashion-MNIST reference CNN and the spoken-digit DS-CNN: a dense
 baseline is trained, then each of 30/50/70% filter pruning is applied to it
@@ -9,8 +10,8 @@ converted to int8 (post-training quantization with 500 calibration images);
 the 50% model is also fine-tuned with QAT. Latency is the median of
 batch-1, one-thread LiteRT runs, measured for every model in turn in
 ``--rounds`` interleaved rounds (so load from other processes affects all
-models alike); the table shows the median over rounds. Writes the
-"filter pruning" section of benchmarks/RESULTS.md.
+models alike); the table shows the median over rounds. Writes one section
+of benchmarks/RESULTS.md per model ("filter pruning: <model>").
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras  # noqa: E402
+import keras
+from results_file import table, write_section
 
-import collabopt.keras as co  # noqa: E402
-import collabopt.tflite as ct  # noqa: E402
-from collabopt import datasets  # noqa: E402
-from collabopt.reference_models import compile_for_classification, ds_cnn, reference_cnn  # noqa: E402
-from results_file import table, write_section  # noqa: E402
+import collabopt.keras as co
+import collabopt.tflite as ct
+from collabopt import datasets
+from collabopt.reference_models import compile_for_classification, ds_cnn, reference_cnn
 
 RATIOS = (0.3, 0.5, 0.7)
 
 
-def run(title, data, build, epochs, finetune_epochs, rounds):
+def run(title, data, build, epochs, finetune_epochs, rounds, finetune_lr):
     (x, y), (xt, yt) = data
     keras.utils.set_random_seed(0)
 
@@ -50,7 +51,7 @@ def run(title, data, build, epochs, finetune_epochs, rounds):
     steps = int((len(x) + 63) // 64)
     for ratio in RATIOS:
         schedule = co.PolynomialRatio(0.0, ratio, begin_step=0, end_step=max(steps // 2, 1))
-        pruned = fit(co.prune_filters(dense, pruning_schedule=schedule), finetune_epochs, 5e-4)
+        pruned = fit(co.prune_filters(dense, pruning_schedule=schedule), finetune_epochs, finetune_lr)
         small = co.strip_pruning(pruned)
         rows[f"filter-pruned {int(ratio * 100)}%"] = (small, ct.convert(small, "int8", rep))
         if ratio == 0.5:
@@ -87,28 +88,35 @@ def run(title, data, build, epochs, finetune_epochs, rounds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--n-train", type=int, default=20000)
+    parser.add_argument("--models", nargs="+", default=["fashion_mnist", "ds_cnn"], choices=["fashion_mnist", "ds_cnn"])
+    parser.add_argument("--epochs", type=int, default=3, help="baseline epochs (x5 for the DS-CNN)")
+    parser.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs per ratio (x3 for the DS-CNN)")
+    parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument("--n-train", type=int, default=20000, help="Fashion-MNIST training images")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    start = time.time()
-    fmnist = datasets.fashion_mnist(n_train=args.n_train, n_test=5000)
-    digits = datasets.spoken_digits()
-    body = run("Fashion-MNIST reference CNN", fmnist, reference_cnn, args.epochs, args.finetune_epochs, args.rounds)
-    body += "\n" + run("DS-CNN, spoken-digit MFCCs (FSDD)", digits, ds_cnn, 5 * args.epochs, 3 * args.finetune_epochs, args.rounds)
-    elapsed = time.time() - start
-    body += (
-        f"\nRun time: {elapsed / 60:.1f} min (training included). int8 = post-training quantization "
-        "(500 calibration inputs) unless QAT; top-1 of the int8 file on the test set; latency: LiteRT, batch 1, "
-        f"one thread, median over {args.rounds} interleaved rounds of the median of 300 runs. Filter-pruning "
-        "ramps the ratio over the first half epoch (PolynomialRatio) and fine-tunes; targets at 50%: >= 1.6x "
-        "faster int8, raw file >= 1.8x smaller, <= 1 point int8 top-1 below dense.\n"
-    )
-    print(body)
-    if not args.no_write:
-        write_section("filter pruning", body)
+    for key in args.models:
+        start = time.time()
+        if key == "fashion_mnist":
+            data = datasets.fashion_mnist(n_train=args.n_train, n_test=5000)
+            title, build, epochs, finetune = "Fashion-MNIST reference CNN", reference_cnn, args.epochs, args.finetune_epochs
+        else:
+            data = datasets.spoken_digits()
+            title, build, epochs, finetune = "DS-CNN, spoken-digit MFCCs (FSDD)", ds_cnn, 5 * args.epochs, 3 * args.finetune_epochs
+        body = run(title, data, build, epochs, finetune, args.rounds, args.finetune_lr)
+        elapsed = time.time() - start
+        body += (
+            f"\nRun time: {elapsed / 60:.1f} min (training included; {epochs} baseline epochs, {finetune} fine-tuning "
+            f"epochs per ratio at lr {args.finetune_lr:g}, 1 QAT epoch). int8 = post-training quantization "
+            "(500 calibration inputs) unless QAT; top-1 of the int8 file on the test set; latency: LiteRT, batch 1, "
+            f"one thread, median over {args.rounds} interleaved rounds of the median of 300 runs. Filter pruning "
+            "ramps the ratio over the first half epoch (PolynomialRatio) and fine-tunes; targets at 50%: >= 1.6x "
+            "faster int8, raw file >= 1.8x smaller, <= 1 point int8 top-1 below dense.\n"
+        )
+        print(body, flush=True)
+        if not args.no_write:
+            write_section(f"filter pruning: {key}", body)
 
 
 if __name__ == "__main__":
