@@ -7,6 +7,7 @@ or wraps a stripped layer in a :class:`PreserveWrapper` that derives the state
 from the weights.
 """
 
+from collabopt.preserve.channels import CHANNELS, ChannelsKind
 from collabopt.preserve.clusters import CLUSTERS, ClustersKind, gather_clustered
 from collabopt.preserve.kinds import (
     SPARSITY,
@@ -23,16 +24,18 @@ from collabopt.preserve.registry import constraints_on, zero_mask
 from collabopt.preserve.wrapper import PreserveWrapper
 
 __all__ = [
+    "CHANNELS",
     "CLUSTERS",
-    "ClustersKind",
-    "gather_clustered",
     "SPARSITY",
+    "ChannelsKind",
+    "ClustersKind",
     "Constraint",
     "ConstraintKind",
     "PreserveWrapper",
     "SparsityKind",
     "StateVariable",
     "constraints_on",
+    "gather_clustered",
     "get_kind",
     "in_projection_order",
     "known_kinds",

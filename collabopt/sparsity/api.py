@@ -12,6 +12,8 @@ from collabopt.sparsity.technique import PRUNING, PruningConfig
 from collabopt.sparsity.wrapper import PruneLowMagnitude
 from collabopt.technique import apply, strip, tfmot_scope
 from collabopt.transform import iter_layers
+from collabopt.layers import remove_wrappers
+from collabopt.transform import is_channel_pruner, map_layers, pruned_channel_masks, shrink_model
 
 
 @runtime_checkable
@@ -114,6 +116,9 @@ def prune_low_magnitude(
 def strip_pruning(model):
     """Removes pruning wrappers, leaving plain layers (same names) holding exact zeros.
 
+    Filter-pruned models (:func:`prune_filters`) come back physically smaller:
+    the pruned channels are removed (``collabopt.transform.shrink_model``).
+
     Works on a model or a single wrapped layer; where pruning sits under
     another technique (clustering over pruning), only the pruning wrapper is
     removed and its mask is baked into the weights. The input is not modified.
@@ -125,7 +130,13 @@ def strip_pruning(model):
     >>> type(co.strip_pruning(m).layers[0]).__name__
     'Dense'
     """
-    return strip(model, PRUNING.name)
+    channels = pruned_channel_masks(model) if isinstance(model, keras.Model) else None
+    stripped = strip(model, PRUNING.name)
+    if not channels:
+        return stripped
+    # Filter pruning: remove its wrappers, then make the model physically smaller.
+    stripped = map_layers(stripped, lambda layer: remove_wrappers(layer, is_channel_pruner), what="strip_pruning")
+    return shrink_model(stripped, channels)
 
 
 prune_scope = tfmot_scope

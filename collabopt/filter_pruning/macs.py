@@ -1,0 +1,64 @@
+"""Counting multiply-accumulates (MACs) of a model's layers."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from collabopt.layers import base_layer
+from collabopt.transform import iter_layers
+
+
+def _shape(layer):
+    build = layer.get_build_config() or {}
+    shape = build.get("input_shape")
+    if shape is None or isinstance(shape, (list,)) and shape and isinstance(shape[0], (list, tuple)):
+        return None
+    return tuple(shape)
+
+
+def layer_macs(layer) -> int:
+    """Multiply-accumulates of one call of ``layer`` on one example (0 for layers without kernels).
+
+    Conv: output positions x kernel size x input channels / groups x filters;
+    depthwise: output positions x kernel size x channels x multiplier;
+    separable: its depthwise part plus a 1x1 conv; Dense: inputs x units per
+    position; transposed conv: input positions x kernel size x in x out.
+    Wrapped layers are counted by their base layer (a filter-pruned but not
+    yet stripped layer counts its full size).
+    """
+    base = base_layer(layer)
+    shape = _shape(base)
+    if shape is None or None in shape[1:]:
+        return 0
+    out = tuple(base.compute_output_shape(shape))
+    c_in = shape[-1]
+    if isinstance(base, keras.layers.Dense):
+        return int(np.prod(shape[1:-1], dtype=np.int64) * c_in * base.units)
+    if isinstance(base, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+        return int(np.prod(out[1:-1], dtype=np.int64) * np.prod(base.kernel_size) * c_in * base.depth_multiplier)
+    if isinstance(base, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
+        positions = np.prod(out[1:-1], dtype=np.int64)
+        return int(positions * (np.prod(base.kernel_size) * c_in * base.depth_multiplier + c_in * base.depth_multiplier * base.filters))
+    if isinstance(base, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)):
+        return int(np.prod(shape[1:-1], dtype=np.int64) * np.prod(base.kernel_size) * c_in * base.filters)
+    if isinstance(base, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
+        groups = getattr(base, "groups", 1) or 1
+        return int(np.prod(out[1:-1], dtype=np.int64) * np.prod(base.kernel_size) * (c_in // groups) * base.filters)
+    return 0
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` on one example (kernels of Conv, Dense, depthwise...).
+
+    Nested models are counted through; a shared layer is counted once.
+
+    Example:
+
+    >>> import keras
+    >>> from collabopt.filter_pruning import count_macs
+    >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> count_macs(m)   # 6*6*9*1*4 + 144*2
+    1584
+    """
+    return int(sum(layer_macs(layer) for layer in iter_layers(model)))

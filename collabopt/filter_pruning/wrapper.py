@@ -1,0 +1,184 @@
+"""PruneFilters: the filter (structured) pruning stage of the weight pipeline."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from collabopt.errors import InvalidArgumentError
+from collabopt.filter_pruning.schedules import ConstantRatio, RatioSchedule
+from collabopt.layers import (
+    OptimizationWrapper,
+    base_layer,
+    from_channel_rows,
+    get_variable,
+    spec_for,
+    to_channel_rows,
+    weight_specs,
+)
+from collabopt.layers.copy import copy_layer
+from collabopt.preserve import CHANNELS, SPARSITY, Constraint
+
+# Per-output-channel weights zeroed with a pruned channel when the wrapper is
+# stripped, so the plain full-size layer outputs exact zeros there too.
+_CHANNEL_VECTORS = ("bias", "gamma", "beta")
+
+
+@keras.saving.register_keras_serializable(package="collabopt")
+class PruneFilters(OptimizationWrapper):
+    """Masks whole output channels of a layer (Conv, Dense, DepthwiseConv, SeparableConv, BatchNormalization).
+
+    Each output channel carries its rank within its dependency group (0: the
+    least important, scored when :func:`prune_filters` wrapped the model) and
+    the group's size. At every training call (``training=True``) the
+    schedule gives the ratio ``r`` at the current step, the channels with
+    ``rank < floor(r * group size)`` are masked (at least one channel of a
+    group is kept) and the step advances, so every layer of a group masks the
+    same channels without talking to the others, no callback is needed, and
+    a ``.keras`` file saved mid-schedule resumes where it was. The mask is
+    applied to the layer's kernel (so clustering and QAT stacked on top see
+    the zero channels) and to its output (so biases and BatchNormalization
+    offsets cannot leak into a pruned channel).
+
+    Records a *channels* constraint (the mask) on its kernel in the preserve
+    registry, and the same zeros as a *sparsity* constraint, so
+    ``cluster_weights(..., preserve_sparsity=True)`` and QAT stacked on top
+    keep them.
+
+    Args:
+        layer: The layer to wrap.
+        pruning_schedule: A :class:`RatioSchedule` (default ``ConstantRatio(0.5)``).
+        criterion: How the channels were scored (recorded for the report).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from collabopt.filter_pruning import PruneFilters, ConstantRatio
+    >>> w = PruneFilters(keras.layers.Dense(4), ConstantRatio(0.5))
+    >>> w.build((None, 3)); w.set_ranking(np.arange(4), np.full(4, 4))
+    >>> w(np.ones((1, 3), "float32"), training=True).numpy()[0, :2].tolist()
+    [0.0, 0.0]
+    """
+
+    def __init__(self, layer, pruning_schedule: RatioSchedule | None = None, criterion: str = "l2", **kwargs):
+        kwargs.setdefault("name", f"prune_filters_{base_layer(layer).name}")
+        super().__init__(layer, **kwargs)
+        if pruning_schedule is None:
+            pruning_schedule = ConstantRatio(0.5)
+        if not isinstance(pruning_schedule, RatioSchedule):
+            raise InvalidArgumentError(
+                f"layer '{self.base_layer.name}': pruning_schedule must be a RatioSchedule "
+                f"(ConstantRatio, PolynomialRatio); received {pruning_schedule!r}."
+            )
+        self.pruning_schedule = pruning_schedule
+        self.criterion = criterion
+
+    # --- state ---------------------------------------------------------------
+    def _masked_spec(self):
+        specs = weight_specs(self.base_layer) or ()
+        return specs[-1] if specs else None
+
+    def build_wrapper(self, input_shape):
+        channels = int(self.base_layer.compute_output_shape(input_shape)[-1])
+        self.channels = channels
+
+        def state(name, dtype, initializer):
+            return self.add_weight(
+                name=name, shape=(channels,), dtype=dtype, initializer=initializer, trainable=False, aggregation="only_first_replica"
+            )
+
+        self.channel_mask = state("channel_mask", "float32", "ones")
+        self.channel_rank = state("channel_rank", "int32", "zeros")
+        self.group_size = state("group_size", "int32", "zeros")
+        self.pruning_step = self.add_weight(
+            name="pruning_step", shape=(), dtype="int64", initializer="zeros", trainable=False, aggregation="only_first_replica"
+        )
+
+    def set_ranking(self, rank, group_size):
+        """Sets each output channel's rank in its group and the group's size (0: never pruned), and the mask for step 0."""
+        rank = np.asarray(rank, np.int32)
+        group_size = np.asarray(group_size, np.int32)
+        if rank.shape != (self.channels,) or group_size.shape != (self.channels,):
+            raise InvalidArgumentError(
+                f"layer '{self.base_layer.name}': rank and group_size need shape ({self.channels},); "
+                f"received {rank.shape} and {group_size.shape}."
+            )
+        self.channel_rank.assign(rank)
+        self.group_size.assign(group_size)
+        self.channel_mask.assign(ops.convert_to_numpy(self._mask_at(self.pruning_step)))
+
+    def _mask_at(self, step):
+        ratio = self.pruning_schedule(step)
+        size = ops.cast(self.group_size, "float32")
+        k = ops.maximum(ops.minimum(ops.floor(ratio * size + 1e-4), size - 1.0), 0.0)
+        return ops.cast(ops.greater_equal(ops.cast(self.channel_rank, "float32"), k), "float32")
+
+    # --- the pipeline --------------------------------------------------------
+    def _current_mask(self, training):
+        if training:
+            mask = self._mask_at(self.pruning_step)
+            self.channel_mask.assign(mask)
+            self.pruning_step.assign_add(1)
+            return mask
+        return ops.convert_to_tensor(self.channel_mask)
+
+    def transform_weights(self, weights, training):
+        mask = self._current_mask(training)
+        spec = self._masked_spec()
+        out = dict(weights)
+        if spec is not None and spec.name in out:
+            w = ops.convert_to_tensor(out[spec.name])
+            rows = to_channel_rows(w, spec)
+            out[spec.name] = from_channel_rows(rows * ops.cast(mask, w.dtype)[:, None], spec, w.shape)
+        return out
+
+    def call(self, inputs, training=None, **kwargs):
+        outputs = super().call(inputs, training=training, **kwargs)
+        return outputs * ops.cast(self.channel_mask, outputs.dtype)
+
+    def pruned_output_channels(self) -> np.ndarray:
+        """Bool array over the output channels: True where the channel is pruned."""
+        return ops.convert_to_numpy(self.channel_mask) == 0
+
+    def recorded_constraints(self) -> dict:
+        spec = self._masked_spec()
+        if spec is None:
+            return {}
+        shape = tuple(get_variable(self.base_layer, spec).shape)
+        rows = ops.ones((self.channels, int(np.prod(shape)) // self.channels)) * ops.cast(self.channel_mask, "float32")[:, None]
+        elementwise = from_channel_rows(rows, spec, shape)  # the same mask per weight: what sparsity-preserving stages read
+        return {
+            spec.name: [
+                Constraint(CHANNELS, {"mask": self.channel_mask}, self.name, spec),
+                Constraint(SPARSITY, {"mask": elementwise}, self.name, spec),
+            ]
+        }
+
+    # --- leaving the wrapper -------------------------------------------------
+    def stripped(self) -> keras.layers.Layer:
+        """A plain full-size copy of the base layer whose pruned channels output exact zeros."""
+        plain = copy_layer(self.base_layer)
+        for name, value in self.final_weights().items():
+            get_variable(plain, spec_for(plain, name)).assign(value)
+        keep = ops.convert_to_numpy(self.channel_mask)
+        for variable in plain.weights:
+            if variable.path.split("/")[-1] in _CHANNEL_VECTORS and tuple(variable.shape) == (self.channels,):
+                variable.assign(ops.convert_to_numpy(variable) * keep)
+        return plain
+
+    # --- serialization -------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+                "criterion": self.criterion,
+            }
+        )
+        return config
+
+    @classmethod
+    def deserialize_config(cls, config):
+        config["pruning_schedule"] = keras.saving.deserialize_keras_object(config["pruning_schedule"])
+        return config

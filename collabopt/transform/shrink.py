@@ -1,0 +1,205 @@
+"""Rebuilding a model with pruned channels physically removed.
+
+A filter-pruned model computes exact zeros in its pruned channels; this module
+turns it into a smaller plain Keras model that computes the same outputs:
+Conv/Dense layers get fewer filters or units, BatchNormalization and
+DepthwiseConv2D lose the same channels, and every layer reading those
+channels loses the matching kernel rows (one row per flattened position for a
+Dense after ``Flatten``). The dependency groups come from
+:func:`~collabopt.transform.channel_graph.analyze_channels`.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from collabopt.errors import InvalidArgumentError, OrderError
+from collabopt.layers import OptimizationWrapper, base_layer, wrapper_chain
+from collabopt.layers.copy import copy_layer
+from collabopt.transform.channel_graph import _DEPTHWISE, analyze_channels
+from collabopt.transform.clone import is_graph_model, iter_layers
+
+
+def is_channel_pruner(wrapper) -> bool:
+    """True for a wrapper that masks whole output channels (it defines ``pruned_output_channels``)."""
+    return isinstance(wrapper, OptimizationWrapper) and callable(getattr(wrapper, "pruned_output_channels", None))
+
+
+def pruned_channel_masks(model) -> dict:
+    """``{layer name: bool array, True where the output channel is pruned}`` from a model's channel-pruning wrappers."""
+    masks = {}
+    layers = iter_layers(model) if isinstance(model, keras.Model) else [model]
+    for layer in layers:
+        for wrapper in wrapper_chain(layer):
+            if is_channel_pruner(wrapper):
+                masks[base_layer(layer).name] = np.asarray(wrapper.pruned_output_channels(), bool)
+    return masks
+
+
+def removable_channels(graph, pruned: dict) -> dict:
+    """Group id -> bool array of the channels every member of the group has pruned."""
+    out = {}
+    for group in graph.prunable_groups():
+        removable = np.ones(group.size, bool)
+        for name, offset in group.members:
+            mask = pruned.get(name)
+            if mask is None:
+                removable[:] = False
+                break
+            removable &= mask[offset : offset + group.size]
+        if removable.any():
+            if removable.all():  # a layer needs at least one channel
+                removable[0] = False
+            out[group.id] = removable
+    return out
+
+
+def _kept(slices, removable, length):
+    keep = np.ones(length, bool)
+    for s in slices:
+        mask = removable.get(s.group)
+        if mask is None:
+            continue
+        if s.positions == 1:
+            keep[s.offset : s.offset + s.size] &= ~mask
+        else:
+            for p in range(s.positions):
+                start = p * s.total + s.offset
+                keep[start : start + s.size] &= ~mask
+    return keep
+
+
+def _take(array, keep, axis):
+    return np.compress(keep, array, axis=axis)
+
+
+def _shrunk_layer(layer, out_keep, in_keep):
+    """A new, unbuilt copy of plain ``layer`` with its config adjusted, and its sliced weights."""
+    config = layer.get_config()
+    weights = {v.path.split("/")[-1]: keras.ops.convert_to_numpy(v) for v in layer.weights}
+    order = [v.path.split("/")[-1] for v in layer.weights]
+    if isinstance(layer, _DEPTHWISE):
+        keep = out_keep if out_keep is not None else in_keep
+        weights["kernel"] = _take(weights["kernel"], keep, -2)
+        if "bias" in weights:
+            weights["bias"] = _take(weights["bias"], keep, 0)
+    elif isinstance(layer, keras.layers.Reshape):
+        config["target_shape"] = tuple(config["target_shape"][:-1]) + (int(in_keep.sum()),)
+    elif isinstance(layer, keras.layers.BatchNormalization):
+        weights = {k: _take(v, out_keep, 0) for k, v in weights.items()}
+    else:
+        transpose = isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose))
+        separable = isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D))
+        out_axis, in_axis = (-2, -1) if transpose else (-1, -2)
+        kernel = "pointwise_kernel" if separable else "kernel"
+        if isinstance(layer, keras.layers.Dense):
+            in_axis = 0
+        if in_keep is not None:
+            weights[kernel] = _take(weights[kernel], in_keep, in_axis)
+            if separable:
+                weights["depthwise_kernel"] = _take(weights["depthwise_kernel"], in_keep, -2)
+        if out_keep is not None:
+            weights[kernel] = _take(weights[kernel], out_keep, out_axis)
+            if "bias" in weights:
+                weights["bias"] = _take(weights["bias"], out_keep, 0)
+            key = "units" if isinstance(layer, keras.layers.Dense) else "filters"
+            config[key] = int(out_keep.sum())
+    new = type(layer).from_config(config)
+    return new, [weights[k] for k in order]
+
+
+def shrink_model(model, pruned: dict):
+    """A smaller plain copy of ``model`` with the pruned output channels removed.
+
+    Args:
+        model: A Sequential, Functional or nested model of plain Keras layers
+            (no collabopt wrappers), whose pruned channels are exactly zero
+            where other layers read them (as filter pruning leaves them).
+        pruned: ``{layer name: bool array over its output channels, True =
+            pruned}``, e.g. from :func:`pruned_channel_masks` of the wrapped
+            model. A channel is removed only where every layer holding it (its
+            dependency group) has it pruned.
+
+    Returns:
+        A new model of plain Keras layers with the same names, fewer filters,
+        units and BatchNormalization/depthwise channels, and sliced kernels
+        downstream; ``model`` is not modified.
+
+    Raises:
+        OrderError: if ``model`` still holds collabopt wrappers.
+        InvalidArgumentError: if a mask does not match its layer.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from collabopt.transform import shrink_model
+    >>> x = keras.Input((6, 6, 1))
+    >>> y = keras.layers.Conv2D(4, 3, name="a")(x)
+    >>> m = keras.Model(x, keras.layers.Dense(2, name="b")(keras.layers.Flatten()(y)))
+    >>> small = shrink_model(m, {"a": np.array([True, False, True, False])})
+    >>> small.get_layer("a").filters, tuple(small.get_layer("b").kernel.shape)
+    (2, (32, 2))
+    """
+    wrapped = [base_layer(l).name for l in iter_layers(model) if isinstance(l, OptimizationWrapper)]
+    if wrapped:
+        raise OrderError(
+            f"shrink_model: layers {wrapped[:5]} are still wrapped; strip clustering and quantization "
+            "before removing pruned channels (or strip_pruning before clustering/QAT)."
+        )
+    graph = analyze_channels(model)
+    for name, mask in pruned.items():
+        slices = graph.members.get(name)
+        if slices is None:
+            continue
+        length = max(s.offset + s.size for s in slices)
+        if np.asarray(mask).shape != (length,):
+            raise InvalidArgumentError(
+                f"shrink_model: the mask for layer '{name}' has shape {np.asarray(mask).shape}; "
+                f"the layer has {length} output channels."
+            )
+    removable = removable_channels(graph, {k: np.asarray(v, bool) for k, v in pruned.items()})
+    plan = {}
+    for name in graph.layers:
+        out_slices = graph.members.get(name, [])
+        in_slices = graph.consumers.get(name, [])
+        touched = [s for s in out_slices + in_slices if s.group in removable]
+        if not touched:
+            continue
+        out_keep = _kept(out_slices, removable, max(s.offset + s.size for s in out_slices)) if out_slices else None
+        in_keep = None
+        if in_slices:
+            s0 = in_slices[0]
+            length = s0.total * s0.positions if s0.positions > 1 else s0.total
+            in_keep = _kept(in_slices, removable, length)
+        plan[name] = (out_keep, in_keep)
+
+    pending = []
+
+    def clone_function(layer):
+        if is_graph_model(layer):
+            return clone(layer, graph.nested_inputs.get(layer.name))
+        if layer.name in plan:
+            new, weights = _shrunk_layer(layer, *plan[layer.name])
+            pending.append((new, weights))
+            return new
+        return copy_layer(layer)
+
+    def clone(m, input_slices=None):
+        input_tensors = None
+        if input_slices is not None and any(s for s in input_slices if s):
+            input_tensors = []
+            for tensor, slices in zip(m.inputs, input_slices):
+                shape = list(tensor.shape[1:])
+                if slices:
+                    shape[-1] = int(_kept(slices, removable, sum(s.size for s in slices)).sum())
+                input_tensors.append(keras.Input(shape=tuple(shape), dtype=tensor.dtype))
+            if isinstance(m, keras.Sequential):
+                input_tensors = input_tensors[0]
+        return keras.models.clone_model(m, input_tensors=input_tensors, clone_function=clone_function)
+
+    result = clone(model)
+    for new, weights in pending:
+        new.set_weights(weights)
+    return result
+

@@ -1,0 +1,81 @@
+"""Filter pruning chained with clustering and QAT, exported to TFLite."""
+
+import keras
+import numpy as np
+import pytest
+
+import collabopt.keras as co
+import collabopt.tflite as ct
+from collabopt.preserve import CHANNELS, constraints_on
+from collabopt.tflite.flatbuffer import parse
+from tests.conftest import rand
+from tests.filter_pruning.models import ALL
+
+
+def _fit(model, x, y, epochs=1):
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=8, epochs=epochs, verbose=0)
+    return model
+
+
+def _data(model, n=32):
+    x = rand(n, *model.input_shape[1:])
+    y = np.random.default_rng(1).integers(0, model.output_shape[-1], n)
+    return x, y
+
+
+@pytest.mark.slow
+def test_prune_strip_cluster_quantize_exports_full_int8():
+    model = ALL["depthwise"]()
+    x, y = _data(model)
+    pruned = _fit(co.prune_filters(model, 0.5), x, y)
+    small = co.strip_pruning(pruned)
+    clustered = _fit(co.cluster_weights(small, number_of_clusters=8), x, y)
+    qat = _fit(co.quantize_model(clustered), x, y)
+    tfl = ct.convert(qat, "int8")  # raises ConversionError on a float island
+    assert not tfl.float_islands()
+    kernels = [t for t in tfl.inspect().weights() if t.dtype == "int8" and len(t.shape) == 4]
+    assert kernels and max(t.shape[0] for t in kernels if t.shape[0] != 1) <= 6  # 12 -> 6 pointwise filters
+    assert max(t.max_unique_per_channel for t in kernels) <= 8
+    np.testing.assert_allclose(tfl.predict(x[:4]), qat.predict(x[:4], verbose=0), atol=0.35)
+
+
+@pytest.mark.slow
+def test_prune_then_quantize_without_strip_keeps_zero_channels_in_the_file():
+    model = ALL["depthwise"]()
+    x, y = _data(model)
+    pruned = _fit(co.prune_filters(model, 0.5), x, y)
+    qat = _fit(co.quantize_model(pruned), x, y)
+    conv = next(l for l in qat.layers if l.name.endswith("conv1"))
+    recorded = constraints_on(conv, "kernel")
+    assert {"channels", "sparsity"} <= set(recorded)
+    tfl = ct.convert(qat, "int8")
+    graph = parse(tfl.content)
+    state = recorded["channels"].numpy_state()
+    kernel = next(t for t in graph.tensors if t.data is not None and t.data.shape == (8, 3, 3, 1))
+    holds, found = CHANNELS.check(state, kernel)
+    assert holds and found == 4
+    assert not tfl.float_islands()
+
+
+@pytest.mark.slow
+def test_sparsity_preserving_clustering_keeps_the_pruned_channels():
+    model = ALL["depthwise"]()
+    x, y = _data(model)
+    pruned = co.prune_filters(model, 0.5)
+    clustered = _fit(co.cluster_weights(pruned, number_of_clusters=8, preserve_sparsity=True), x, y)
+    conv = next(l for l in clustered.layers if l.name.endswith("conv1"))
+    kernel = conv.final_weights()["kernel"]
+    pruned_channels = conv.layer.pruned_output_channels()
+    assert np.all(kernel[..., pruned_channels] == 0) and np.any(kernel[..., ~pruned_channels] != 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["float32", "float16", "dynamic", "int8", "int16x8"])
+def test_stripped_model_converts_to_every_mode(mode):
+    model = ALL["depthwise"]()
+    x, y = _data(model)
+    small = co.strip_pruning(_fit(co.prune_filters(model, 0.5), x, y))
+    tfl = ct.convert(small, mode, representative_data=x if mode in ("int8", "int16x8") else None)
+    tol = 1e-4 if mode == "float32" else 0.5
+    np.testing.assert_allclose(tfl.predict(x[:4]), small.predict(x[:4], verbose=0), atol=tol)
