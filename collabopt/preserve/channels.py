@@ -50,7 +50,15 @@ class ChannelsKind(ConstraintKind):
         rows = to_channel_rows(weight, spec)
         return from_channel_rows(rows * ops.cast(state["mask"], weight.dtype)[:, None], spec, weight.shape)
 
-    def check(self, state, tensor_stats):
+    def zero_mask(self, state):
+        # Per-channel mask; stages that keep zeros broadcast it through project().
+        return None
+
+    def expected(self, state):
+        """The number of output channels kept."""
+        return float(np.sum(np.asarray(ops.convert_to_numpy(state["mask"])) != 0))
+
+    def check(self, state, tensor_stats, *, channels_rescaled=False):
         """Whether the file's tensor keeps the pruned channels at zero (or removed them).
 
         Args:
@@ -68,6 +76,8 @@ class ChannelsKind(ConstraintKind):
         """
         mask = np.asarray(ops.convert_to_numpy(state["mask"])) != 0
         full, kept = mask.size, int(mask.sum())
+        if tensor_stats is None:
+            return False, None
         shape = tuple(tensor_stats.shape)
         values = getattr(tensor_stats, "values", None)
         if values is None:
@@ -89,9 +99,11 @@ class ChannelsKind(ConstraintKind):
         holds = tensor_stats.zeros_fraction is not None and tensor_stats.zeros_fraction >= pruned_fraction - 1e-9
         return holds, full
 
-    def describe(self) -> str:
-        """A short text for reports."""
-        return "pruned output channels (all zero or removed)"
+    def describe(self, value=None, *, bound=False) -> str:
+        """Words for a channel count (recorded if ``bound``, else found in the file)."""
+        if value is None:
+            return "pruned output channels (all zero or removed)" if bound else "no tensor"
+        return f"{int(value)} channels {'kept' if bound else 'not all zero'}"
 
 
 CHANNELS = register_kind(ChannelsKind())
