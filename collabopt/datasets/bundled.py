@@ -13,6 +13,8 @@ import pathlib
 
 import numpy as np
 
+from collabopt.errors import InvalidArgumentError, InvalidFileError
+
 FASHION_MNIST_DIRS = (
     pathlib.Path("/usr/share/datasets/fashion-mnist"),
     pathlib.Path(os.path.expanduser("~/.keras/datasets/fashion-mnist")),
@@ -23,7 +25,7 @@ FASHION_MNIST_CLASSES = (
 )
 
 
-class DatasetNotInstalled(ValueError):
+class DatasetNotInstalled(InvalidFileError):
     """A bundled data set is not on this machine; the message gives the install command."""
 
 
@@ -190,20 +192,49 @@ def from_tfds(name: str, data_dir, splits=("train", "test"), image_scale: bool =
 BUNDLED = {"digits": digits, "fashion_mnist": fashion_mnist, "spoken_digits": spoken_digits}
 
 
+def load_npz(path):
+    """``(x_train, y_train), (x_test, y_test)`` from a ``.npz`` file holding those four arrays.
+
+    Raises:
+        InvalidFileError: the file is missing, not an .npz archive, lacks an
+            array, or a split's x and y hold different numbers of samples.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InvalidFileError(f"no such data file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
+            if missing:
+                raise InvalidFileError(f"{path}: missing arrays {missing}; expected x_train, y_train, x_test, y_test.")
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except InvalidFileError:
+        raise
+    except Exception as error:  # zipfile / pickle / numpy format errors
+        raise InvalidFileError(f"{path} is not a readable .npz archive ({type(error).__name__}: {error}).") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+            raise InvalidFileError(
+                f"{path}: x_{split} holds {len(x) if x.ndim else 'no'} samples but y_{split} holds "
+                f"{len(y) if y.ndim else 'no'} labels; they must have the same length."
+            )
+        if not np.issubdtype(x.dtype, np.number):
+            raise InvalidFileError(f"{path}: x_{split} has dtype {x.dtype}; expected numbers.")
+    return (
+        (arrays["x_train"].astype(np.float32), arrays["y_train"]),
+        (arrays["x_test"].astype(np.float32), arrays["y_test"]),
+    )
+
+
 def load(name_or_path: str):
     """A bundled data set by name, or a ``.npz`` file with x_train, y_train, x_test, y_test."""
     if name_or_path in BUNDLED:
         return BUNDLED[name_or_path]()
     path = pathlib.Path(name_or_path)
     if path.suffix == ".npz":
-        if not path.is_file():
-            raise ValueError(f"no such data file: {path}")
-        with np.load(path) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
-            if missing:
-                raise ValueError(f"{path}: missing arrays {missing}; expected x_train, y_train, x_test, y_test.")
-            return (f["x_train"].astype(np.float32), f["y_train"]), (f["x_test"].astype(np.float32), f["y_test"])
-    raise ValueError(
+        return load_npz(path)
+    raise InvalidArgumentError(
         f"unknown data set {name_or_path!r}; accepted: {', '.join(BUNDLED)} or a .npz file "
         "with x_train, y_train, x_test, y_test."
     )

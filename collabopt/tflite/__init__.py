@@ -1,5 +1,9 @@
 """TFLite export and inspection: convert, size report, per-tensor stats, evaluation.
 
+Reading a .tflite file (``load``, ``TFLiteModel``, ``inspect``, ``size_report``)
+needs only numpy and ``ai_edge_litert``; TensorFlow is imported the first time
+``convert``, ``export_model``, ``has_trained_ranges`` or ``verify`` is used.
+
 Example:
 
 >>> import numpy as np, keras, collabopt.tflite
@@ -9,10 +13,36 @@ Example:
 'int8'
 """
 
-from collabopt.tflite.convert import MODES, ConversionError, convert, export_model, has_trained_ranges
+import importlib
+
+from collabopt.errors import ConversionError
 from collabopt.tflite.inspection import InspectionReport, TensorStats
 from collabopt.tflite.model import SizeReport, TFLiteModel, load
-from collabopt.tflite.verify import ConstraintCheck, VerifyReport, verify
+
+# Names whose modules import TensorFlow / Keras: loaded on first use.
+_LAZY = {
+    "MODES": "collabopt.tflite.convert",
+    "convert": "collabopt.tflite.convert",
+    "export_model": "collabopt.tflite.convert",
+    "has_trained_ranges": "collabopt.tflite.convert",
+    "ConstraintCheck": "collabopt.tflite.verify",
+    "VerifyReport": "collabopt.tflite.verify",
+    "verify": "collabopt.tflite.verify",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'collabopt.tflite' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ConstraintCheck",

@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from collabopt.datasets.batches import samples
 from collabopt.errors import ConversionError
+from collabopt.layers.checks import check_finite_weights
+from collabopt.quiet import native_stderr_silenced
 from collabopt.tflite.model import TFLiteModel
 from collabopt.transform import iter_layers, map_layers
 
@@ -126,6 +128,7 @@ def convert(
     if representative_data is not None:
         calibration = samples(representative_data, model, calibration_samples)
 
+    check_finite_weights(model)
     exported = export_model(model, mode)
     workdir = tempfile.TemporaryDirectory(prefix="collabopt_export_")
     try:
@@ -155,7 +158,7 @@ def _saved_model_converter(model: keras.Model, directory: str):
         # write_out prints "Saved artifact at ..." and logs "Assets written to"
         # our temporary folder; noise for a library call.
         logger.setLevel("ERROR")
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
             archive.write_out(directory)
     except Exception as error:  # TF raises several unrelated types here
         raise ConversionError(_explain(error, model)) from error
@@ -192,7 +195,7 @@ def _convert(converter, exported, mode, trained_ranges, calibration, int8_io, al
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # converter progress chatter
+        with contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():  # converter progress chatter
             content = converter.convert()
     except Exception as error:  # the converter raises several unrelated types
         raise ConversionError(_explain(error, exported)) from error

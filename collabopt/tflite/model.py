@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import os
 import pathlib
 import statistics
 import time
@@ -12,6 +13,7 @@ import zipfile
 
 import numpy as np
 
+from collabopt.errors import InvalidArgumentError, InvalidFileError, InvalidTypeError
 from collabopt.tflite import flatbuffer
 from collabopt.tflite.inspection import InspectionReport, float_islands, tensor_stats
 
@@ -49,11 +51,18 @@ class SizeReport:
         return "\n".join(lines)
 
 
-def _interpreter(content: bytes, num_threads: int = 1):
+def _interpreter(content: bytes, num_threads: int = 1, source: str = "the model"):
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_content=content, num_threads=num_threads)
-    interp.allocate_tensors()
+    try:
+        interp = Interpreter(model_content=content, num_threads=num_threads)
+        interp.allocate_tensors()
+    except Exception as error:  # LiteRT raises ValueError / RuntimeError / UnicodeDecodeError on bad models
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InvalidFileError(
+            f"{source}: the LiteRT interpreter cannot load it ({first}); the file is corrupted "
+            "or uses ops this LiteRT build does not have."
+        ) from None
     return interp
 
 
@@ -83,6 +92,12 @@ class TFLiteModel:
     Args:
         content: The flatbuffer bytes.
         mode: The conversion mode it was made with, if known.
+        source: How to name the model in error messages (``load`` passes
+            the file path).
+
+    Raises:
+        InvalidTypeError: ``content`` is not bytes.
+        InvalidFileError: the bytes are not a complete TFLite flatbuffer.
 
     Example:
 
@@ -93,12 +108,21 @@ class TFLiteModel:
     (5, 3)
     """
 
-    def __init__(self, content: bytes, mode: str | None = None):
-        if not isinstance(content, (bytes, bytearray)) or len(content) < 8:
-            raise ValueError("TFLiteModel expects the bytes of a .tflite flatbuffer.")
-        if bytes(content[4:8]) != b"TFL3":
-            raise ValueError("not a TFLite flatbuffer (missing the 'TFL3' identifier).")
-        self.content = bytes(content)
+    def __init__(self, content: bytes, mode: str | None = None, *, source: str | None = None):
+        if not isinstance(content, (bytes, bytearray, memoryview)):
+            raise InvalidTypeError(
+                f"TFLiteModel expects the bytes of a .tflite flatbuffer; received {type(content).__name__} "
+                "(to read a file, use collabopt.tflite.load(path))."
+            )
+        content = bytes(content)
+        self.source = source or "the TFLite model"
+        if len(content) < 8 or content[4:8] != b"TFL3":
+            raise InvalidFileError(
+                f"{self.source} is not a TFLite flatbuffer (missing the 'TFL3' identifier at byte 4); "
+                "expected a .tflite file written by the TFLite converter."
+            )
+        flatbuffer.parse(content, self.source)  # validates the structure once (cached)
+        self.content = content
         self.mode = mode
         self._interp = None
 
@@ -112,11 +136,22 @@ class TFLiteModel:
 
     @classmethod
     def load(cls, path) -> "TFLiteModel":
-        """Reads a .tflite file."""
+        """Reads a .tflite file.
+
+        Raises:
+            InvalidFileError: the file is missing, unreadable, or not a
+                complete TFLite flatbuffer (the message names the file).
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidTypeError(f"load expects the path of a .tflite file; received {type(path).__name__}.")
         path = pathlib.Path(path)
         if not path.is_file():
-            raise ValueError(f"no such file: {path}")
-        return cls(path.read_bytes())
+            raise InvalidFileError(f"no such .tflite file: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+        try:
+            content = path.read_bytes()
+        except OSError as error:
+            raise InvalidFileError(f"cannot read {path}: {error.strerror or error}") from None
+        return cls(content, source=str(path))
 
     # --- sizes ---------------------------------------------------------------
     def size_report(self, baseline: "TFLiteModel | None" = None) -> SizeReport:
@@ -157,7 +192,7 @@ class TFLiteModel:
 
     def _interpreter(self):
         if self._interp is None:
-            self._interp = _interpreter(self.content)
+            self._interp = _interpreter(self.content, source=self.source)
         return self._interp
 
     def predict(self, x, batch_size: int = 256, *, dequantize: bool = True):
@@ -175,10 +210,10 @@ class TFLiteModel:
         interp = self._interpreter()
         ins = interp.get_input_details()
         if len(xs) != len(ins):
-            raise ValueError(f"the model has {len(ins)} inputs, received {len(xs)} arrays.")
+            raise InvalidArgumentError(f"the model has {len(ins)} inputs, received {len(xs)} arrays.")
         for a, d in zip(xs, ins):
             if tuple(a.shape[1:]) != tuple(d["shape"][1:]):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"input '{d['name']}' expects samples of shape {tuple(d['shape'][1:])}, "
                     f"received {tuple(a.shape[1:])}."
                 )
@@ -220,7 +255,7 @@ class TFLiteModel:
 
     def latency(self, runs: int = 200, warmup: int = 10, num_threads: int = 1) -> float:
         """Median microseconds of one batch-1 inference (fresh interpreter)."""
-        interp = _interpreter(self.content, num_threads)
+        interp = _interpreter(self.content, num_threads, self.source)
         ins = interp.get_input_details()
         for d in ins:
             if d["shape"][0] != 1:
@@ -239,6 +274,25 @@ class TFLiteModel:
 
     def __repr__(self) -> str:
         return f"TFLiteModel(mode={self.mode!r}, raw_bytes={len(self.content)})"
+
+
+def as_tflite_model(tflite, what: str = "tflite") -> TFLiteModel:
+    """``tflite`` as a :class:`TFLiteModel`: a TFLiteModel, the path of a .tflite file, or its bytes.
+
+    Raises:
+        InvalidTypeError: anything else (the message names ``what``).
+        InvalidFileError: a missing file or bytes that are not a flatbuffer.
+    """
+    if isinstance(tflite, TFLiteModel):
+        return tflite
+    if isinstance(tflite, (str, os.PathLike)):
+        return TFLiteModel.load(tflite)
+    if isinstance(tflite, (bytes, bytearray, memoryview)):
+        return TFLiteModel(bytes(tflite))
+    raise InvalidTypeError(
+        f"{what}: expected a TFLiteModel (from collabopt.tflite.convert or load), the path of a "
+        f".tflite file, or its bytes; received {type(tflite).__name__}."
+    )
 
 
 def load(path) -> TFLiteModel:
