@@ -106,7 +106,7 @@ def parse(content: bytes, source: str = "the flatbuffer") -> Graph:
     except Exception as error:  # flatbuffers raises struct.error, TypeError, IndexError, ... on bad bytes
         raise InvalidFileError(
             f"{source} is not a valid TFLite flatbuffer: it is truncated or corrupted "
-            f"({type(error).__name__} while reading it); expected the bytes of a .tflite file "
+            f"({type(error).__module__}.{type(error).__name__} while reading it); expected the bytes of a .tflite file "
             "as written by the TFLite converter."
         ) from None
 

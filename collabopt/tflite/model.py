@@ -7,7 +7,6 @@ import gzip
 import io
 import os
 import pathlib
-import statistics
 import time
 import zipfile
 
@@ -254,7 +253,26 @@ class TFLiteModel:
         return float(np.mean(guess == y))
 
     def latency(self, runs: int = 200, warmup: int = 10, num_threads: int = 1) -> float:
-        """Median microseconds of one batch-1 inference (fresh interpreter)."""
+        """Median microseconds of one batch-1 inference (fresh interpreter).
+
+        See :meth:`latency_stats` for how it is measured.
+        """
+        return self.latency_stats(runs, warmup, num_threads)["median_us"]
+
+    def latency_stats(self, runs: int = 200, warmup: int = 10, num_threads: int = 1, min_sample_us: float = 1000.0) -> dict:
+        """Batch-1 latency: median and quartiles over ``runs`` timed samples.
+
+        A single ``invoke`` of a small model lasts a few microseconds, close
+        to the cost of calling the timer, so each sample times a loop of
+        ``repeat`` consecutive invokes, with ``repeat`` chosen so that one
+        sample lasts at least ``min_sample_us``; the per-invoke time is the
+        sample's time divided by ``repeat``.
+
+        Returns:
+            ``{"median_us", "p25_us", "p75_us", "repeat", "runs"}``.
+        """
+        if runs < 1 or warmup < 0:
+            raise InvalidArgumentError(f"latency: runs must be >= 1 and warmup >= 0; received runs={runs}, warmup={warmup}.")
         interp = _interpreter(self.content, num_threads, self.source)
         ins = interp.get_input_details()
         for d in ins:
@@ -263,14 +281,26 @@ class TFLiteModel:
         interp.allocate_tensors()
         for d in interp.get_input_details():
             interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        invoke = interp.invoke
         for _ in range(warmup):
-            interp.invoke()
+            invoke()
+        repeat = 1
+        while True:  # calibrate: double the loop until one sample lasts min_sample_us
+            t = time.perf_counter()
+            for _ in range(repeat):
+                invoke()
+            elapsed = time.perf_counter() - t
+            if elapsed * 1e6 >= min_sample_us or repeat >= 1 << 16:
+                break
+            repeat *= 2
         times = []
         for _ in range(runs):
             t = time.perf_counter()
-            interp.invoke()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times) * 1e6
+            for _ in range(repeat):
+                invoke()
+            times.append((time.perf_counter() - t) / repeat * 1e6)
+        q25, median, q75 = (float(v) for v in np.percentile(times, [25, 50, 75]))
+        return {"median_us": median, "p25_us": q25, "p75_us": q75, "repeat": repeat, "runs": runs}
 
     def __repr__(self) -> str:
         return f"TFLiteModel(mode={self.mode!r}, raw_bytes={len(self.content)})"
