@@ -177,10 +177,10 @@ def _dividing_block(shape, block_size):
 
 
 def check_weight(layer, name, shape, spec, block_size, m_by_n):
-    """Checks that pruning settings fit one weight (ValueError naming the layer and weight)."""
+    """Checks that pruning settings fit one weight (InvalidArgumentError naming the layer and weight)."""
     where = f"layer '{layer.name}' ({type(layer).__name__}), weight '{name}' of shape {shape}"
     if tuple(block_size) != (1, 1) and len(shape) != 2:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{where}: block_size={tuple(block_size)} needs a rank-2 weight (Dense, Embedding); "
             "use block_size=(1, 1) for this layer."
         )
@@ -197,9 +197,9 @@ def check_weight(layer, name, shape, spec, block_size, m_by_n):
     if m_by_n:
         m, n = m_by_n
         if spec.input_axis is None:
-            raise ValueError(f"{where}: sparsity_m_by_n needs an input-channel axis, which this weight has not.")
+            raise InvalidArgumentError(f"{where}: sparsity_m_by_n needs an input-channel axis, which this weight has not.")
         channels = shape[spec.input_axis]
         if channels % n:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{where}: sparsity_m_by_n=({m}, {n}) needs n to divide the {channels} input channels."
             )

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 
-from collabopt.errors import InvalidArgumentError, InvalidFileError, InvalidTypeError
+from collabopt.errors import CollaboptError, InvalidArgumentError, InvalidFileError, InvalidTypeError
 from collabopt.tflite import flatbuffer
 from collabopt.tflite.inspection import InspectionReport, float_islands, tensor_stats
 
@@ -194,6 +194,19 @@ class TFLiteModel:
             self._interp = _interpreter(self.content, source=self.source)
         return self._interp
 
+    def _run(self, interp, step):
+        """Runs ``step()`` (resize / allocate / invoke) turning interpreter failures into InvalidFileError."""
+        try:
+            return step()
+        except (RuntimeError, ValueError) as error:
+            if isinstance(error, CollaboptError):
+                raise
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise InvalidFileError(
+                f"{self.source}: the LiteRT interpreter failed to run it ({first}); the file is corrupted "
+                "or inconsistent."
+            ) from None
+
     def predict(self, x, batch_size: int = 256, *, dequantize: bool = True):
         """Runs the model on ``x`` (an array, or a list of arrays for several inputs).
 
@@ -223,12 +236,12 @@ class TFLiteModel:
             ins = interp.get_input_details()
             if ins[0]["shape"][0] != len(chunk[0]):
                 for a, d in zip(chunk, ins):
-                    interp.resize_tensor_input(d["index"], [len(a)] + list(d["shape"][1:]))
-                interp.allocate_tensors()
+                    self._run(interp, lambda a=a, d=d: interp.resize_tensor_input(d["index"], [len(a)] + list(d["shape"][1:])))
+                self._run(interp, interp.allocate_tensors)
                 ins = interp.get_input_details()
             for a, d in zip(chunk, ins):
                 interp.set_tensor(d["index"], _quantize(a, d))
-            interp.invoke()
+            self._run(interp, interp.invoke)
             outs = interp.get_output_details()
             values = [interp.get_tensor(d["index"]) for d in outs]
             if dequantize:
@@ -277,10 +290,11 @@ class TFLiteModel:
         ins = interp.get_input_details()
         for d in ins:
             if d["shape"][0] != 1:
-                interp.resize_tensor_input(d["index"], [1] + list(d["shape"][1:]))
-        interp.allocate_tensors()
+                self._run(interp, lambda d=d: interp.resize_tensor_input(d["index"], [1] + list(d["shape"][1:])))
+        self._run(interp, interp.allocate_tensors)
         for d in interp.get_input_details():
             interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        self._run(interp, interp.invoke)
         invoke = interp.invoke
         for _ in range(warmup):
             invoke()
