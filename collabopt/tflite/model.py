@@ -226,7 +226,7 @@ class TFLiteModel:
         for a, d in zip(xs, ins):
             if tuple(a.shape[1:]) != tuple(d["shape"][1:]):
                 raise InvalidArgumentError(
-                    f"input '{d['name']}' expects samples of shape {tuple(d['shape'][1:])}, "
+                    f"input '{d['name']}' expects samples of shape {tuple(int(s) for s in d['shape'][1:])}, "
                     f"received {tuple(a.shape[1:])}."
                 )
         n = len(xs[0])

@@ -42,7 +42,7 @@ def test_truncated_file_is_an_invalid_file_error_naming_it(int8_bytes, tmp_path)
 
 
 def test_every_truncation_and_bit_flip_is_refused_cleanly_or_runs(int8_bytes):
-    """Damaged bytes either raise InvalidFileError (at load or when run) or give a model that runs."""
+    """Damaged bytes raise InvalidFileError at load, a collabopt error when run, or give a model that runs."""
     rng = random.Random(0)
     cases = [int8_bytes[:n] for n in range(0, len(int8_bytes), max(1, len(int8_bytes) // 150))]
     for _ in range(250):
@@ -55,11 +55,15 @@ def test_every_truncation_and_bit_flip_is_refused_cleanly_or_runs(int8_bytes):
     for content in cases:
         try:
             model = ct.TFLiteModel(content)
+        except InvalidFileError:
+            refused += 1
+            continue
+        try:
             model.inspect()
             model.float_islands()
-            model.predict(x)
+            model.predict(x)  # a flipped shape can make the input shape differ: InvalidArgumentError
             ran += 1
-        except InvalidFileError:
+        except CollaboptError:
             refused += 1
     assert refused > 100 and ran > 50  # both outcomes occur; no other exception escaped
 
