@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from collabopt.datasets.batches import samples
-from collabopt.errors import ConversionError
+from collabopt.errors import ConversionError, InvalidArgumentError, InvalidTypeError
 from collabopt.layers.checks import check_finite_weights
 from collabopt.quiet import native_stderr_silenced
 from collabopt.tflite.model import TFLiteModel
@@ -111,16 +111,16 @@ def convert(
     True
     """
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not supported; accepted: {', '.join(MODES)}.")
+        raise InvalidArgumentError(f"mode={mode!r} is not supported; accepted: {', '.join(MODES)}.")
     if not isinstance(model, keras.Model):
-        raise ValueError(f"convert expects a keras.Model; received {type(model).__name__}.")
+        raise InvalidTypeError(f"convert expects a keras.Model; received {type(model).__name__}.")
     if calibration_samples < 1:
-        raise ValueError(f"calibration_samples must be >= 1; received {calibration_samples}.")
+        raise InvalidArgumentError(f"calibration_samples must be >= 1; received {calibration_samples}.")
     trained_ranges = has_trained_ranges(model)
     calibration = None
     if mode in ("int8", "int16x8") and not (trained_ranges and mode == "int8"):
         if representative_data is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"mode={mode!r} needs representative_data (a numpy array, tf.data.Dataset or "
                 "iterable of batches shaped like the model's inputs) to calibrate activation "
                 "ranges" + ("" if mode == "int16x8" else ", unless the model was trained with quantize_model") + "."
