@@ -14,6 +14,8 @@ Example:
 """
 
 import importlib
+import sys
+import types
 
 from collabopt.errors import ConversionError
 from collabopt.tflite.inspection import InspectionReport, TensorStats
@@ -38,6 +40,23 @@ def __getattr__(name):
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+class _Package(types.ModuleType):
+    """The package module: ``convert`` and ``verify`` name both a submodule and its main function.
+
+    Importing a submodule makes Python set it as an attribute of the package;
+    for those two names the function is kept instead, as an eager
+    ``from collabopt.tflite.convert import convert`` would leave it.
+    """
+
+    def __setattr__(self, name, value):
+        if name in _LAZY and isinstance(value, types.ModuleType) and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__():

@@ -55,7 +55,7 @@ def fresh_run_dir(base, force: bool = False, now=None) -> pathlib.Path:
     base = pathlib.Path(base)
     if force:
         if base.exists() and not base.is_dir():
-            raise InvalidArgumentError(f"--out {base} is a file; give a folder.")
+            raise InvalidArgumentError(f"run folder {base} is a file; give a folder.")
         for name in ("report.md", "report.json", "size_accuracy.png", "weight_density.png"):
             (base / name).unlink(missing_ok=True)
         for pattern in ("*.tflite", "*.keras"):

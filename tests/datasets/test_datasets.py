@@ -97,6 +97,7 @@ def _prepare_tiny_tfds(data_dir):
 
     class TinyCollaboptDigits(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version("1.0.0")
+        url_infos = {}  # nothing to download (tfds would look for a checksums file beside this module)
 
         def _info(self):
             features = tfds.features.FeaturesDict(
