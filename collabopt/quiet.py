@@ -35,6 +35,8 @@ NOISE = re.compile(
     r"|fully_quantize: \d"
     r"|To enable the following instructions: "
     r"|Estimated count of arithmetic ops"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU"
+    r"|loc\(.*\): error: "  # MLIR diagnostics: the converter's exception carries them (ConversionError)
     r"|\s*$)"
 )
 
@@ -71,9 +73,10 @@ def quiet_python_logs() -> None:
 def native_stderr_silenced():
     """Captures file descriptor 2 (C++ logs) for the duration and drops TensorFlow's noise.
 
-    Lines matching :data:`NOISE` are dropped; anything else written to the
-    descriptor meanwhile (a Python warning, an unexpected error) is written
-    back afterwards, and if the body raises, the whole capture is.
+    Lines matching :data:`NOISE` are dropped (also when the body raises: the
+    converter's diagnostics travel in its exception); anything else written
+    to the descriptor meanwhile (a Python warning, an unexpected error) is
+    written back afterwards.
 
     Does nothing when verbose, or when stderr has no file descriptor (e.g.
     some notebook kernels already route it elsewhere).
@@ -81,10 +84,7 @@ def native_stderr_silenced():
     if VERBOSE:
         yield
         return
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = 2
+    fd = 2  # C++ code writes to descriptor 2 whatever Python's sys.stderr points at
     try:
         saved = os.dup(fd)
     except OSError:
@@ -96,12 +96,8 @@ def native_stderr_silenced():
         except (AttributeError, OSError, ValueError):
             pass
         os.dup2(capture.fileno(), fd)
-        failed = False
         try:
             yield
-        except BaseException:
-            failed = True
-            raise
         finally:
             try:
                 sys.stderr.flush()
@@ -111,6 +107,6 @@ def native_stderr_silenced():
             os.close(saved)
             capture.seek(0)
             lines = capture.read().decode(errors="replace").splitlines(keepends=True)
-            kept = lines if failed else [line for line in lines if not NOISE.match(line)]
+            kept = [line for line in lines if not NOISE.match(line)]
             if kept:
                 sys.stderr.write("".join(kept))

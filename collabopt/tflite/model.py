@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from collabopt.errors import CollaboptError, InvalidArgumentError, InvalidFileError, InvalidTypeError
+from collabopt.quiet import native_stderr_silenced
 from collabopt.tflite import flatbuffer
 from collabopt.tflite.inspection import InspectionReport, float_islands, tensor_stats
 
@@ -54,8 +55,9 @@ def _interpreter(content: bytes, num_threads: int = 1, source: str = "the model"
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        interp = Interpreter(model_content=content, num_threads=num_threads)
-        interp.allocate_tensors()
+        with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interp = Interpreter(model_content=content, num_threads=num_threads)
+            interp.allocate_tensors()
     except Exception as error:  # LiteRT raises ValueError / RuntimeError / UnicodeDecodeError on bad models
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise InvalidFileError(
