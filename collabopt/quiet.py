@@ -36,6 +36,7 @@ NOISE = re.compile(
     r"|To enable the following instructions: "
     r"|Estimated count of arithmetic ops"
     r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU"
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ cuda_(?:platform|executor|diagnostics)\.cc:\d+\] "  # no GPU: cuInit fails
     r"|loc\(.*\): error: "  # MLIR diagnostics: the converter's exception carries them (ConversionError)
     r"|\s*$)"
 )

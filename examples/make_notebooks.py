@@ -24,11 +24,13 @@ HERE = pathlib.Path(__file__).parent
 
 SETUP = '''import os
 
-from collabopt.quiet import native_stderr_silenced, quiet_python_logs
+from collabopt.quiet import native_stderr_silenced, quiet_environment, quiet_python_logs
 
-with native_stderr_silenced():  # TensorFlow's start-up lines (cudart, absl) stay out of the outputs
+quiet_environment()  # TF_CPP_MIN_LOG_LEVEL=3 before TensorFlow is imported
+with native_stderr_silenced():  # TensorFlow's start-up lines (cudart, absl, cuInit) stay out of the outputs
     import keras
-    import tensorflow  # noqa: F401
+    import tensorflow as tf
+    tf.config.list_logical_devices()  # initialises the devices now, inside the silenced block
 quiet_python_logs()
 
 import matplotlib.pyplot as plt

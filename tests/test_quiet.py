@@ -10,6 +10,7 @@ def test_native_stderr_drops_tensorflow_noise_and_keeps_the_rest(capfd, monkeypa
         os.write(2, b"I0000 00:00:1795529168.703559   10758 cudart_stub.cc:31] Could not find cuda drivers\n")
         os.write(2, b"fully_quantize: 0, inference_type: 6, input_inference_type: INT8\n")
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"E0000 00:00:1795532839.065055   20121 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n")
         os.write(2, b"a real problem\n")
     err = capfd.readouterr().err
     assert err == "a real problem\n"
