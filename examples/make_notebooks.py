@@ -3,10 +3,13 @@
     python examples/make_notebooks.py --execute     # full run, outputs saved in the .ipynb files
     COLLABOPT_QUICK=1 python examples/make_notebooks.py --execute --no-save   # what CI does
 
-Each notebook reproduces the shape of one table of TFMOT's collaborative-
-optimization guide with collabopt.tree.run on two offline data sets:
-Fashion-MNIST (image, reference CNN) and spoken-digit MFCCs (keyword
-spotting, DS-CNN).
+Each notebook walks one scheme of TFMOT's collaborative-optimization guide
+step by step with the public API (baseline, prune / cluster, per-layer
+sparsity or values, QAT, convert, verify, size/accuracy table, weight-density
+plot) on Fashion-MNIST, then runs the same tree in one call with
+collabopt.tree.run on two offline data sets: Fashion-MNIST (image, reference
+CNN) and spoken-digit MFCCs (keyword spotting, DS-CNN), beside TFMOT's
+published figures.
 """
 
 from __future__ import annotations
@@ -20,13 +23,27 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = pathlib.Path(__file__).parent
 
 SETUP = '''import os
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras
+
+from collabopt.quiet import native_stderr_silenced, quiet_environment, quiet_python_logs
+
+quiet_environment()  # TF_CPP_MIN_LOG_LEVEL=3 before TensorFlow is imported
+with native_stderr_silenced():  # TensorFlow's start-up lines (cudart, absl, cuInit) stay out of the outputs
+    import keras
+    import tensorflow as tf
+    tf.config.list_logical_devices()  # initialises the devices now, inside the silenced block
+quiet_python_logs()
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import collabopt.keras as co
+import collabopt.tflite as ct
 import collabopt.tree as tree
 from collabopt import datasets
 from collabopt.reference_models import compile_for_classification, ds_cnn, reference_cnn
 
 QUICK = os.environ.get("COLLABOPT_QUICK") == "1"   # CI: small data, short training
+print("quick run (small data, 1 epoch per step)" if QUICK else "full run")
 
 
 def load(name):
@@ -36,24 +53,124 @@ def load(name):
     return (x, y), (xt, yt)
 
 
-def baseline(build, data, epochs):
-    (x, y), _ = data
+(x, y), (xt, yt) = load("fashion_mnist")
+EPOCHS = 1 if QUICK else 2
+STEPS = int(np.ceil(len(x) / 64))
+print(f"Fashion-MNIST: {len(x):,} training and {len(xt):,} test images of {x.shape[1:]}")'''
+
+BASELINE = '''keras.utils.set_random_seed(0)
+model = compile_for_classification(reference_cnn(x.shape[1:]))
+model.fit(x, y, epochs=1 if QUICK else 4, batch_size=64, verbose=0)
+print(f"baseline float top-1: {100 * model.evaluate(xt, yt, verbose=0)[1]:.2f}%")
+
+results = {}   # stage -> (model, int8 TFLiteModel)
+
+
+def measure(name, trained):
+    """Exports a stage to int8 (QAT ranges if it has them, else calibration on training images)."""
+    int8 = ct.convert(trained, "int8") if ct.has_trained_ranges(trained) else ct.convert(trained, "int8", x)
+    results[name] = (trained, int8)
+    print(f"{name}: int8 top-1 {100 * int8.evaluate(xt, yt):.2f}%, {int8.size_report().gzip_bytes:,} gzip bytes")
+
+
+float32 = ct.convert(model, "float32")
+measure("Baseline", model)'''
+
+PRUNE = '''# Prune to 50% sparsity over the first epoch, then keep the masks fixed while fine-tuning.
+schedule = co.PolynomialDecay(initial_sparsity=0.0, final_sparsity=0.5, begin_step=0, end_step=STEPS, frequency=max(STEPS // 10, 1))
+pruned = co.prune_low_magnitude(model, pruning_schedule=schedule)
+compile_for_classification(pruned, 5e-4).fit(x, y, epochs=EPOCHS, batch_size=64, verbose=0, callbacks=[co.UpdatePruningStep()])
+measure("Pruned (50%)", pruned)'''
+
+SPARSITY = '''# Per-layer sparsity: strip the wrappers and count the exact zeros of each kernel.
+plain = co.strip_pruning(pruned)
+for layer in plain.layers:
+    kernel = getattr(layer, "kernel", None)
+    if kernel is not None:
+        k = kernel.numpy()
+        print(f"{layer.name:14s} {str(k.shape):18s} {100 * np.mean(k == 0):5.1f}% zeros")'''
+
+CLUSTER_SPARSE = '''# Cluster each kernel to 16 values while keeping every pruned zero (a pinned zero centroid).
+clustered = co.cluster_weights(pruned, number_of_clusters=16, preserve_sparsity=True)
+compile_for_classification(clustered, 1e-4).fit(x, y, epochs=EPOCHS, batch_size=64, verbose=0)
+measure("Sparsity-preserving clustered (16)", clustered)'''
+
+CLUSTER = '''# Cluster each kernel to 16 shared values (k-means++ initialisation), then fine-tune the centroids.
+clustered = co.cluster_weights(model, number_of_clusters=16)
+compile_for_classification(clustered, 1e-4).fit(x, y, epochs=EPOCHS, batch_size=64, verbose=0)
+measure("Clustered (16)", clustered)'''
+
+CLUSTER_PER_CHANNEL = '''# 8 centroids per output channel (the first conv has 9 weights per channel).
+clustered = co.cluster_weights(model, number_of_clusters=8, cluster_per_channel=True)
+compile_for_classification(clustered, 1e-4).fit(x, y, epochs=EPOCHS, batch_size=64, verbose=0)
+measure("Per-channel clustered (8)", clustered)'''
+
+VALUES = '''# Distinct values per kernel (per output channel for per-channel clustering) after stripping.
+plain = co.strip_clustering(clustered)
+for layer in plain.layers:
+    kernel = getattr(layer, "kernel", None)
+    if kernel is not None:
+        k = kernel.numpy()
+        per_channel = max(len(np.unique(c)) for c in np.moveaxis(k, -1, 0))
+        print(f"{layer.name:14s} {len(np.unique(k)):4d} values, at most {per_channel} per output channel, {100 * np.mean(k == 0):5.1f}% zeros")'''
+
+
+def qat_cell(source, label):
+    return f'''# Quantization-aware training on top: the wrappers inside keep their constraints.
+qat = co.quantize_model({source})
+compile_for_classification(qat, 1e-4).fit(x, y, epochs=EPOCHS, batch_size=64, verbose=0)
+measure("{label}", qat)'''
+
+
+CONVERT_VERIFY = '''# Convert with the trained ranges and check that every recorded constraint holds in the file.
+int8 = ct.convert(qat, "int8")
+print(int8.size_report(float32))
+print()
+print(ct.verify(qat, int8))'''
+
+TABLE = '''# The size / accuracy table: int8 files against the float32 baseline.
+base_float_top1 = float32.evaluate(xt, yt)
+print(f"float32 baseline: top-1 {100 * base_float_top1:.2f}%, {float32.size_report().gzip_bytes:,} gzip bytes\\n")
+print(f"{'stage':36s} {'int8 top-1':>10s} {'gzip bytes':>11s} {'vs float32':>10s}")
+for name, (_, int8) in results.items():
+    size = int8.size_report(float32)
+    print(f"{name:36s} {100 * int8.evaluate(xt, yt):9.2f}% {size.gzip_bytes:11,} {size.compression:9.2f}x")'''
+
+DENSITY = '''# Weight density of the largest kernel through the stages (log scale: zeros and clusters show as spikes).
+name = "fc1"
+fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3), sharex=True)
+for ax, (stage, (trained, _)) in zip(np.atleast_1d(axes), results.items()):
+    w = tree.runner.effective_weight(trained, name).ravel()
+    ax.hist(w, bins=100)
+    ax.set_yscale("log")
+    ax.set_title(f"{stage}\\n{len(np.unique(w))} values, {100 * np.mean(w == 0):.0f}% zeros", fontsize=8)
+    ax.set_xlabel("weight value", fontsize=8)
+np.atleast_1d(axes)[0].set_ylabel("number of weights", fontsize=8)
+fig.suptitle(f"Weights of '{name}'", fontsize=10)
+fig.tight_layout()
+plt.show()'''
+
+TREE_INTRO = (
+    "## The one-call version: `collabopt.tree.run`\n\n"
+    "The same stages as data: `tree.run` trains each node from its parent, exports it to int8 and measures it, "
+    "here on Fashion-MNIST (reference CNN) and on spoken-digit MFCCs from FSDD (DS-CNN, the keyword-spotting "
+    "model of TFMOT's table). **Chosen** is the smallest node meeting the default target (at most one point of int8 "
+    "top-1 below the float baseline)."
+)
+
+TREE = '''def walk(build, data, base_epochs, node_epochs):
+    (xx, yy), _ = data
     keras.utils.set_random_seed(0)
-    model = compile_for_classification(build(x.shape[1:]))
-    model.fit(x, y, epochs=1 if QUICK else epochs, batch_size=64, verbose=0)
-    return model
-
-
-def walk(stages, build, data, base_epochs, node_epochs):
-    model = baseline(build, data, base_epochs)
-    report = tree.run(model, *data, stages=stages, epochs=1 if QUICK else node_epochs,
-                      exhaustive=True, latency_runs=20, verbose=0)
+    base = compile_for_classification(build(xx.shape[1:]))
+    base.fit(xx, yy, epochs=1 if QUICK else base_epochs, batch_size=64, verbose=0)
+    report = tree.run(base, *data, stages=STAGES, epochs=1 if QUICK else node_epochs,
+                      exhaustive=True, latency_runs=20, verbose=0, progress=None)
     print(report.to_markdown())
     return report
-'''
 
-RUN = '''image = walk(STAGES, reference_cnn, load("fashion_mnist"), base_epochs=4, node_epochs=2)
-kws = walk(STAGES, ds_cnn, load("spoken_digits"), base_epochs=20, node_epochs=5)'''
+
+image = walk(reference_cnn, ((x, y), (xt, yt)), base_epochs=4, node_epochs=2)
+kws = walk(ds_cnn, load("spoken_digits"), base_epochs=20, node_epochs=5)'''
 
 NOTEBOOKS = {
     "pqat": (
@@ -104,52 +221,63 @@ NOTEBOOKS = {
     ),
 }
 
-COMPARE = '''# How these figures compare with TFMOT's published ones (see the markdown above):
-# the relative change from the baseline row to the last row is what to compare;
-# the data sets differ (Fashion-MNIST / FSDD here, ImageNet / CIFAR-10 / Speech Commands there).
+COMPARE = '''# Beside TFMOT's published figures (printed above): compare the change from the baseline row
+# to the last row; the data sets differ (Fashion-MNIST / FSDD here, ImageNet / CIFAR-10 / Speech Commands there).
 for name, report in (("Fashion-MNIST", image), ("spoken digits", kws)):
     first, last = report.nodes[0], report.nodes[-1]
     print(f"{name}: {last.label} int8 top-1 {100 * last.int8_top1:.2f}% vs baseline float {100 * first.float_top1:.2f}% "
-          f"({100 * (last.int8_top1 - first.float_top1):+.2f} points), {last.compression:.2f}x smaller gzip than the float32 baseline")'''
+          f"({100 * (last.int8_top1 - first.float_top1):+.2f} points), {last.compression:.2f}x smaller gzip than the float32 baseline; "
+          f"int8 baseline {first.gzip_bytes:,} -> {last.gzip_bytes:,} gzip bytes ({first.gzip_bytes / last.gzip_bytes:.2f}x)")'''
 
-
-CONCLUSIONS = {
-    "pqat": "**Compared with TFMOT's published figures.** In the saved run, PQAT's int8 model is 5.93x smaller (gzip) "
-    "than the float32 baseline at +1.08 points on Fashion-MNIST, and 3.61x smaller at +0.00 points on FSDD; from the "
-    "int8 baseline row that is 1.6x and 1.3x smaller. TFMOT's DS-CNN-L PQAT shrank its compressed file 1.74x from "
-    "the int8 baseline for -0.35 int8 points, and MobileNet v1 1.63x for +0.92: the same shape, with less "
-    "compression here because these models are far smaller, so fixed parts of the file weigh more.",
-    "cqat": "**Compared with TFMOT's published figures.** In the saved run, CQAT's int8 model is 6.88x smaller than the "
-    "float32 baseline at +0.95 points on Fashion-MNIST and 3.26x at -0.17 points on FSDD. TFMOT's MobileNet v1 "
-    "CQAT on CIFAR-10 lost 0.13 int8 points for a 1.55x smaller file than its baseline, and 3.9 points on ImageNet: "
-    "on these small problems clustering to 16 values costs no accuracy.",
-    "pcqat": "**Compared with TFMOT's published figures.** In the saved run, PCQAT's int8 model is 8.73x smaller than "
-    "the float32 baseline at +0.88 points on Fashion-MNIST and 3.86x at -0.67 points on FSDD, the smallest file of "
-    "each table. docs/results.md checks, on the same kind of run, that every int8 kernel keeps its zeros and at "
-    "most 16 values; TFMOT's published tables (DESIGN.md section 4) have no PCQAT row to compare with.",
-    "per_channel_clustering": "**Compared with TFMOT's published figures.** In the saved run, per-channel clustering "
-    "then CQAT reaches +0.81 points over the float baseline on Fashion-MNIST (6.45x smaller than float32) and "
-    "+0.00 on FSDD (3.00x). TFMOT reports +0.49 (DS-CNN-L) and +1.10 (MobileNet-V2) int8 points for per-channel "
-    "CQAT: the same direction, an accuracy gain over the baseline, on much larger models.",
+WALKS = {
+    "pqat": [("## 2. Prune", PRUNE), ("## 3. Per-layer sparsity", SPARSITY), ("## 4. Prune-preserving QAT (PQAT)", qat_cell("pruned", "PQAT"))],
+    "cqat": [("## 2. Cluster", CLUSTER), ("## 3. Values per kernel", VALUES), ("## 4. Cluster-preserving QAT (CQAT)", qat_cell("clustered", "CQAT"))],
+    "pcqat": [
+        ("## 2. Prune", PRUNE),
+        ("## 3. Per-layer sparsity", SPARSITY),
+        ("## 4. Cluster, preserving sparsity", CLUSTER_SPARSE),
+        ("## 5. Values and zeros per kernel", VALUES),
+        ("## 6. Sparsity- and cluster-preserving QAT (PCQAT)", qat_cell("clustered", "PCQAT")),
+    ],
+    "per_channel_clustering": [
+        ("## 2. Cluster per channel", CLUSTER_PER_CHANNEL),
+        ("## 3. Values per channel", VALUES),
+        ("## 4. CQAT on the per-channel clusters", qat_cell("clustered", "Per-channel CQAT")),
+    ],
 }
 
 
 def build(name):
     title, published, stages = NOTEBOOKS[name]
     nb = new_notebook()
-    nb.cells = [
+    cells = [
         new_markdown_cell(
-            f"# {title}\n\nThe shape of TFMOT's collaborative-optimization table, on data reachable offline: "
-            "Fashion-MNIST (reference CNN) and spoken-digit MFCCs from FSDD (DS-CNN). Each row is a node of "
-            "`collabopt.tree.run`: trained from its parent, exported to int8 TFLite and measured.\n\n"
+            f"# {title}\n\nStep by step with the public API, as in TFMOT's guides: train a baseline, apply each "
+            "technique, look at what it did to the weights, convert to int8 TFLite, check with `verify` that the file "
+            "keeps what training recorded, compare sizes and accuracies, and plot the weights. Then the same tree in one "
+            "call with `collabopt.tree.run`, on Fashion-MNIST and on spoken digits, beside TFMOT's published figures.\n\n"
             f"Published for comparison: {published}\n\nSet `COLLABOPT_QUICK=1` for a fast run on small data (CI does)."
         ),
         new_code_cell(SETUP),
-        new_code_cell(stages),
-        new_code_cell(RUN),
-        new_code_cell(COMPARE),
-        new_markdown_cell(CONCLUSIONS[name]),
+        new_markdown_cell("## 1. Baseline\n\nThe reference CNN, trained in float, exported to float32 and (post-training calibrated) int8."),
+        new_code_cell(BASELINE),
     ]
+    for heading, code in WALKS[name]:
+        cells += [new_markdown_cell(heading), new_code_cell(code)]
+    n = len(WALKS[name]) + 2
+    cells += [
+        new_markdown_cell(f"## {n}. Convert and verify"),
+        new_code_cell(CONVERT_VERIFY),
+        new_markdown_cell(f"## {n + 1}. Size / accuracy table"),
+        new_code_cell(TABLE),
+        new_markdown_cell(f"## {n + 2}. Weight density"),
+        new_code_cell(DENSITY),
+        new_markdown_cell(TREE_INTRO),
+        new_code_cell(stages),
+        new_code_cell(TREE),
+        new_code_cell(COMPARE),
+    ]
+    nb.cells = cells
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 

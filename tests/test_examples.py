@@ -13,6 +13,15 @@ def test_all_four_notebooks_are_there():
     assert {p.stem for p in NOTEBOOKS} == {"pqat", "cqat", "pcqat", "per_channel_clustering"}
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_use_the_public_api_step_by_step(path):
+    nbformat = pytest.importorskip("nbformat")
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    for call in ("co.quantize_model(", "ct.convert(", "ct.verify(", "tree.run(", "plt.show()"):
+        assert call in code, call
+    assert "co.prune_low_magnitude(" in code or "co.cluster_weights(" in code
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_quick_mode(path, monkeypatch):
@@ -35,4 +44,8 @@ def test_notebook_runs_in_quick_mode(path, monkeypatch):
     nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "| Baseline |" in text and "smaller gzip than the float32 baseline" in text
+    assert "holds" in text and "yes" in text and " NO" not in text  # verify: every constraint in the file
+    assert any(o.get("output_type") == "display_data" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    for noise in ("cudart", "cuInit", "absl::InitializeLog", "fully_quantize", "retracing", "Gradients do not exist", "I0000", "W0000", "E0000"):
+        assert noise not in text, noise
     assert os.environ["COLLABOPT_QUICK"] == "1"

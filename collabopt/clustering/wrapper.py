@@ -10,6 +10,7 @@ from keras import ops
 from collabopt.clustering.init import CentroidInitialization, init_centroids, parse_init
 from collabopt.layers import OptimizationWrapper, base_layer, from_channel_rows, num_channels, to_channel_rows
 from collabopt.preserve import CLUSTERS, Constraint, gather_clustered, zero_mask
+from collabopt.layers.checks import check_finite
 
 AGGREGATIONS = ("SUM", "AVG")
 
@@ -101,6 +102,7 @@ class ClusterWeights(OptimizationWrapper):
         for name in self.weight_names():
             spec = self.spec(name)
             value = ops.convert_to_numpy(weights[name])
+            check_finite(self.base_layer, name, value)
             check_cluster_count(self.base_layer, name, value.shape, spec, self.number_of_clusters, self.cluster_per_channel, self.preserve_sparsity)
             mask = self._sparsity_mask(name)
             mask_np = None if mask is None else ops.convert_to_numpy(mask)

@@ -3,11 +3,25 @@
 from collabopt.datasets.bundled import (
     BUNDLED,
     DatasetNotInstalled,
+    default_tfds_dir,
     digits,
     fashion_mnist,
     from_tfds,
     load,
+    load_npz,
+    parse_tfds_spec,
     spoken_digits,
 )
 
-__all__ = ["BUNDLED", "DatasetNotInstalled", "digits", "fashion_mnist", "from_tfds", "load", "spoken_digits"]
+__all__ = [
+    "BUNDLED",
+    "DatasetNotInstalled",
+    "default_tfds_dir",
+    "digits",
+    "fashion_mnist",
+    "from_tfds",
+    "load",
+    "load_npz",
+    "parse_tfds_spec",
+    "spoken_digits",
+]

@@ -6,6 +6,8 @@ from typing import Iterator
 
 import numpy as np
 
+from collabopt.errors import InvalidArgumentError
+
 
 def input_signature(model) -> list[tuple[str, tuple, str]]:
     """``(name, shape with None batch, dtype)`` of each model input."""
@@ -43,10 +45,10 @@ def check_inputs(arrays, model, argument: str) -> list[np.ndarray]:
     if isinstance(arrays, dict):
         missing = [name for name, _, _ in sig if name not in arrays]
         if missing:
-            raise ValueError(f"{argument}: missing inputs {missing}; the model's inputs are {[s[0] for s in sig]}.")
+            raise InvalidArgumentError(f"{argument}: missing inputs {missing}; the model's inputs are {[s[0] for s in sig]}.")
         arrays = [arrays[name] for name, _, _ in sig]
     if len(arrays) != len(sig):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{argument}: the model has {len(sig)} inputs {[s[0] for s in sig]}, received {len(arrays)} arrays."
         )
     out = []
@@ -55,12 +57,12 @@ def check_inputs(arrays, model, argument: str) -> list[np.ndarray]:
         expected = tuple(shape)
         ok = arr.ndim == len(expected) and all(e is None or e == a for e, a in zip(expected[1:], arr.shape[1:]))
         if not ok:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{argument}: input '{name}' expects batches of shape {expected} ({dtype}), "
                 f"received an array of shape {arr.shape} ({arr.dtype})."
             )
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{argument}: input '{name}' expects numeric data ({dtype}), received dtype {arr.dtype}."
             )
         out.append(arr.astype(dtype if dtype.startswith("float") or dtype.startswith("int") else np.float32))
@@ -85,7 +87,7 @@ def iter_batches(data, model, argument: str = "representative_data") -> Iterator
         yield check_inputs(data, model, argument)
         return
     if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{argument}: expected a numpy array, a tf.data.Dataset or an iterable of batches; "
             f"received {type(data).__name__}."
         )
@@ -102,5 +104,5 @@ def samples(data, model, limit: int, argument: str = "representative_data") -> l
             if len(out) >= limit:
                 return out
     if not out:
-        raise ValueError(f"{argument}: received no samples.")
+        raise InvalidArgumentError(f"{argument}: received no samples.")
     return out

@@ -13,6 +13,8 @@ import pathlib
 
 import numpy as np
 
+from collabopt.errors import InvalidArgumentError, InvalidFileError
+
 FASHION_MNIST_DIRS = (
     pathlib.Path("/usr/share/datasets/fashion-mnist"),
     pathlib.Path(os.path.expanduser("~/.keras/datasets/fashion-mnist")),
@@ -23,7 +25,7 @@ FASHION_MNIST_CLASSES = (
 )
 
 
-class DatasetNotInstalled(ValueError):
+class DatasetNotInstalled(InvalidFileError):
     """A bundled data set is not on this machine; the message gives the install command."""
 
 
@@ -157,53 +159,142 @@ def spoken_digits(frames: int = 40, test_fraction: float = 0.2, seed: int = 0):
     return (seqs[tr][..., None], y[tr]), (seqs[te][..., None], y[te])
 
 
-def from_tfds(name: str, data_dir, splits=("train", "test"), image_scale: bool = True):
+def default_tfds_dir() -> pathlib.Path:
+    """Where tensorflow-datasets keeps prepared data sets: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
+    return pathlib.Path(os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets"))
+
+
+def from_tfds(name: str, data_dir=None, splits=("train", "test"), image_scale: bool = True):
     """A TensorFlow Datasets data set already prepared under ``data_dir`` (never downloads).
 
     Args:
-        name: tfds name, e.g. ``"mnist"``.
-        data_dir: Folder that holds the prepared data set.
-        splits: Names of the train and test splits.
+        name: tfds name, e.g. ``"mnist"`` (optionally ``"name/config:version"``).
+        data_dir: Folder that holds the prepared data set (default:
+            :func:`default_tfds_dir`).
+        splits: The train and test split expressions (tfds syntax, e.g.
+            ``"train[:80%]"``).
         image_scale: Scale uint8 features to float32 in [0, 1].
 
     Returns:
-        ``(x_train, y_train), (x_test, y_test)``; ``x`` float32.
+        ``(x_train, y_train), (x_test, y_test)``; ``x`` float32, ``y`` int64.
+
+    Raises:
+        DatasetNotInstalled: the data set or split is not prepared there; the
+            message names the folder looked in.
+        InvalidArgumentError: the data set has no (feature, label) pair.
     """
-    import tensorflow_datasets as tfds
+    folder = pathlib.Path(data_dir) if data_dir is not None else default_tfds_dir()
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise DatasetNotInstalled("tfds data sets need the tensorflow-datasets package: `pip install tensorflow-datasets`.") from error
 
     out = []
     for split in splits:
         try:
-            ds = tfds.load(name, split=split, data_dir=str(data_dir), download=False, as_supervised=True, batch_size=-1)
-        except Exception as error:  # tfds raises AssertionError / DatasetNotFoundError
+            ds = tfds.load(name, split=split, data_dir=str(folder), download=False, as_supervised=True, batch_size=-1)
+        except Exception as error:  # tfds raises AssertionError / DatasetNotFoundError / ValueError
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise DatasetNotInstalled(
-                f"tfds data set '{name}' (split '{split}') is not prepared under {data_dir}: {error}. "
-                "Prepare it on a machine with internet (`tfds build` or tfds.load with "
-                "download=True) and copy the folder here."
-            ) from error
+                f"tfds data set '{name}' (split '{split}') is not prepared in {folder} ({reason}). "
+                "Prepare it on a machine with internet (`tfds build NAME --data_dir DIR`, or tfds.load "
+                "with download=True), copy the folder here and pass it with --tfds-dir / data_dir."
+            ) from None
         x, y = tfds.as_numpy(ds)
+        x, y = np.asarray(x), np.asarray(y)
+        if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
+            raise InvalidArgumentError(
+                f"tfds data set '{name}': expected numeric features and integer labels; received "
+                f"{x.dtype} and {y.dtype}."
+            )
         x = x.astype(np.float32) / 255.0 if (image_scale and x.dtype == np.uint8) else x.astype(np.float32)
         out.append((x, y.astype(np.int64)))
     return tuple(out)
 
 
+def parse_tfds_spec(spec: str) -> tuple[str, tuple[str, str]]:
+    """``"tfds:NAME[:SPLITS]"`` -> ``(NAME, (train split, test split))``.
+
+    SPLITS is ``TEST`` (training uses ``train``) or ``TRAIN,TEST``; split
+    expressions use tfds syntax (``train[:80%]``).
+
+    Example:
+
+    >>> parse_tfds_spec("tfds:mnist:train[:80%],train[80%:]")
+    ('mnist', ('train[:80%]', 'train[80%:]'))
+    """
+    body = spec[len("tfds:"):]
+    name, _, splits = body.partition(":")
+    if not name:
+        raise InvalidArgumentError(f"data {spec!r}: expected tfds:NAME[:SPLITS], e.g. tfds:mnist or tfds:mnist:test.")
+    parts = [p for p in splits.split(",")] if splits else ["train", "test"]
+    if len(parts) == 1:
+        parts = ["train", parts[0]]
+    if len(parts) != 2 or not all(parts):
+        raise InvalidArgumentError(f"data {spec!r}: SPLITS must be TEST or TRAIN,TEST; received {splits!r}.")
+    return name, (parts[0], parts[1])
+
+
 BUNDLED = {"digits": digits, "fashion_mnist": fashion_mnist, "spoken_digits": spoken_digits}
 
 
-def load(name_or_path: str):
-    """A bundled data set by name, or a ``.npz`` file with x_train, y_train, x_test, y_test."""
+def load_npz(path):
+    """``(x_train, y_train), (x_test, y_test)`` from a ``.npz`` file holding those four arrays.
+
+    Raises:
+        InvalidFileError: the file is missing, not an .npz archive, lacks an
+            array, or a split's x and y hold different numbers of samples.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InvalidFileError(f"no such data file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
+            if missing:
+                raise InvalidFileError(f"{path}: missing arrays {missing}; expected x_train, y_train, x_test, y_test.")
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except InvalidFileError:
+        raise
+    except Exception as error:  # zipfile / pickle / numpy format errors
+        raise InvalidFileError(f"{path} is not a readable .npz archive ({type(error).__name__}: {error}).") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+            raise InvalidFileError(
+                f"{path}: x_{split} holds {len(x) if x.ndim else 'no'} samples but y_{split} holds "
+                f"{len(y) if y.ndim else 'no'} labels; they must have the same length."
+            )
+        if not np.issubdtype(x.dtype, np.number):
+            raise InvalidFileError(f"{path}: x_{split} has dtype {x.dtype}; expected numbers.")
+    return (
+        (arrays["x_train"].astype(np.float32), arrays["y_train"]),
+        (arrays["x_test"].astype(np.float32), arrays["y_test"]),
+    )
+
+
+def load(name_or_path: str, tfds_dir=None):
+    """A data set by name: bundled, a ``.npz`` file, or ``tfds:NAME[:SPLITS]``.
+
+    Args:
+        name_or_path: ``digits``, ``fashion_mnist``, ``spoken_digits``, a
+            ``.npz`` file with x_train, y_train, x_test, y_test, or
+            ``tfds:NAME[:SPLITS]`` (see :func:`parse_tfds_spec`).
+        tfds_dir: Folder of prepared tfds data sets (default
+            :func:`default_tfds_dir`).
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"data: expected a data set name or a .npz path; received {type(name_or_path).__name__}.")
+    name_or_path = str(name_or_path)
+    if name_or_path.startswith("tfds:"):
+        name, splits = parse_tfds_spec(name_or_path)
+        return from_tfds(name, tfds_dir, splits)
     if name_or_path in BUNDLED:
         return BUNDLED[name_or_path]()
     path = pathlib.Path(name_or_path)
     if path.suffix == ".npz":
-        if not path.is_file():
-            raise ValueError(f"no such data file: {path}")
-        with np.load(path) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
-            if missing:
-                raise ValueError(f"{path}: missing arrays {missing}; expected x_train, y_train, x_test, y_test.")
-            return (f["x_train"].astype(np.float32), f["y_train"]), (f["x_test"].astype(np.float32), f["y_test"])
-    raise ValueError(
-        f"unknown data set {name_or_path!r}; accepted: {', '.join(BUNDLED)} or a .npz file "
-        "with x_train, y_train, x_test, y_test."
+        return load_npz(path)
+    raise InvalidArgumentError(
+        f"unknown data set {name_or_path!r}; accepted: {', '.join(BUNDLED)}, a .npz file "
+        "with x_train, y_train, x_test, y_test, or tfds:NAME[:SPLITS]."
     )

@@ -37,6 +37,7 @@ class ClustersKind(ConstraintKind):
     """
 
     name = "clusters"
+    replaces_weight = True
 
     def state_spec(self, weight_shape, spec, options):
         k = int(options["number_of_clusters"])

@@ -46,6 +46,10 @@ class ConstraintKind(abc.ABC):
     #: replace values (clusters) go before kinds that mask them (sparsity), so
     #: a trained centroid can never move a pruned zero.
     order: ClassVar[int] = 0
+    #: True if projecting onto the constraint replaces the weight's values
+    #: entirely (clusters: ``centroids[indices]``), so the weight itself gets
+    #: no gradient and is frozen while the constraint's state trains.
+    replaces_weight: ClassVar[bool] = False
 
     @abc.abstractmethod
     def state_spec(self, weight_shape, spec, options: dict) -> dict[str, StateVariable]:

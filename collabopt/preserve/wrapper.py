@@ -7,7 +7,7 @@ import warnings
 import keras
 from keras import ops
 
-from collabopt.layers import OptimizationWrapper, base_layer
+from collabopt.layers import OptimizationWrapper, base_layer, get_variable
 from collabopt.preserve.kinds import Constraint, get_kind, in_projection_order
 
 
@@ -25,6 +25,10 @@ class PreserveWrapper(OptimizationWrapper):
         layer: The layer (or wrapper chain) to constrain.
         constraints: ``{weight_name: [kind_name, ...]}``.
         options: ``{kind_name: {option: value}}`` passed to the kinds.
+        derived: True once the state has been derived (saved in the config):
+            a copy or a loaded model rebuilds its variables and receives the
+            saved state, without deriving it again from not-yet-loaded weights
+            (which would warn about values that are not the real ones).
 
     Example:
 
@@ -37,7 +41,7 @@ class PreserveWrapper(OptimizationWrapper):
     2
     """
 
-    def __init__(self, layer, constraints: dict, options: dict | None = None, **kwargs):
+    def __init__(self, layer, constraints: dict, options: dict | None = None, derived: bool = False, **kwargs):
         kwargs.setdefault("name", f"preserve_{base_layer(layer).name}")
         super().__init__(layer, **kwargs)
         self.constraint_names = {k: in_projection_order(v) for k, v in constraints.items()}
@@ -45,6 +49,7 @@ class PreserveWrapper(OptimizationWrapper):
         for kinds in self.constraint_names.values():
             for kind in kinds:
                 get_kind(kind)  # validates the name
+        self.derived = bool(derived)
         self._state: dict[str, dict[str, dict]] = {}
 
     def build_wrapper(self, input_shape):
@@ -56,9 +61,12 @@ class PreserveWrapper(OptimizationWrapper):
             self._state[weight_name] = {}
             for kind_name in kinds:
                 kind = get_kind(kind_name)
-                values, warning = kind.derive(value, spec, dict(self.options.get(kind_name, {})))
-                # Saved options (from a .keras file) win over the derived ones.
-                options = self.options[kind_name] = kind.record_options(values, self.options.get(kind_name, {}))
+                values, warning = None, None
+                if not self.derived:
+                    values, warning = kind.derive(value, spec, dict(self.options.get(kind_name, {})))
+                    # Saved options (from a .keras file) win over the derived ones.
+                    self.options[kind_name] = kind.record_options(values, self.options.get(kind_name, {}))
+                options = self.options.get(kind_name, {})
                 if warning:
                     warnings.warn(
                         f"layer '{self.base_layer.name}': weight '{weight_name}' {warning}.",
@@ -69,7 +77,7 @@ class PreserveWrapper(OptimizationWrapper):
                 # shapes: when a saved or copied wrapper is rebuilt, its weights
                 # are not loaded yet, and derived state would be inconsistent
                 # (it is overwritten by the loaded values anyway).
-                fits = all(tuple(values[n].shape) == tuple(sv.shape) for n, sv in specs.items())
+                fits = values is not None and all(tuple(values[n].shape) == tuple(sv.shape) for n, sv in specs.items())
                 state = {}
                 for state_name, sv in specs.items():
                     var = self.add_weight(
@@ -84,6 +92,13 @@ class PreserveWrapper(OptimizationWrapper):
                         var.assign(ops.cast(values[state_name], sv.dtype))
                     state[state_name] = var
                 self._state[weight_name][kind_name] = state
+                if kind.replaces_weight:
+                    # The projection ignores the weight's values (it gathers
+                    # the constraint's state), so the weight gets no gradient:
+                    # freeze it instead of handing the optimizer a variable
+                    # without one.
+                    get_variable(self.base_layer, spec).trainable = False
+        self.derived = True
 
     def recorded_constraints(self) -> dict:
         return {
@@ -102,5 +117,5 @@ class PreserveWrapper(OptimizationWrapper):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"constraints": self.constraint_names, "options": self.options})
+        config.update({"constraints": self.constraint_names, "options": self.options, "derived": self.derived})
         return config

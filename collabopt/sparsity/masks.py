@@ -31,8 +31,11 @@ def magnitude_mask(weight, sparsity):
 def block_mask(weight, sparsity, block_size, pooling_type="AVG"):
     """Zeroes whole ``block_size`` blocks of a rank-2 weight, ranked by pooled magnitude.
 
-    The weight is padded to a multiple of the block size; blocks are scored by
-    the average (``"AVG"``) or maximum (``"MAX"``) magnitude of their entries.
+    Blocks are scored by the average (``"AVG"``) or maximum (``"MAX"``)
+    magnitude of their entries and ``round(sparsity * blocks)`` whole blocks
+    are zeroed. The pruning wrapper only accepts blocks that tile the weight
+    (``check_weight``), so the reached sparsity is the target to the nearest
+    whole block; a weight with partial edge blocks is padded here for safety.
     """
     rows, cols = (int(s) for s in weight.shape)
     bh, bw = block_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from collabopt.errors import InvalidArgumentError
 from collabopt.layers import OptimizationWrapper, base_layer
 from collabopt.preserve import SPARSITY, Constraint
 from collabopt.sparsity import masks
@@ -170,20 +171,35 @@ def validate_pruning_args(schedule, block_size, block_pooling_type, sparsity_m_b
             raise ValueError("sparsity_m_by_n and block_size cannot be combined; use one of them.")
 
 
+def _dividing_block(shape, block_size):
+    """The largest block no bigger than ``block_size`` whose sides divide ``shape``."""
+    return tuple(max(d for d in range(1, b + 1) if n % d == 0) for n, b in zip(shape, block_size))
+
+
 def check_weight(layer, name, shape, spec, block_size, m_by_n):
-    """Checks that pruning settings fit one weight (ValueError naming the layer and weight)."""
+    """Checks that pruning settings fit one weight (InvalidArgumentError naming the layer and weight)."""
     where = f"layer '{layer.name}' ({type(layer).__name__}), weight '{name}' of shape {shape}"
     if tuple(block_size) != (1, 1) and len(shape) != 2:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{where}: block_size={tuple(block_size)} needs a rank-2 weight (Dense, Embedding); "
             "use block_size=(1, 1) for this layer."
+        )
+    if tuple(block_size) != (1, 1) and (shape[0] % block_size[0] or shape[1] % block_size[1]):
+        # Partial edge blocks would make the reached sparsity differ from the
+        # schedule's target; a block that tiles the weight reaches it exactly
+        # (to the nearest whole block).
+        raise InvalidArgumentError(
+            f"{where}: block_size={tuple(block_size)} does not tile it ({shape[0]} % {block_size[0]}, "
+            f"{shape[1]} % {block_size[1]} must both be 0), so the target sparsity could not be met "
+            f"exactly; use a block whose sides divide {shape[0]} and {shape[1]} (e.g. "
+            f"{_dividing_block(shape, block_size)})."
         )
     if m_by_n:
         m, n = m_by_n
         if spec.input_axis is None:
-            raise ValueError(f"{where}: sparsity_m_by_n needs an input-channel axis, which this weight has not.")
+            raise InvalidArgumentError(f"{where}: sparsity_m_by_n needs an input-channel axis, which this weight has not.")
         channels = shape[spec.input_axis]
         if channels % n:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{where}: sparsity_m_by_n=({m}, {n}) needs n to divide the {channels} input channels."
             )

@@ -12,11 +12,13 @@ import keras
 import tensorflow as tf
 
 from collabopt.datasets.batches import samples
-from collabopt.errors import ConversionError, InvalidArgumentError
+from collabopt.errors import ConversionError, InvalidArgumentError, InvalidTypeError
 from collabopt.layers import base_layer
 from collabopt.layers.execution import needs_unrolling, unrolled_copy
 from collabopt.tflite import flatbuffer
 from collabopt.tflite.int4 import check_int4_storage, low_bit_weights
+from collabopt.layers.checks import check_finite_weights
+from collabopt.quiet import native_stderr_silenced
 from collabopt.tflite.model import TFLiteModel
 from collabopt.transform import iter_layers, map_layers
 
@@ -140,16 +142,16 @@ def convert(
     True
     """
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not supported; accepted: {', '.join(MODES)}.")
+        raise InvalidArgumentError(f"mode={mode!r} is not supported; accepted: {', '.join(MODES)}.")
     if not isinstance(model, keras.Model):
-        raise ValueError(f"convert expects a keras.Model; received {type(model).__name__}.")
+        raise InvalidTypeError(f"convert expects a keras.Model; received {type(model).__name__}.")
     if calibration_samples < 1:
-        raise ValueError(f"calibration_samples must be >= 1; received {calibration_samples}.")
+        raise InvalidArgumentError(f"calibration_samples must be >= 1; received {calibration_samples}.")
     trained_ranges = has_trained_ranges(model)
     calibration = None
     if mode in ("int8", "int16x8") and not (trained_ranges and mode == "int8"):
         if representative_data is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"mode={mode!r} needs representative_data (a numpy array, tf.data.Dataset or "
                 "iterable of batches shaped like the model's inputs) to calibrate activation "
                 "ranges" + ("" if mode == "int16x8" else ", unless the model was trained with quantize_model") + "."
@@ -165,6 +167,7 @@ def convert(
                 "already halves them), or train those layers at 8 bits to store them sparse."
             )
 
+    check_finite_weights(model)
     exported = export_model(model, mode)
     workdir = tempfile.TemporaryDirectory(prefix="collabopt_export_")
     try:
@@ -197,7 +200,7 @@ def _saved_model_converter(model: keras.Model, directory: str):
         # write_out prints "Saved artifact at ..." and logs "Assets written to"
         # our temporary folder; noise for a library call.
         logger.setLevel("ERROR")
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
             archive.write_out(directory)
     except Exception as error:  # TF raises several unrelated types here
         raise ConversionError(_explain(error, model)) from error
@@ -236,7 +239,7 @@ def _convert(converter, exported, mode, trained_ranges, calibration, int8_io, al
     if sparse:
         converter.optimizations = list(converter.optimizations) + [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # converter progress chatter
+        with contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():  # converter progress chatter
             content = converter.convert()
     except Exception as error:  # the converter raises several unrelated types
         raise ConversionError(_explain(error, exported)) from error

@@ -154,11 +154,54 @@ def _buffer_bytes(model, content: bytes, index: int) -> bytes | None:
     return None
 
 
+def parse(content: bytes, source: str = "the flatbuffer") -> Graph:
+    """Parses the main subgraph of a flatbuffer (cached per content).
+
+    Args:
+        content: The bytes of a .tflite file.
+        source: How to name the data in error messages (e.g. the file path).
+
+    Raises:
+        InvalidFileError: the bytes are not a complete, consistent TFLite
+            flatbuffer (truncated, corrupted, or another format).
+    """
+    try:
+        return _parse(bytes(content))
+    except InvalidFileError as error:
+        raise InvalidFileError(f"{source} {error}") from None
+    except Exception as error:  # flatbuffers raises struct.error, TypeError, IndexError, ... on bad bytes
+        raise InvalidFileError(
+            f"{source} is not a valid TFLite flatbuffer: it is truncated or corrupted "
+            f"({type(error).__module__}.{type(error).__name__} while reading it); expected the bytes of a .tflite file "
+            "as written by the TFLite converter."
+        ) from None
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise InvalidFileError(f"is not a valid TFLite flatbuffer: {what}; it is truncated or corrupted.")
+
+
 @functools.lru_cache(maxsize=8)
-def parse(content: bytes) -> Graph:
-    """Parses the main subgraph of a flatbuffer (cached per content)."""
+def _parse(content: bytes) -> Graph:
+    _check(len(content) >= 8 and content[4:8] == b"TFL3", "the 'TFL3' identifier is missing")
+    root = int.from_bytes(content[:4], "little")
+    _check(8 <= root < len(content), f"the root offset {root} points outside the {len(content)} bytes")
     model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    _check(bool(model.subgraphs), "it has no subgraph")
+    buffers = model.buffers or []
+    codes = model.operatorCodes or []
     subgraph = model.subgraphs[0]
+    n_tensors = len(subgraph.tensors or [])
+    for t in subgraph.tensors or []:
+        _check(t.buffer is None or 0 <= t.buffer < max(len(buffers), 1), f"tensor buffer index {t.buffer} is out of range")
+        _check(all(s >= -1 for s in (t.shape if t.shape is not None else ())), "a tensor has a negative dimension")
+    for op in subgraph.operators or []:
+        _check(0 <= op.opcodeIndex < len(codes), f"operator code index {op.opcodeIndex} is out of range")
+        for x in list(op.inputs if op.inputs is not None else ()) + list(op.outputs if op.outputs is not None else ()):
+            _check(-1 <= x < n_tensors, f"an operator refers to tensor {x} of {n_tensors}")
+    for x in list(subgraph.inputs if subgraph.inputs is not None else ()) + list(subgraph.outputs if subgraph.outputs is not None else ()):
+        _check(0 <= x < n_tensors, f"a graph input/output refers to tensor {x} of {n_tensors}")
     tensors = []
     for i, t in enumerate(subgraph.tensors):
         dtype = _dtype_name(t.type)
@@ -167,8 +210,18 @@ def parse(content: bytes) -> Graph:
         data = None
         if raw is not None and dtype == "int4":
             count = 2 * len(raw) if t.sparsity is not None else (int(np.prod(shape)) if shape else 1)
+            _check(
+                t.sparsity is not None or len(raw) == (count + 1) // 2,
+                f"tensor {i} holds {len(raw)} bytes for shape {shape} (int4), expected {(count + 1) // 2}",
+            )
             data = unpack_int4(raw, count)
         elif raw is not None and dtype in {np.dtype(d).name for d in _NUMPY_DTYPES.values()}:
+            expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            # (sparse-encoded constants store fewer values than their shape)
+            _check(
+                getattr(t, "sparsity", None) is not None or len(raw) == expected,
+                f"tensor {i} holds {len(raw)} bytes for shape {shape} ({dtype}), expected {expected}",
+            )
             data = np.frombuffer(raw, dtype=np.dtype(dtype))
         if data is not None:
             data = densify(data, shape, t.sparsity) if t.sparsity is not None else (data.reshape(shape) if shape else data)
@@ -209,7 +262,7 @@ def parse(content: bytes) -> Graph:
     return Graph(
         tensors=tensors,
         operators=operators,
-        inputs=tuple(int(x) for x in subgraph.inputs),
-        outputs=tuple(int(x) for x in subgraph.outputs),
+        inputs=tuple(int(x) for x in (subgraph.inputs if subgraph.inputs is not None else ())),
+        outputs=tuple(int(x) for x in (subgraph.outputs if subgraph.outputs is not None else ())),
         metadata_bytes=metadata_bytes,
     )

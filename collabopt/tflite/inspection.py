@@ -56,15 +56,19 @@ class InspectionReport(list):
         """Tensors whose name contains ``fragment``."""
         return [t for t in self if fragment in t.name]
 
+    #: Widest the tensor-name column gets; longer names wrap onto the next lines.
+    NAME_WIDTH = 60
+
     def __str__(self) -> str:
-        rows = [("tensor", "dtype", "shape", "zeros %", "unique", "max uniq/ch", "quant")]
+        header = ("tensor", "dtype", "shape", "zeros %", "unique", "max uniq/ch", "quant")
+        rows = []
         for t in self:
             if not t.is_weight:
                 continue
             quant = "" if not t.scales else ("per-channel" if t.per_channel else "per-tensor")
             rows.append(
                 (
-                    t.name[-48:],
+                    t.name,
                     t.dtype,
                     "x".join(map(str, t.shape)),
                     f"{100 * t.zeros_fraction:.1f}",
@@ -73,9 +77,18 @@ class InspectionReport(list):
                     quant,
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        name_width = min(max([len(header[0])] + [len(r[0]) for r in rows]), self.NAME_WIDTH)
+        widths = [name_width] + [max(len(r[i]) for r in [header, *rows]) for i in range(1, len(header))]
+
+        def line(cells):
+            return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+        lines = [line(header), "  ".join("-" * w for w in widths)]
+        for r in rows:
+            # Full names: wrapped at the column width, never cut.
+            chunks = [r[0][i : i + name_width] for i in range(0, max(len(r[0]), 1), name_width)]
+            lines.append(line((chunks[0], *r[1:])))
+            lines.extend(line((chunk,) + ("",) * (len(header) - 1)) for chunk in chunks[1:])
         return "\n".join(lines)
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import os
 import pathlib
-import statistics
 import time
 import zipfile
 
 import numpy as np
 
+from collabopt.errors import CollaboptError, InvalidArgumentError, InvalidFileError, InvalidTypeError
+from collabopt.quiet import native_stderr_silenced
 from collabopt.tflite import flatbuffer
 from collabopt.tflite.inspection import InspectionReport, float_islands, tensor_stats
 
@@ -145,14 +147,22 @@ def _integer_densify(content: bytes) -> bool:
     )
 
 
-def _interpreter(content: bytes, num_threads: int = 1):
+def _interpreter(content: bytes, num_threads: int = 1, source: str = "the model"):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     # XNNPack (the default delegate) fails to prepare an int8 FULLY_CONNECTED
     # fed by DENSIFY; LiteRT's builtin kernels run it.
     resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if _integer_densify(content) else OpResolverType.AUTO
-    interp = Interpreter(model_content=content, num_threads=num_threads, experimental_op_resolver_type=resolver)
-    interp.allocate_tensors()
+    try:
+        with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interp = Interpreter(model_content=content, num_threads=num_threads, experimental_op_resolver_type=resolver)
+            interp.allocate_tensors()
+    except Exception as error:  # LiteRT raises ValueError / RuntimeError / UnicodeDecodeError on bad models
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InvalidFileError(
+            f"{source}: the LiteRT interpreter cannot load it ({first}); the file is corrupted "
+            "or uses ops this LiteRT build does not have."
+        ) from None
     return interp
 
 
@@ -182,6 +192,12 @@ class TFLiteModel:
     Args:
         content: The flatbuffer bytes.
         mode: The conversion mode it was made with, if known.
+        source: How to name the model in error messages (``load`` passes
+            the file path).
+
+    Raises:
+        InvalidTypeError: ``content`` is not bytes.
+        InvalidFileError: the bytes are not a complete TFLite flatbuffer.
 
     Example:
 
@@ -192,12 +208,21 @@ class TFLiteModel:
     (5, 3)
     """
 
-    def __init__(self, content: bytes, mode: str | None = None):
-        if not isinstance(content, (bytes, bytearray)) or len(content) < 8:
-            raise ValueError("TFLiteModel expects the bytes of a .tflite flatbuffer.")
-        if bytes(content[4:8]) != b"TFL3":
-            raise ValueError("not a TFLite flatbuffer (missing the 'TFL3' identifier).")
-        self.content = bytes(content)
+    def __init__(self, content: bytes, mode: str | None = None, *, source: str | None = None):
+        if not isinstance(content, (bytes, bytearray, memoryview)):
+            raise InvalidTypeError(
+                f"TFLiteModel expects the bytes of a .tflite flatbuffer; received {type(content).__name__} "
+                "(to read a file, use collabopt.tflite.load(path))."
+            )
+        content = bytes(content)
+        self.source = source or "the TFLite model"
+        if len(content) < 8 or content[4:8] != b"TFL3":
+            raise InvalidFileError(
+                f"{self.source} is not a TFLite flatbuffer (missing the 'TFL3' identifier at byte 4); "
+                "expected a .tflite file written by the TFLite converter."
+            )
+        flatbuffer.parse(content, self.source)  # validates the structure once (cached)
+        self.content = content
         self.mode = mode
         self._interp = None
 
@@ -211,11 +236,22 @@ class TFLiteModel:
 
     @classmethod
     def load(cls, path) -> "TFLiteModel":
-        """Reads a .tflite file."""
+        """Reads a .tflite file.
+
+        Raises:
+            InvalidFileError: the file is missing, unreadable, or not a
+                complete TFLite flatbuffer (the message names the file).
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidTypeError(f"load expects the path of a .tflite file; received {type(path).__name__}.")
         path = pathlib.Path(path)
         if not path.is_file():
-            raise ValueError(f"no such file: {path}")
-        return cls(path.read_bytes())
+            raise InvalidFileError(f"no such .tflite file: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+        try:
+            content = path.read_bytes()
+        except OSError as error:
+            raise InvalidFileError(f"cannot read {path}: {error.strerror or error}") from None
+        return cls(content, source=str(path))
 
     # --- sizes ---------------------------------------------------------------
     def size_report(self, baseline: "TFLiteModel | None" = None) -> SizeReport:
@@ -261,8 +297,21 @@ class TFLiteModel:
 
     def _interpreter(self):
         if self._interp is None:
-            self._interp = _interpreter(self.content)
+            self._interp = _interpreter(self.content, source=self.source)
         return self._interp
+
+    def _run(self, interp, step):
+        """Runs ``step()`` (resize / allocate / invoke) turning interpreter failures into InvalidFileError."""
+        try:
+            return step()
+        except (RuntimeError, ValueError) as error:
+            if isinstance(error, CollaboptError):
+                raise
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise InvalidFileError(
+                f"{self.source}: the LiteRT interpreter failed to run it ({first}); the file is corrupted "
+                "or inconsistent."
+            ) from None
 
     def predict(self, x, batch_size: int = 256, *, dequantize: bool = True):
         """Runs the model on ``x`` (an array, or a list of arrays for several inputs).
@@ -279,11 +328,11 @@ class TFLiteModel:
         interp = self._interpreter()
         ins = interp.get_input_details()
         if len(xs) != len(ins):
-            raise ValueError(f"the model has {len(ins)} inputs, received {len(xs)} arrays.")
+            raise InvalidArgumentError(f"the model has {len(ins)} inputs, received {len(xs)} arrays.")
         for a, d in zip(xs, ins):
             if tuple(a.shape[1:]) != tuple(d["shape"][1:]):
-                raise ValueError(
-                    f"input '{d['name']}' expects samples of shape {tuple(d['shape'][1:])}, "
+                raise InvalidArgumentError(
+                    f"input '{d['name']}' expects samples of shape {tuple(int(s) for s in d['shape'][1:])}, "
                     f"received {tuple(a.shape[1:])}."
                 )
         n = len(xs[0])
@@ -293,12 +342,12 @@ class TFLiteModel:
             ins = interp.get_input_details()
             if ins[0]["shape"][0] != len(chunk[0]):
                 for a, d in zip(chunk, ins):
-                    interp.resize_tensor_input(d["index"], [len(a)] + list(d["shape"][1:]))
-                interp.allocate_tensors()
+                    self._run(interp, lambda a=a, d=d: interp.resize_tensor_input(d["index"], [len(a)] + list(d["shape"][1:])))
+                self._run(interp, interp.allocate_tensors)
                 ins = interp.get_input_details()
             for a, d in zip(chunk, ins):
                 interp.set_tensor(d["index"], _quantize(a, d))
-            interp.invoke()
+            self._run(interp, interp.invoke)
             outs = interp.get_output_details()
             values = [interp.get_tensor(d["index"]) for d in outs]
             if dequantize:
@@ -323,26 +372,77 @@ class TFLiteModel:
         return float(np.mean(guess == y))
 
     def latency(self, runs: int = 200, warmup: int = 10, num_threads: int = 1) -> float:
-        """Median microseconds of one batch-1 inference (fresh interpreter)."""
-        interp = _interpreter(self.content, num_threads)
+        """Median microseconds of one batch-1 inference (fresh interpreter).
+
+        See :meth:`latency_stats` for how it is measured.
+        """
+        return self.latency_stats(runs, warmup, num_threads)["median_us"]
+
+    def latency_stats(self, runs: int = 200, warmup: int = 10, num_threads: int = 1, min_sample_us: float = 1000.0) -> dict:
+        """Batch-1 latency: median and quartiles over ``runs`` timed samples.
+
+        A single ``invoke`` of a small model lasts a few microseconds, close
+        to the cost of calling the timer, so each sample times a loop of
+        ``repeat`` consecutive invokes, with ``repeat`` chosen so that one
+        sample lasts at least ``min_sample_us``; the per-invoke time is the
+        sample's time divided by ``repeat``.
+
+        Returns:
+            ``{"median_us", "p25_us", "p75_us", "repeat", "runs"}``.
+        """
+        if runs < 1 or warmup < 0:
+            raise InvalidArgumentError(f"latency: runs must be >= 1 and warmup >= 0; received runs={runs}, warmup={warmup}.")
+        interp = _interpreter(self.content, num_threads, self.source)
         ins = interp.get_input_details()
         for d in ins:
             if d["shape"][0] != 1:
-                interp.resize_tensor_input(d["index"], [1] + list(d["shape"][1:]))
-        interp.allocate_tensors()
+                self._run(interp, lambda d=d: interp.resize_tensor_input(d["index"], [1] + list(d["shape"][1:])))
+        self._run(interp, interp.allocate_tensors)
         for d in interp.get_input_details():
             interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        self._run(interp, interp.invoke)
+        invoke = interp.invoke
         for _ in range(warmup):
-            interp.invoke()
+            invoke()
+        repeat = 1
+        while True:  # calibrate: double the loop until one sample lasts min_sample_us
+            t = time.perf_counter()
+            for _ in range(repeat):
+                invoke()
+            elapsed = time.perf_counter() - t
+            if elapsed * 1e6 >= min_sample_us or repeat >= 1 << 16:
+                break
+            repeat *= 2
         times = []
         for _ in range(runs):
             t = time.perf_counter()
-            interp.invoke()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times) * 1e6
+            for _ in range(repeat):
+                invoke()
+            times.append((time.perf_counter() - t) / repeat * 1e6)
+        q25, median, q75 = (float(v) for v in np.percentile(times, [25, 50, 75]))
+        return {"median_us": median, "p25_us": q25, "p75_us": q75, "repeat": repeat, "runs": runs}
 
     def __repr__(self) -> str:
         return f"TFLiteModel(mode={self.mode!r}, raw_bytes={len(self.content)})"
+
+
+def as_tflite_model(tflite, what: str = "tflite") -> TFLiteModel:
+    """``tflite`` as a :class:`TFLiteModel`: a TFLiteModel, the path of a .tflite file, or its bytes.
+
+    Raises:
+        InvalidTypeError: anything else (the message names ``what``).
+        InvalidFileError: a missing file or bytes that are not a flatbuffer.
+    """
+    if isinstance(tflite, TFLiteModel):
+        return tflite
+    if isinstance(tflite, (str, os.PathLike)):
+        return TFLiteModel.load(tflite)
+    if isinstance(tflite, (bytes, bytearray, memoryview)):
+        return TFLiteModel(bytes(tflite))
+    raise InvalidTypeError(
+        f"{what}: expected a TFLiteModel (from collabopt.tflite.convert or load), the path of a "
+        f".tflite file, or its bytes; received {type(tflite).__name__}."
+    )
 
 
 def load(path) -> TFLiteModel:

@@ -10,6 +10,7 @@ import numpy as np
 from collabopt.layers import base_layer, optimizable_variables, wrapper_chain
 from collabopt.preserve import constraints_on, get_kind
 from collabopt.tflite.inspection import TensorStats
+from collabopt.tflite.model import as_tflite_model
 from collabopt.transform import iter_layers
 
 
@@ -85,13 +86,15 @@ def verify(model, tflite) -> VerifyReport:
 
     Args:
         model: The trained Keras model holding collabopt wrappers.
-        tflite: The :class:`TFLiteModel` exported from it.
+        tflite: The :class:`TFLiteModel` exported from it, the path of the
+            .tflite file, or its bytes (InvalidTypeError otherwise).
 
     Example:
 
     >>> import collabopt.tflite as ct
     >>> # report = ct.verify(pcqat_model, ct.convert(pcqat_model, "int8")); print(report)
     """
+    tflite = as_tflite_model(tflite, "verify")
     stats = tflite.inspect()
     report = VerifyReport()
     for layer in iter_layers(model):

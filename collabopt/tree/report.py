@@ -25,6 +25,26 @@ class NodeResult:
     misses: list = dataclasses.field(default_factory=list)
     pareto: bool = False
     tflite: str | None = None
+    keras: str | None = None
+    latency_p25_us: float | None = None
+    latency_p75_us: float | None = None
+    zeros_fraction: float | None = None
+
+
+#: What "smallest" means when choosing a node.
+SIZE_KEY = "gzip_bytes"
+
+
+def choose(nodes: list[NodeResult]) -> str | None:
+    """Name of the smallest node (gzip bytes of its int8 .tflite) meeting every target.
+
+    Ties go to the higher int8 top-1, then to the earlier node. None if no
+    node meets every target.
+    """
+    met = [n for n in nodes if n.meets_targets]
+    if not met:
+        return None
+    return min(met, key=lambda n: (getattr(n, SIZE_KEY), -n.int8_top1, nodes.index(n))).name
 
 
 def pareto_front(nodes: list[NodeResult]) -> list[NodeResult]:
@@ -50,8 +70,9 @@ class TreeReport:
 
     Attributes:
         nodes: One :class:`NodeResult` per node run, in run order.
-        chosen: Name of the first node meeting every target (None if none did).
-        settings: Targets, epochs, data and stages used.
+        chosen: Name of the smallest node (gzip bytes of its int8 .tflite)
+            meeting every target (None if none did); see :func:`choose`.
+        settings: Targets, epochs, stages, data set, model and versions used.
     """
 
     nodes: list
@@ -73,7 +94,12 @@ class TreeReport:
         return sorted(self.nodes, key=lambda n: (len(n.misses), n.gzip_bytes))[:k]
 
     def to_json(self) -> str:
-        return json.dumps({"chosen": self.chosen, "settings": self.settings, "nodes": [dataclasses.asdict(n) for n in self.nodes]}, indent=2)
+        return json.dumps(
+            {"chosen": self.chosen, "chosen_by": f"smallest {SIZE_KEY} meeting every target", "settings": self.settings,
+             "nodes": [dataclasses.asdict(n) for n in self.nodes]},
+            indent=2,
+            default=_jsonable,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> "TreeReport":
@@ -82,24 +108,66 @@ class TreeReport:
 
     def to_markdown(self) -> str:
         lines = [
-            "| stage | float top-1 % | int8 top-1 % | raw bytes | gzip bytes | vs float32 gzip | latency us | targets | Pareto |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| stage | float top-1 % | int8 top-1 % | weight zeros % | raw bytes | gzip bytes | vs float32 gzip | latency us (IQR) | targets | Pareto |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for n in self.nodes:
             met = "met" if n.meets_targets else "missed: " + "; ".join(n.misses)
+            label = f"**{n.label}**" if n.name == self.chosen else n.label
             lines.append(
-                f"| {n.label} | {100 * n.float_top1:.2f} | {100 * n.int8_top1:.2f} | {n.raw_bytes:,} | {n.gzip_bytes:,} | "
-                f"{n.compression:.2f}x | {n.latency_us:.0f} | {met} | {'*' if n.pareto else ''} |"
+                f"| {label} | {100 * n.float_top1:.2f} | {100 * n.int8_top1:.2f} | "
+                f"{'' if n.zeros_fraction is None else f'{100 * n.zeros_fraction:.1f}'} | {n.raw_bytes:,} | {n.gzip_bytes:,} | "
+                f"{n.compression:.2f}x | {_latency(n)} | {met} | {'*' if n.pareto else ''} |"
             )
-        head = f"Chosen: **{self.node(self.chosen).label}**" if self.chosen else "No node met every target."
+        if self.chosen:
+            c = self.node(self.chosen)
+            head = (
+                f"Chosen: **{c.label}**, the smallest int8 .tflite (gzip bytes: {c.gzip_bytes:,}) that meets every target"
+                f"{_targets_text(self.settings.get('targets'))}."
+            )
+        else:
+            head = f"No node met every target{_targets_text(self.settings.get('targets'))}."
+        data = self.settings.get("data")
+        if isinstance(data, dict) and data.get("name"):
+            head += f"\nData: {data['name']} ({data.get('train_samples', '?'):,} train / {data.get('test_samples', '?'):,} test)."
+            if data.get("note"):
+                head += f" {data['note']}."
         return head + "\n\n" + "\n".join(lines) + "\n"
 
     def __str__(self) -> str:
         return self.to_markdown()
 
     def save(self, out_dir) -> None:
+        """Writes report.md and report.json into ``out_dir``."""
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        settings = "\n".join(f"- {k}: {v}" for k, v in self.settings.items())
+        settings = "\n".join(f"- {k}: {v}" for k, v in self.settings.items() if k != "stages")
         (out / "report.md").write_text(f"# Deployment tree\n\n{self.to_markdown()}\n## Settings\n\n{settings}\n")
         (out / "report.json").write_text(self.to_json())
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _latency(n: NodeResult) -> str:
+    if n.latency_p25_us is None or n.latency_p75_us is None:
+        return f"{n.latency_us:.1f}"
+    return f"{n.latency_us:.1f} ({n.latency_p25_us:.1f}-{n.latency_p75_us:.1f})"
+
+
+def _targets_text(targets) -> str:
+    if not isinstance(targets, dict):
+        return ""
+    parts = []
+    if targets.get("max_accuracy_drop") is not None:
+        parts.append(f"int8 top-1 at most {100 * targets['max_accuracy_drop']:g} point(s) below the float baseline")
+    if targets.get("max_gzip_bytes") is not None:
+        parts.append(f"gzip <= {targets['max_gzip_bytes']:,} B")
+    if targets.get("max_latency_us") is not None:
+        parts.append(f"latency <= {targets['max_latency_us']:g} us")
+    return f" ({'; '.join(parts)})" if parts else ""

@@ -2,17 +2,68 @@
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import pathlib
+import platform
+import shutil
 import time
 
 import keras
 import numpy as np
 
-from collabopt.tflite import convert, has_trained_ranges
 from collabopt.datasets.batches import check_inputs
-from collabopt.tree.report import NodeResult, TreeReport, pareto_front
+from collabopt.errors import InvalidArgumentError, InvalidTypeError
 from collabopt.technique import apply
+from collabopt.tflite import convert, has_trained_ranges
+from collabopt.tree.report import NodeResult, TreeReport, choose, pareto_front
 from collabopt.tree.stages import BASELINE, Stage, Targets, check_stages, default_stages
+
+def fresh_run_dir(base, force: bool = False, now=None) -> pathlib.Path:
+    """The folder one tree run writes to: a new timestamped folder under ``base``.
+
+    With ``force=True`` the run writes into ``base`` itself, replacing the
+    files of an earlier run there. Without it an earlier run is never
+    overwritten: the folder is ``base/run-YYYYmmdd-HHMMSS`` (with a numeric
+    suffix if that exists already).
+
+    Example:
+
+    >>> import tempfile, datetime
+    >>> base = tempfile.mkdtemp()
+    >>> fresh_run_dir(base, now=datetime.datetime(2026, 1, 2, 3, 4, 5)).name
+    'run-20260102-030405'
+    """
+    base = pathlib.Path(base)
+    if force:
+        if base.exists() and not base.is_dir():
+            raise InvalidArgumentError(f"run folder {base} is a file; give a folder.")
+        for name in ("report.md", "report.json", "size_accuracy.png", "weight_density.png"):
+            (base / name).unlink(missing_ok=True)
+        for pattern in ("*.tflite", "*.keras"):
+            for old in base.glob(pattern) if base.is_dir() else ():
+                old.unlink() if old.is_file() else shutil.rmtree(old)
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+    stamp = (now or datetime.datetime.now()).strftime("run-%Y%m%d-%H%M%S")
+    folder, k = base / stamp, 1
+    while folder.exists():
+        k += 1
+        folder = base / f"{stamp}-{k}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def versions() -> dict:
+    """Versions of the packages a tree run depends on (recorded in report.json)."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("collabopt", "tensorflow", "keras", "ai-edge-litert", "numpy", "scikit-learn"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
 
 def default_compile(model, learning_rate):
     """Adam and sparse categorical cross-entropy (from logits unless the model ends in softmax)."""
@@ -55,15 +106,18 @@ def run(
     compile_fn=default_compile,
     verbose: int = 1,
     progress=print,
+    metadata: dict | None = None,
 ) -> TreeReport:
     """Walks the deployment tree for ``model`` and reports every node it ran.
 
     Each node starts from its parent's trained model, trains ``epochs`` epochs,
     is exported to int8 TFLite (post-training calibration for nodes without QAT,
     the trained ranges otherwise) and measured: float and int8 top-1 on
-    ``val_data``, raw and gzip size, batch-1 latency. By default the walk stops
-    at the first node (in depth order) that meets every target; with
-    ``exhaustive=True`` all nodes run and the size/accuracy Pareto front is marked.
+    ``val_data``, raw and gzip size, batch-1 latency. The *chosen* node is the
+    smallest one (gzip bytes of its int8 .tflite) that meets every target. By
+    default the walk stops at the first node after the baseline (in depth
+    order) that meets every target; with ``exhaustive=True`` all nodes run and
+    the size/accuracy Pareto front is marked.
 
     Args:
         model: The trained float baseline (a Keras classifier).
@@ -71,13 +125,18 @@ def run(
         val_data: ``(x, y)`` numpy arrays.
         targets: :class:`Targets` (default: at most one point of accuracy drop).
         stages: The tree (default :func:`default_stages`); add or drop branches freely.
-        epochs: Fine-tuning epochs per node.
-        out_dir: If given: one .tflite per node, report.md, report.json and
-            (with matplotlib) size_accuracy.png and weight_density.png.
+        epochs: Fine-tuning epochs per node (>= 1: pruning reaches its
+            sparsity over the first epoch).
+        out_dir: If given: one .tflite and one .keras per node, report.md,
+            report.json and (with matplotlib) size_accuracy.png and
+            weight_density.png, written into this folder as is (see
+            :func:`fresh_run_dir` for a new folder per run).
         exhaustive: Run every node.
         compile_fn: ``(model, learning_rate) -> compiled model``.
         verbose: Keras fit verbosity.
         progress: Called with one line per stage (``print`` by default; None: silent).
+        metadata: Extra entries for the report's settings (e.g. the data set
+            and model used); package versions are added automatically.
 
     Returns:
         A :class:`TreeReport`.
@@ -89,10 +148,17 @@ def run(
     """
     targets = targets or Targets()
     if not isinstance(targets, Targets):
-        raise ValueError(f"targets must be a collabopt.tree.Targets; received {targets!r}.")
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0; received {epochs!r}.")
+        raise InvalidTypeError(f"targets must be a collabopt.tree.Targets; received {targets!r}.")
     ordered = check_stages(list(stages) if stages is not None else default_stages())
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        trained_stages = [s.name for s in ordered if s.technique != "baseline"]
+        if trained_stages or not isinstance(epochs, int) or epochs < 0:
+            raise InvalidArgumentError(
+                f"epochs must be an integer >= 1 (each node fine-tunes from its parent, and pruning "
+                f"reaches its sparsity over the first epoch); received {epochs!r} for stages {trained_stages}."
+            )
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidTypeError(f"metadata must be a dict; received {type(metadata).__name__}.")
     (x, y), (xv, yv) = train_data, val_data
     x = check_inputs([x], model, "train_data")[0]
     xv = check_inputs([xv], model, "val_data")[0]
@@ -104,7 +170,7 @@ def run(
     steps_per_epoch = int(np.ceil(len(x) / batch_size))
     baseline_float32 = convert(model, "float32")
     base_gzip = baseline_float32.size_report().gzip_bytes
-    models, nodes, chosen = {}, [], None
+    models, nodes = {}, []
     kernel_name = _largest_kernel(model)
     densities = {}
     for i, stage in enumerate(ordered, start=1):
@@ -123,6 +189,7 @@ def run(
         int8 = convert(trained, "int8") if has_trained_ranges(trained) else convert(trained, "int8", x, calibration_samples=calibration_samples)
         float_top1 = _top1(trained, xv, yv, batch_size)
         size = int8.size_report()
+        latency = int8.latency_stats(runs=latency_runs)
         node = NodeResult(
             name=stage.name,
             label=stage.label or stage.name,
@@ -132,12 +199,17 @@ def run(
             raw_bytes=size.raw_bytes,
             gzip_bytes=size.gzip_bytes,
             compression=base_gzip / size.gzip_bytes,
-            latency_us=int8.latency(runs=latency_runs),
+            latency_us=latency["median_us"],
             seconds=0.0,
             meets_targets=False,
+            latency_p25_us=latency["p25_us"],
+            latency_p75_us=latency["p75_us"],
+            zeros_fraction=_weight_zeros(int8),
         )
         if out is not None:
             node.tflite = str(int8.save(out / f"{stage.name}.tflite"))
+            node.keras = str(out / f"{stage.name}.keras")
+            trained.save(node.keras)
         baseline_float = nodes[0].float_top1 if nodes else float_top1
         node.misses = targets.misses(node, baseline_float)
         node.meets_targets = not node.misses
@@ -145,18 +217,17 @@ def run(
         nodes.append(node)
         say(
             f"[{i}/{len(ordered)}] {node.label}: float {100 * node.float_top1:.2f}%  int8 {100 * node.int8_top1:.2f}%  "
-            f"gzip {node.gzip_bytes:,} B ({node.compression:.2f}x)  {node.latency_us:.0f} us  "
+            f"gzip {node.gzip_bytes:,} B ({node.compression:.2f}x)  {node.latency_us:.1f} us  "
             f"{'meets targets' if node.meets_targets else 'misses: ' + '; '.join(node.misses)}  ({node.seconds:.1f} s)"
         )
-        if node.meets_targets and chosen is None:
-            chosen = node.name
-            if not exhaustive:
-                break
+        if node.meets_targets and stage.technique != "baseline" and not exhaustive:
+            break
     pareto_front(nodes)
     report = TreeReport(
         nodes,
-        chosen,
+        choose(nodes),
         {
+            **(metadata or {}),
             "targets": {
                 "max_accuracy_drop": targets.max_accuracy_drop,
                 "max_gzip_bytes": targets.max_gzip_bytes,
@@ -169,13 +240,16 @@ def run(
             "val_samples": int(len(xv)),
             "stages": [{"name": s.name, "technique": s.technique, "parent": s.parent, "settings": {k: v for k, v in s.settings.items() if isinstance(v, (int, float, str, bool))}} for s in ordered],
             "float32_baseline_gzip_bytes": base_gzip,
+            "latency": {"runs": latency_runs, "batch": 1, "threads": 1, "statistic": "median (interquartile range) of per-invoke time"},
+            "chosen_by": "smallest gzip bytes of the int8 .tflite among nodes meeting every target",
+            "versions": versions(),
         },
     )
     if out is not None:
         report.save(out)
         from collabopt.tree.plots import plot_density, plot_tradeoff
 
-        plot_tradeoff(report, out / "size_accuracy.png")
+        plot_tradeoff(report, out / "size_accuracy.png", targets)
         path = ["baseline", "pruned", "sparse_clustered", "pcqat"]
         plot_density({n: densities[n] for n in path if densities.get(n) is not None}, kernel_name, out / "weight_density.png", report)
     return report
@@ -187,6 +261,13 @@ def _top1(model, x, y, batch_size):
     y = y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
     guess = (pred.reshape(-1) > 0.5).astype(y.dtype) if pred.shape[-1] == 1 else pred.argmax(-1)
     return float(np.mean(guess == y))
+
+
+def _weight_zeros(tfl) -> float:
+    """Fraction of stored zeros over the file's multi-dimensional weight tensors (kernels)."""
+    weights = [t for t in tfl.inspect().weights() if len(t.shape) >= 2]
+    total = sum(int(np.prod(t.shape)) for t in weights)
+    return float(sum(t.zeros_fraction * int(np.prod(t.shape)) for t in weights) / total) if total else 0.0
 
 
 def _largest_kernel(model):

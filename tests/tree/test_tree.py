@@ -6,6 +6,9 @@ import pytest
 
 import collabopt.tree as tree
 from collabopt.cli import main
+from collabopt.errors import InvalidArgumentError
+from collabopt.tree.report import choose
+from collabopt.tree.runner import fresh_run_dir
 from collabopt.reference_models import compile_for_classification, reference_cnn
 
 
@@ -25,11 +28,44 @@ STAGES = [
 ]
 
 
-def test_stops_at_the_first_node_meeting_the_targets(small_run_inputs):
+def test_stops_at_the_first_optimized_node_meeting_the_targets_and_chooses_the_smallest(small_run_inputs):
     model, train, val = small_run_inputs
-    report = tree.run(model, train, val, tree.Targets(max_accuracy_drop=0.05), stages=STAGES, progress=None, verbose=0)
-    assert [n.name for n in report.nodes] == ["baseline"]
-    assert report.chosen == "baseline" and report.targets_met
+    report = tree.run(model, train, val, tree.Targets(max_accuracy_drop=1.0), stages=STAGES, progress=None, verbose=0)
+    # the baseline meets any accuracy target by definition: the walk goes on to the first optimized node
+    assert [n.name for n in report.nodes] == ["baseline", "pruned"]
+    assert all(n.meets_targets for n in report.nodes)
+    assert report.chosen == "pruned" and report.node("pruned").gzip_bytes < report.node("baseline").gzip_bytes
+    assert report.node("pruned").zeros_fraction > 0.4 > report.node("baseline").zeros_fraction
+    assert "Chosen: **Pruned**, the smallest int8 .tflite (gzip bytes" in report.to_markdown()
+
+
+def test_choose_takes_the_smallest_node_meeting_every_target():
+    def node(name, gzip, acc, met):
+        return tree.NodeResult(name, name, None, acc, acc, gzip * 2, gzip, 1.0, 1.0, 0.0, met)
+
+    nodes = [node("baseline", 1000, 0.95, True), node("small_miss", 100, 0.5, False), node("mid", 400, 0.94, True), node("tie", 400, 0.945, True)]
+    assert choose(nodes) == "tie"  # smallest gzip meeting targets; ties to the more accurate
+    assert choose([node("a", 10, 0.1, False)]) is None
+
+
+def test_epochs_below_1_are_refused_before_any_training(small_run_inputs):
+    model, train, val = small_run_inputs
+    with pytest.raises(InvalidArgumentError, match=r"epochs must be an integer >= 1 .* received 0 for stages \['pruned', 'pqat'\]"):
+        tree.run(model, train, val, stages=STAGES, epochs=0, progress=None)
+
+
+def test_fresh_run_dir_never_overwrites_unless_forced(tmp_path):
+    import datetime
+
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    first = fresh_run_dir(tmp_path, now=now)
+    second = fresh_run_dir(tmp_path, now=now)
+    assert first.name == "run-20260102-030405" and second.name == "run-20260102-030405-2"
+    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "old.tflite").write_bytes(b"x")
+    assert fresh_run_dir(tmp_path, force=True) == tmp_path
+    assert not (tmp_path / "report.json").exists() and not (tmp_path / "old.tflite").exists()
+    assert first.is_dir()  # other runs inside are left alone
 
 
 def test_goes_deeper_until_a_size_target_is_met(small_run_inputs):
@@ -51,7 +87,16 @@ def test_exhaustive_runs_every_node_and_writes_outputs(small_run_inputs, tmp_pat
     assert any("PCQAT" in line for line in lines)
     for name in ("report.md", "report.json", "pcqat.tflite", "baseline.tflite", "size_accuracy.png", "weight_density.png"):
         assert (tmp_path / name).is_file(), name
+    for n in report.nodes:  # each node's Keras model beside its .tflite, loadable
+        assert (tmp_path / f"{n.name}.keras").is_file() and n.keras == str(tmp_path / f"{n.name}.keras")
+    keras.saving.load_model(tmp_path / "pcqat.keras")
     assert any(n.pareto for n in report.nodes)
+    chosen = report.node(report.chosen)
+    assert chosen.gzip_bytes == min(n.gzip_bytes for n in report.nodes if n.meets_targets)
+    assert report.chosen != "baseline"
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["settings"]["versions"]["tensorflow"] and data["settings"]["versions"]["keras"]
+    assert "smallest gzip bytes" in data["settings"]["chosen_by"]
     for a, b in zip(before, model.weights):  # the baseline model is not modified
         np.testing.assert_array_equal(a, b.numpy())
 
@@ -65,7 +110,7 @@ def test_report_json_round_trips():
     again = tree.TreeReport.from_json(report.to_json())
     assert again == report
     assert json.loads(report.to_json())["chosen"] == "a"
-    assert "| A |" in report.to_markdown()
+    assert "| **A** |" in report.to_markdown() and "| B |" in report.to_markdown()  # the chosen row in bold
 
 
 def test_pareto_front_on_hand_made_numbers():
@@ -112,8 +157,24 @@ def test_cli_unreachable_target_lists_the_closest_nodes(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_tree_quick_end_to_end(tmp_path, capsys):
-    assert main(["tree", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["tree", "--quick", "--data", "digits", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "PCQAT" in out and "Chosen" in out
-    data = json.loads((tmp_path / "report.json").read_text())
+    assert "PCQAT" in out and "Chosen" in out and "Chosen: **Baseline**" not in out
+    assert "data: digits: 719 train / 359 test samples of shape (8, 8, 1) (--quick: of 1,438 / 359)" in out
+    (run,) = tmp_path.iterdir()  # a fresh timestamped run folder
+    assert run.name.startswith("run-")
+    data = json.loads((run / "report.json").read_text())
     assert len(data["nodes"]) == 8
+    assert data["settings"]["data"]["name"] == "digits" and data["settings"]["data"]["train_samples"] == 719
+    assert data["settings"]["model"]["source"].endswith("reference_cnn") and data["settings"]["versions"]["collabopt"]
+    assert main(["tree", "--quick", "--data", "digits", "--epochs", "1", "--out", str(tmp_path), "--max-size", "10"]) == 1
+    assert len(list(tmp_path.iterdir())) == 2  # the second run did not overwrite the first
+
+
+def test_default_data_says_when_fashion_mnist_is_missing(monkeypatch, tmp_path):
+    from collabopt import cli
+    from collabopt.datasets import bundled
+
+    monkeypatch.setattr(bundled, "FASHION_MNIST_DIRS", (tmp_path,))  # an empty folder: not installed
+    name, note = cli._default_data()
+    assert name == "digits" and "apt-get install dataset-fashion-mnist" in note
