@@ -28,7 +28,9 @@ def test_each_group_masks_the_same_lowest_scoring_channels():
     assert masks["stem"].sum() == 4 and masks["res0_a"].sum() == 4
     assert "logits" not in masks
     # The group's score is the sum of its members' normalised L2 scores.
-    rows = lambda n: np.moveaxis(model.get_layer(n).kernel.numpy(), -1, 0).reshape(8, -1)
+    def rows(n):
+        return np.moveaxis(model.get_layer(n).kernel.numpy(), -1, 0).reshape(8, -1)
+
     total = sum(channel_scores(rows(n), "l2") for n in ("stem", "res0_b", "res1_b"))
     assert set(np.flatnonzero(masks["stem"] == 0)) == set(np.argsort(total)[:4])
 
