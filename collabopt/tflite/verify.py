@@ -62,16 +62,29 @@ def _mentions(tensor_name: str, names) -> bool:
     return any(re.search(rf"(?<![\w]){re.escape(n)}(?:_\d+)?(?=/|[^\w]|$)", tensor_name) for n in names)
 
 
-def _find_tensor(stats, names, size) -> TensorStats | None:
-    candidates = [
+def _find_tensor(stats, names, size, weight_name, claimed) -> TensorStats | None:
+    """The file's tensor for one weight: same size, named after the layer (and the sublayer of a
+    path-addressed weight such as ``query/kernel``), not already matched to another weight.
+
+    Where the converter renamed the tensor (a Dense whose following
+    BatchNormalization it folded names the kernel after the BN), the one
+    unclaimed constant of that size is taken.
+    """
+    sized = [
         t
         for t in stats
         if t.is_weight
+        and t.name not in claimed
         and int(np.prod(t.shape or (1,))) == size
         and t.dtype in ("int8", "int4", "float32", "float16")
-        and _mentions(t.name, names)
     ]
-    return candidates[0] if candidates else None
+    named = [t for t in sized if _mentions(t.name, names)]
+    if "/" in weight_name:
+        sublayer = [t for t in named if _mentions(t.name, {weight_name.split("/")[-2]})]
+        named = sublayer or named
+    if named:
+        return named[0]
+    return sized[0] if len(sized) == 1 else None
 
 
 def verify(model, tflite) -> VerifyReport:
@@ -97,6 +110,7 @@ def verify(model, tflite) -> VerifyReport:
     tflite = as_tflite_model(tflite, "verify")
     stats = tflite.inspect()
     report = VerifyReport()
+    claimed: set[str] = set()
     for layer in iter_layers(model):
         chain = wrapper_chain(layer)
         if not chain:
@@ -107,7 +121,9 @@ def verify(model, tflite) -> VerifyReport:
         for weight_name, variable in optimizable_variables(base).items():
             constraints = constraints_on(layer, weight_name)
             size = int(np.prod(variable.shape))
-            tensor = _find_tensor(stats, names, size) if constraints else None
+            tensor = _find_tensor(stats, names, size, weight_name, claimed) if constraints else None
+            if tensor is not None:
+                claimed.add(tensor.name)
             for kind, constraint in constraints.items():
                 state = constraint.numpy_state()
                 holds, found = constraint.kind.check(state, tensor, channels_rescaled=folded)

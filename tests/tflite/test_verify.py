@@ -32,3 +32,21 @@ def test_verify_refuses_other_arguments_clearly(pruned_and_file, tmp_path):
         ct.verify(pruned, {"file": "x.tflite"})
     with pytest.raises(InvalidFileError, match="no such .tflite file"):
         ct.verify(pruned, tmp_path / "x.tflite")
+
+
+def test_each_weight_is_matched_to_its_own_tensor():
+    """MultiHeadAttention's query/key/value kernels have one size; each is checked in its own tensor."""
+    import keras
+    import numpy as np
+
+    import collabopt.keras as co
+    import collabopt.tflite as ct
+
+    x = keras.Input((6, 8))
+    attention = keras.layers.MultiHeadAttention(2, 4, name="att")(x, x)
+    model = keras.Model(x, keras.layers.GlobalAveragePooling1D()(attention))
+    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
+    pruned(np.random.default_rng(0).random((2, 6, 8)).astype("float32"), training=True)
+    report = ct.verify(pruned, ct.convert(co.strip_pruning(pruned), "float32"))
+    assert report.all_hold and len(report) == 4
+    assert len({c.tensor for c in report}) == 4
