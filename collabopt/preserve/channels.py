@@ -99,10 +99,12 @@ class ChannelsKind(ConstraintKind):
         holds = tensor_stats.zeros_fraction is not None and tensor_stats.zeros_fraction >= pruned_fraction - 1e-9
         return holds, full
 
-    def describe(self, value=None, *, bound=False) -> str:
-        """Words for a channel count (recorded if ``bound``, else found in the file)."""
+    def describe(self, value=..., *, bound=False) -> str:
+        """Words for a channel count (recorded if ``bound``, else found in the file); no value: the kind itself."""
+        if value is ...:
+            return "pruned output channels (all zero or removed)"
         if value is None:
-            return "pruned output channels (all zero or removed)" if bound else "no tensor"
+            return "no tensor"
         return f"{int(value)} channels {'kept' if bound else 'not all zero'}"
 
 
