@@ -9,6 +9,7 @@ architecture with ``tf_keras`` for the TFMOT peer.
 from __future__ import annotations
 
 import keras
+from collabopt.errors import InvalidArgumentError
 
 
 def _conv_bn_relu(L, x, filters, kernel, name, strides=1):
@@ -121,7 +122,7 @@ def application(name: str, input_size: int | None = None, num_classes: int = 10,
     (None, 10)
     """
     if name not in APPLICATIONS:
-        raise ValueError(f"application name {name!r} is not in the zoo; accepted: {sorted(APPLICATIONS)}.")
+        raise InvalidArgumentError(f"application name {name!r} is not in the zoo; accepted: {sorted(APPLICATIONS)}.")
     size = input_size or APPLICATIONS[name]
     kwargs = dict(weights=None, input_shape=(size, size, 3), classes=num_classes, classifier_activation=classifier_activation)
     if name in _SMALL_ALPHA:

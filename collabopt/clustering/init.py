@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 
 import numpy as np
+from collabopt.errors import InvalidArgumentError
 
 
 class CentroidInitialization(str, enum.Enum):
@@ -27,7 +28,7 @@ def parse_init(value) -> CentroidInitialization:
     try:
         return CentroidInitialization(value.value if isinstance(value, CentroidInitialization) else str(value).upper())
     except ValueError:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"cluster_centroids_init={value!r} is not known; accepted: "
             f"{', '.join(m.value for m in CentroidInitialization)}."
         ) from None

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from collabopt.errors import InvalidArgumentError
 from collabopt.clustering.init import CentroidInitialization, init_centroids, parse_init
 from collabopt.layers import OptimizationWrapper, base_layer, from_channel_rows, num_channels, to_channel_rows
 from collabopt.preserve import CLUSTERS, Constraint, gather_clustered, zero_mask
@@ -90,7 +91,7 @@ class ClusterWeights(OptimizationWrapper):
             return None
         mask = zero_mask(self.layer, name)
         if mask is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"layer '{self.base_layer.name}': preserve_sparsity=True but nothing inside the "
                 "clustering wrapper records a constraint that keeps zeros; use cluster_weights(), which "
                 "derives one from a stripped model."
@@ -215,13 +216,13 @@ class ClusterWeights(OptimizationWrapper):
 def validate_clustering_args(number_of_clusters, preserve_sparsity, aggregation):
     minimum = 3 if preserve_sparsity else 2
     if not isinstance(number_of_clusters, (int, np.integer)) or number_of_clusters < minimum:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"number_of_clusters must be an integer >= {minimum}"
             + (" with preserve_sparsity=True (one centroid is the pinned zero)" if preserve_sparsity else "")
             + f"; received {number_of_clusters!r}."
         )
     if aggregation not in AGGREGATIONS:
-        raise ValueError(f"cluster_gradient_aggregation must be one of {AGGREGATIONS}; received {aggregation!r}.")
+        raise InvalidArgumentError(f"cluster_gradient_aggregation must be one of {AGGREGATIONS}; received {aggregation!r}.")
 
 
 def check_cluster_count(layer, name, shape, spec, k, per_channel, preserve_sparsity):
@@ -229,7 +230,7 @@ def check_cluster_count(layer, name, shape, spec, k, per_channel, preserve_spars
     per = size // num_channels(spec, shape) if per_channel else size
     if k > per:
         unit = "weights per output channel" if per_channel else "weights"
-        raise ValueError(
+        raise InvalidArgumentError(
             f"layer '{layer.name}' ({type(layer).__name__}): number_of_clusters={k} exceeds its "
             f"{per} {unit} in '{name}'."
         )

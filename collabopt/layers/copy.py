@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+from collabopt.errors import InvalidArgumentError
 
 
 def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -30,7 +31,7 @@ def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         if build_config and not new.built:
             new.build_from_config(build_config)
         if not new.built:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"layer '{layer.name}' ({type(layer).__name__}) could not be copied: it does "
                 "not record its build shape (get_build_config). Build it by calling it on an input."
             )

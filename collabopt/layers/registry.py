@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import keras
 
+from collabopt.errors import InvalidArgumentError
 from collabopt.layers.execution import call_in_tflite_form, has_tflite_form
 
 
@@ -146,7 +147,7 @@ def register_layer(layer_class: type, weights) -> None:
     >>> register_layer(MyDense, [WeightSpec("kernel", (-1,), 0)])
     """
     if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"register_layer expects a keras.layers.Layer subclass; received {layer_class!r}."
         )
     _REGISTRY[layer_class] = weights if callable(weights) else tuple(weights)
@@ -240,7 +241,7 @@ def _spec_from_declared(layer, item) -> WeightSpec:
         return item
     name, variable = item if isinstance(item, tuple) else (None, item)
     if not isinstance(variable, keras.Variable):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"layer '{layer.name}' ({type(layer).__name__}) declared {item!r} as an optimizable "
             "weight; expected a WeightSpec, a keras.Variable or a (name, keras.Variable) pair."
         )
@@ -302,7 +303,7 @@ def get_variable(layer: keras.layers.Layer, spec: WeightSpec) -> keras.Variable:
     matches = [v for v in layer.weights if v.path == spec.name or v.path.endswith("/" + spec.name)]
     if len(matches) == 1:
         return matches[0]
-    raise ValueError(
+    raise InvalidArgumentError(
         f"layer '{layer.name}' ({type(layer).__name__}): weight '{spec.name}' is not a "
         f"variable of this layer (got {type(value).__name__}). Optimizable weights must be "
         "keras.Variable objects; e.g. disable LoRA before optimizing."
@@ -321,7 +322,7 @@ def spec_for(layer: keras.layers.Layer, name: str) -> WeightSpec:
         if spec.name == name:
             return spec
     accepted = [s.name for s in weight_specs(layer) or ()]
-    raise ValueError(
+    raise InvalidArgumentError(
         f"layer '{layer.name}' ({type(layer).__name__}) has no optimizable weight "
         f"'{name}'; it has {accepted}."
     )
@@ -372,7 +373,7 @@ def call_with_weights(
     mapping = []
     for name, value in weights.items():
         if name not in specs:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"layer '{layer.name}' ({type(layer).__name__}) has no optimizable "
                 f"weight '{name}'; it has {sorted(specs)}."
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import keras
 
+from collabopt.errors import InvalidArgumentError
 from collabopt.layers.copy import copy_layer
 from collabopt.layers.registry import call_with_weights, declared_specs, get_variable, optimizable_variables, spec_for
 
@@ -31,7 +32,7 @@ class OptimizationWrapper(keras.layers.Wrapper):
 
     def __init__(self, layer, **kwargs):
         if not isinstance(layer, keras.layers.Layer):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{type(self).__name__} wraps a keras.layers.Layer; received {layer!r}."
             )
         super().__init__(layer, **kwargs)
@@ -242,7 +243,7 @@ def remove_wrappers(layer, predicate):
     blocking = [w for w in chain[:k]]
     later = [w for w in chain[k:] if predicate(w)]
     if later:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"layer '{base_layer(layer).name}': cannot strip {type(later[0]).__name__} from inside "
             f"{type(chain[k]).__name__}; strip the outer technique first."
         )

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 from keras import ops
+from collabopt.errors import InvalidArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +117,7 @@ _KINDS: dict[str, ConstraintKind] = {}
 def register_kind(kind: ConstraintKind) -> ConstraintKind:
     """Adds a constraint kind to the registry (by its ``name``)."""
     if not kind.name:
-        raise ValueError(f"constraint kind {type(kind).__name__} has no name.")
+        raise InvalidArgumentError(f"constraint kind {type(kind).__name__} has no name.")
     _KINDS[kind.name] = kind
     return kind
 
@@ -124,7 +125,7 @@ def register_kind(kind: ConstraintKind) -> ConstraintKind:
 def get_kind(name: str) -> ConstraintKind:
     """The registered kind called ``name`` (ValueError listing the known kinds otherwise)."""
     if name not in _KINDS:
-        raise ValueError(f"unknown constraint kind {name!r}; known kinds: {sorted(_KINDS)}.")
+        raise InvalidArgumentError(f"unknown constraint kind {name!r}; known kinds: {sorted(_KINDS)}.")
     return _KINDS[name]
 
 

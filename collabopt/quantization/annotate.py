@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from collabopt.errors import InvalidArgumentError
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.transform import map_layers
 
@@ -21,7 +22,7 @@ class QuantizeAnnotate(keras.layers.Wrapper):
         kwargs.setdefault("name", f"quant_annotate_{layer.name}")
         super().__init__(layer, **kwargs)
         if quantize_config is not None and not isinstance(quantize_config, QuantizeConfig):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"layer '{layer.name}': quantize_config must be a QuantizeConfig or None; received {quantize_config!r}."
             )
         self.quantize_config = quantize_config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from collabopt.errors import InvalidArgumentError
 from collabopt.quantization.quantizers import Quantizer
 
 
@@ -36,7 +37,7 @@ class QuantizeConfig:
         self.internal = list(internal or [])
         for q in list(self.weights.values()) + self.outputs + self.internal:
             if not isinstance(q, Quantizer):
-                raise ValueError(f"QuantizeConfig expects Quantizer objects; received {q!r}.")
+                raise InvalidArgumentError(f"QuantizeConfig expects Quantizer objects; received {q!r}.")
 
     def weight_quantizers(self, layer) -> dict:
         """``{weight_name: Quantizer}`` for ``layer``."""

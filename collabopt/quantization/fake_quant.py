@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 from keras import ops
+from collabopt.errors import InvalidArgumentError
 
 
 def _nudge_range(lo, hi):
@@ -45,4 +46,4 @@ def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range:
         inverse = [perm.index(a) for a in range(rank)]
         moved = ops.transpose(x, perm)
         return ops.transpose(fq(moved, lo, hi, num_bits=num_bits, narrow_range=narrow_range), inverse)
-    raise ValueError(f"per-channel quantization over axes {channel_axes} of a rank-{rank} weight is not supported.")
+    raise InvalidArgumentError(f"per-channel quantization over axes {channel_axes} of a rank-{rank} weight is not supported.")

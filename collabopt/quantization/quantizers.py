@@ -12,6 +12,7 @@ import abc
 import keras
 from keras import ops
 
+from collabopt.errors import InvalidArgumentError
 from collabopt.layers import to_channel_rows
 from collabopt.quantization.fake_quant import fake_quant, fake_quant_per_channel
 
@@ -28,7 +29,7 @@ class Quantizer(abc.ABC):
 
     def __init__(self, num_bits=8, per_axis=False, symmetric=False, narrow_range=False):
         if not isinstance(num_bits, int) or not 2 <= num_bits <= 16:
-            raise ValueError(f"num_bits must be an integer in [2, 16]; received {num_bits!r}.")
+            raise InvalidArgumentError(f"num_bits must be an integer in [2, 16]; received {num_bits!r}.")
         self.num_bits, self.per_axis = num_bits, bool(per_axis)
         self.symmetric, self.narrow_range = bool(symmetric), bool(narrow_range)
 
@@ -98,7 +99,7 @@ class _RangeQuantizer(Quantizer):
 
     def __init__(self, num_bits=8, per_axis=False, symmetric=False, narrow_range=False):
         if per_axis:
-            raise ValueError(f"{type(self).__name__} keeps one range per tensor; per_axis=True is not supported.")
+            raise InvalidArgumentError(f"{type(self).__name__} keeps one range per tensor; per_axis=True is not supported.")
         super().__init__(num_bits, per_axis, symmetric, narrow_range)
 
     def build(self, wrapper, name, shape, spec=None):
@@ -149,7 +150,7 @@ class MovingAverageQuantizer(_RangeQuantizer):
     def __init__(self, num_bits=8, per_axis=False, symmetric=False, narrow_range=False, ema_decay=0.999):
         super().__init__(num_bits, per_axis, symmetric, narrow_range)
         if not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1); received {ema_decay!r}.")
+            raise InvalidArgumentError(f"ema_decay must be in (0, 1); received {ema_decay!r}.")
         self.ema_decay = float(ema_decay)
 
     def _update(self, batch_lo, batch_hi, state):
@@ -175,7 +176,7 @@ class FixedQuantizer(Quantizer):
     def __init__(self, num_bits=8, init_min=-6.0, init_max=6.0, narrow_range=False, symmetric=False, per_axis=False):
         super().__init__(num_bits, False, symmetric, narrow_range)
         if not init_min <= 0.0 <= init_max or init_min == init_max:
-            raise ValueError(f"FixedQuantizer needs init_min <= 0 <= init_max; received [{init_min}, {init_max}].")
+            raise InvalidArgumentError(f"FixedQuantizer needs init_min <= 0 <= init_max; received [{init_min}, {init_max}].")
         self.init_min, self.init_max = float(init_min), float(init_max)
 
     def range(self, x, state, training, spec):

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from collabopt.errors import InvalidArgumentError
 from collabopt.layers import OptimizationWrapper, base_layer, get_variable, spec_for, weight_specs
 from collabopt.layers.copy import copy_layer_or_share
 from collabopt.layers.execution import to_execution_form
@@ -69,13 +70,13 @@ class QuantizeWrapper(OptimizationWrapper):
         kwargs.setdefault("name", f"quant_{base_layer(layer).name}")
         super().__init__(layer, **kwargs)
         if not isinstance(quantize_config, QuantizeConfig):
-            raise ValueError(f"layer '{self.base_layer.name}': quantize_config must be a QuantizeConfig; received {quantize_config!r}.")
+            raise InvalidArgumentError(f"layer '{self.base_layer.name}': quantize_config must be a QuantizeConfig; received {quantize_config!r}.")
         self.quantize_config = quantize_config
         self.folded_batchnorm = folded_batchnorm
         self.quantize_inputs = [bool(f) for f in quantize_inputs]
         self.input_quantizer = input_quantizer
         if any(self.quantize_inputs) and input_quantizer is None:
-            raise ValueError(f"layer '{self.base_layer.name}': quantize_inputs needs an input_quantizer.")
+            raise InvalidArgumentError(f"layer '{self.base_layer.name}': quantize_inputs needs an input_quantizer.")
         self.export_mode = export_mode
         self.weight_quantizers = quantize_config.weight_quantizers(self.base_layer)
         self.quantize_outputs = bool(quantize_outputs)
@@ -85,7 +86,7 @@ class QuantizeWrapper(OptimizationWrapper):
         names = {s.name for s in weight_specs(self.base_layer) or ()}
         unknown = sorted(set(self.weight_quantizers) - names)
         if unknown:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"layer '{self.base_layer.name}' ({type(self.base_layer).__name__}): the quantize config "
                 f"names weights {unknown} that the layer does not have; it has {sorted(names)}."
             )
@@ -222,7 +223,7 @@ class QuantizeWrapper(OptimizationWrapper):
             return self.float_layer()
         missing = [label for label, q, state in self.range_states() if not bool(ops.convert_to_numpy(q.is_initialized(state)))]
         if missing:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"layer '{self.base_layer.name}': quantization ranges {missing} have seen no data. Train the "
                 "QAT model, or call collabopt.keras.calibrate(model, data), before converting to int8."
             )

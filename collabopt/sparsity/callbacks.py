@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from collabopt.errors import InvalidArgumentError
 from collabopt.layers import wrapper_chain
 from collabopt.sparsity.wrapper import PruneLowMagnitude
 from collabopt.transform import iter_layers
@@ -27,7 +28,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if not pruning_wrappers(self.model):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"UpdatePruningStep: model '{self.model.name}' has no pruning wrappers; wrap it with "
                 "prune_low_magnitude first."
             )
@@ -44,11 +45,11 @@ class PruningSummaries(keras.callbacks.Callback):
     def __init__(self, log_dir, update_freq="epoch"):
         super().__init__()
         if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq >= 1):
-            raise ValueError(f"update_freq must be 'epoch' or an integer >= 1; received {update_freq!r}.")
+            raise InvalidArgumentError(f"update_freq must be 'epoch' or an integer >= 1; received {update_freq!r}.")
         import importlib.util
 
         if importlib.util.find_spec("tensorboard") is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "PruningSummaries writes TensorBoard summaries and needs the tensorboard package: "
                 "`pip install 'collabopt[tensorboard]'` (or `pip install tensorboard`)."
             )

@@ -6,24 +6,25 @@ import abc
 
 import keras
 from keras import ops
+from collabopt.errors import InvalidArgumentError
 
 
 def _check_steps(begin_step, end_step, frequency, *, end_required=False):
     if not isinstance(begin_step, int) or begin_step < 0:
-        raise ValueError(f"begin_step must be an integer >= 0; received {begin_step!r}.")
+        raise InvalidArgumentError(f"begin_step must be an integer >= 0; received {begin_step!r}.")
     if not isinstance(frequency, int) or frequency < 1:
-        raise ValueError(f"frequency must be an integer >= 1; received {frequency!r}.")
+        raise InvalidArgumentError(f"frequency must be an integer >= 1; received {frequency!r}.")
     if end_required and end_step == -1:
-        raise ValueError("end_step must be given (>= begin_step) for PolynomialDecay; received -1.")
+        raise InvalidArgumentError("end_step must be given (>= begin_step) for PolynomialDecay; received -1.")
     if end_step != -1 and (not isinstance(end_step, int) or end_step < begin_step):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"end_step must be -1 (never stop) or an integer >= begin_step={begin_step}; received {end_step!r}."
         )
 
 
 def _check_sparsity(name, value):
     if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-        raise ValueError(f"{name} must be in [0, 1); received {value!r}.")
+        raise InvalidArgumentError(f"{name} must be in [0, 1); received {value!r}.")
 
 
 class PruningSchedule(abc.ABC):

@@ -144,7 +144,7 @@ class PruneLowMagnitude(OptimizationWrapper):
 def validate_pruning_args(schedule, block_size, block_pooling_type, sparsity_m_by_n):
     """Checks the layer-independent pruning arguments (ValueError naming the argument)."""
     if not isinstance(schedule, PruningSchedule):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"pruning_schedule must be a PruningSchedule (e.g. ConstantSparsity, PolynomialDecay); "
             f"received {schedule!r}."
         )
@@ -153,9 +153,9 @@ def validate_pruning_args(schedule, block_size, block_pooling_type, sparsity_m_b
         or len(block_size) != 2
         or not all(isinstance(b, int) and b >= 1 for b in block_size)
     ):
-        raise ValueError(f"block_size must be a pair of integers >= 1; received {block_size!r}.")
+        raise InvalidArgumentError(f"block_size must be a pair of integers >= 1; received {block_size!r}.")
     if block_pooling_type not in masks.POOLING_TYPES:
-        raise ValueError(f"block_pooling_type must be one of {masks.POOLING_TYPES}; received {block_pooling_type!r}.")
+        raise InvalidArgumentError(f"block_pooling_type must be one of {masks.POOLING_TYPES}; received {block_pooling_type!r}.")
     if sparsity_m_by_n is not None:
         ok = (
             isinstance(sparsity_m_by_n, (tuple, list))
@@ -163,12 +163,12 @@ def validate_pruning_args(schedule, block_size, block_pooling_type, sparsity_m_b
             and all(isinstance(v, int) and v >= 1 for v in sparsity_m_by_n)
         )
         if not ok:
-            raise ValueError(f"sparsity_m_by_n must be a pair of integers (m, n) >= 1; received {sparsity_m_by_n!r}.")
+            raise InvalidArgumentError(f"sparsity_m_by_n must be a pair of integers (m, n) >= 1; received {sparsity_m_by_n!r}.")
         m, n = sparsity_m_by_n
         if m > n:
-            raise ValueError(f"sparsity_m_by_n=({m}, {n}): m must be <= n (keep m of every n weights).")
+            raise InvalidArgumentError(f"sparsity_m_by_n=({m}, {n}): m must be <= n (keep m of every n weights).")
         if tuple(block_size) != (1, 1):
-            raise ValueError("sparsity_m_by_n and block_size cannot be combined; use one of them.")
+            raise InvalidArgumentError("sparsity_m_by_n and block_size cannot be combined; use one of them.")
 
 
 def _dividing_block(shape, block_size):

@@ -7,6 +7,7 @@ from typing import Callable, Optional
 
 import keras
 
+from collabopt.errors import InvalidArgumentError
 from collabopt.layers.copy import copy_layer, copy_layer_or_share
 
 LayerFn = Callable[[keras.layers.Layer], Optional[keras.layers.Layer]]
@@ -74,9 +75,9 @@ def map_layers(model, fn: LayerFn, *, what: str = "rewrite"):
             copy = copy_layer(model)
             result = fn(copy)
             return copy if result is None else result
-        raise ValueError(f"{what}: expected a keras.Model or keras.layers.Layer, got {model!r}.")
+        raise InvalidArgumentError(f"{what}: expected a keras.Model or keras.layers.Layer, got {model!r}.")
     if not is_graph_model(model):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{what}: model '{model.name}' is a subclassed keras.Model "
             f"({type(model).__name__}); its layer graph is not known, so it cannot be "
             "rewritten. Apply the collabopt wrapper to individual layers where the model "
@@ -84,7 +85,7 @@ def map_layers(model, fn: LayerFn, *, what: str = "rewrite"):
             "in __init__), or rebuild it as a Sequential or Functional model."
         )
     if not model.built:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{what}: model '{model.name}' is not built. Give it an Input (or call it on a "
             "batch) before rewriting it."
         )

@@ -94,20 +94,20 @@ def check_stages(stages: list[Stage]) -> list[Stage]:
     names = [s.name for s in stages]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"stage names must be unique; repeated: {duplicates}.")
+        raise InvalidArgumentError(f"stage names must be unique; repeated: {duplicates}.")
     by_name = {s.name: s for s in stages}
     roots = [s for s in stages if s.parent is None]
     if len(roots) != 1:
-        raise ValueError(f"the tree needs exactly one baseline stage; found {len(roots)}.")
+        raise InvalidArgumentError(f"the tree needs exactly one baseline stage; found {len(roots)}.")
     for s in stages:
         if s.parent is not None and s.parent not in by_name:
-            raise ValueError(f"stage '{s.name}': parent '{s.parent}' is not a stage; stages: {names}.")
+            raise InvalidArgumentError(f"stage '{s.name}': parent '{s.parent}' is not a stage; stages: {names}.")
 
     def depth(s, seen=()):
         if s.parent is None:
             return 0
         if s.name in seen:
-            raise ValueError(f"stage '{s.name}' is part of a cycle.")
+            raise InvalidArgumentError(f"stage '{s.name}' is part of a cycle.")
         return 1 + depth(by_name[s.parent], seen + (s.name,))
 
     return sorted(stages, key=lambda s: (depth(s), names.index(s.name)))
@@ -132,17 +132,17 @@ class Targets:
 
     def __post_init__(self):
         if self.max_accuracy_drop is not None and not (0.0 <= self.max_accuracy_drop <= 1.0):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"max_accuracy_drop must be a fraction in [0, 1] (0.01 = one point); received {self.max_accuracy_drop!r}."
             )
         if self.max_gzip_bytes is not None and self.max_gzip_bytes <= 0:
-            raise ValueError(f"max_gzip_bytes must be a positive number of bytes; received {self.max_gzip_bytes!r}.")
+            raise InvalidArgumentError(f"max_gzip_bytes must be a positive number of bytes; received {self.max_gzip_bytes!r}.")
         if self.max_latency_us is not None and self.max_latency_us <= 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"max_latency_us must be a positive number of microseconds; received {self.max_latency_us!r}."
             )
         if self.max_raw_bytes is not None and self.max_raw_bytes <= 0:
-            raise ValueError(f"max_raw_bytes must be a positive number of bytes; received {self.max_raw_bytes!r}.")
+            raise InvalidArgumentError(f"max_raw_bytes must be a positive number of bytes; received {self.max_raw_bytes!r}.")
 
     def misses(self, node, baseline_float: float) -> list[str]:
         """Which targets ``node`` misses (empty: it meets them all)."""
