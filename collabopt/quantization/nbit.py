@@ -75,8 +75,8 @@ class DefaultNBitQuantizeScheme(QuantizeScheme):
         self.activation_bits = num_bits_activation
         self.activation_symmetric = num_bits_activation == 16
 
-    def weight_quantizer(self, rank: int):
-        per_axis = rank >= 3 and not self.disable_per_axis
+    def weight_quantizer(self, rank: int, per_channel: bool | None = None):
+        per_axis = (rank >= 3 if per_channel is None else per_channel) and not self.disable_per_axis
         return LastValueQuantizer(self.weight_bits, per_axis=per_axis, symmetric=True, narrow_range=True)
 
     def get_config(self):
