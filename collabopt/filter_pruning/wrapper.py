@@ -150,8 +150,8 @@ class PruneFilters(OptimizationWrapper):
         elementwise = from_channel_rows(rows, spec, shape)  # the same mask per weight: what sparsity-preserving stages read
         return {
             spec.name: [
-                Constraint(CHANNELS, {"mask": self.channel_mask}, self.name, spec),
-                Constraint(SPARSITY, {"mask": elementwise}, self.name, spec),
+                Constraint(CHANNELS, {"mask": self.channel_mask}, spec),
+                Constraint(SPARSITY, {"mask": elementwise}, spec),
             ]
         }
 
