@@ -170,12 +170,14 @@ def _einsum_dense_specs(layer) -> tuple[WeightSpec, ...]:
 def _recurrent_specs(layer) -> tuple[WeightSpec, ...]:
     # The input and recurrent kernels of every cell (both directions of a
     # Bidirectional), addressed by their path inside the layer.
+    # (A copied layer may build its sublayers outside its own name scope, so
+    # their paths may or may not start with the layer's name.)
     specs = []
     prefix = layer.name + "/"
     for variable in layer.weights:
-        leaf = variable.path.split("/")[-1]
-        if leaf in ("kernel", "recurrent_kernel") and variable.path.startswith(prefix):
-            specs.append(WeightSpec(variable.path[len(prefix):], (-1,), 0, per_channel_quantization=False))
+        path = variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+        if path.split("/")[-1] in ("kernel", "recurrent_kernel"):
+            specs.append(WeightSpec(path, (-1,), 0, per_channel_quantization=False))
     return tuple(specs)
 
 

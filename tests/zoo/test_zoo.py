@@ -73,6 +73,12 @@ def pcqat_int8(model, calibrate=False):
     assert report.all_hold, str(report)
     kinds = {c.kind for c in report}
     assert len(kinds) >= 2, kinds  # both the zeros and the clusters were checked
+    # No layer with optimizable weights was skipped silently.
+    from collabopt.layers import weight_specs
+    from collabopt.transform import iter_layers
+
+    optimizable = {layer.name for layer in iter_layers(model) if weight_specs(layer)}
+    assert optimizable <= {c.layer for c in report}, optimizable - {c.layer for c in report}
     return qat, tflite
 
 
