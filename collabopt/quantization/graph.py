@@ -22,6 +22,7 @@ import keras
 from collabopt.layers import weight_specs
 from collabopt.quantization.schemes import fusable_activation, has_linear_activation
 from collabopt.transform import is_graph_model
+from collabopt.transform.channel_graph import inbound_tensors
 
 MODEL_INPUT = "<model input>"
 INTEGER_INPUT = "<integer model input>"  # token ids and other indices: never quantized
@@ -45,15 +46,7 @@ def core(layer):
 
 
 def _histories(obj, out):
-    if isinstance(obj, dict):
-        if obj.get("class_name") == "__keras_tensor__":
-            out.append(obj["config"]["keras_history"][0])
-        else:
-            for v in obj.values():
-                _histories(v, out)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _histories(v, out)
+    out.extend(config["keras_history"][0] for config in inbound_tensors(obj))
     return out
 
 

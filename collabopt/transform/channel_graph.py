@@ -417,17 +417,25 @@ def _refs(refs):
     return list(refs)
 
 
-def _histories(obj, out):
+def inbound_tensors(obj, out=None) -> list[dict]:
+    """The configs of the Keras tensors referenced in a layer's serialized ``inbound_nodes`` (in order)."""
+    out = [] if out is None else out
     if isinstance(obj, dict):
         if obj.get("class_name") == "__keras_tensor__":
-            shape = obj["config"].get("shape")
-            out.append((tuple(obj["config"]["keras_history"]), tuple(shape) if shape is not None else None))
+            out.append(obj["config"])
         else:
             for v in obj.values():
-                _histories(v, out)
+                inbound_tensors(v, out)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            _histories(v, out)
+            inbound_tensors(v, out)
+    return out
+
+
+def _histories(obj, out):
+    for config in inbound_tensors(obj):
+        shape = config.get("shape")
+        out.append((tuple(config["keras_history"]), tuple(shape) if shape is not None else None))
     return out
 
 
