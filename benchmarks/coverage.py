@@ -9,9 +9,14 @@ preserving cluster 16 -> QAT (a few eager steps each on random data) -> int8
 from the trained ranges alone, and again with representative data for the
 tensors QAT does not reach. Records the float ops left in each file, how many
 recorded constraints ``verify()`` finds holding in the file, and the seconds.
-Writes docs/coverage.md. (TFMOT 0.8.1 columns are not produced yet: its
-quantize_model refuses most of these layer types outright, see its issues
-#362, #718, #1145; a side-by-side run is future work.)
+Writes docs/coverage.md.
+
+With ``--tfmot-python PATH`` (a Python that has ``tensorflow-model-optimization``
+0.8.1 and ``tf_keras``; default ``$COLLABOPT_TFMOT_PYTHON``) the same models,
+data and steps go through TFMOT in its own process (benchmarks/peer_tfmot.py
+``coverage``) and the table gains TFMOT's columns. Both sides' files are read
+by the same code here: float ops left, and how many kernels still hold the
+50% zeros and at most 16 values per channel.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ def measure(name) -> dict:
         row["pcqat"] = float_ops(trained)
         mixed = trained if not row["pcqat"] else ct.convert(qat, "int8", x, allow_float_islands=True)
         row["pcqat_calibrated"] = float_ops(mixed)
+        row["kept"] = kept_kernels(mixed)
         report = ct.verify(qat, mixed)
         row["verified"] = f"{sum(c.holds for c in report)}/{len(report)}"
     except Exception as error:
@@ -102,8 +108,32 @@ def measure(name) -> dict:
     return row
 
 
-def run_isolated(args) -> dict:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+def kept_kernels(tflite) -> str:
+    """Kernels of the file (int8/int4 constants of rank >= 2) with >= 45% zeros and <= 16 values per channel."""
+    kernels = [t for t in tflite.inspect().weights() if len(t.shape) >= 2 and t.dtype in ("int8", "int4")]
+    kept = [t for t in kernels if t.zeros_fraction >= 0.45 and t.max_unique_per_channel <= 16]
+    return f"{len(kept)}/{len(kernels)}"
+
+
+def measure_files(row) -> dict:
+    """Reads the files a peer wrote (their paths in ``row``) with collabopt's inspection."""
+    import collabopt.tflite as ct
+
+    for key in ("ptq", "pcqat", "pcqat_calibrated"):
+        path = row.pop(f"{key}_path", None)
+        if path:
+            tflite = ct.load(path)
+            row[key] = sorted({i["op"] for i in tflite.float_islands()})
+            if key != "ptq":
+                row["kept"] = kept_kernels(tflite)
+    for key in ("ptq", "pcqat"):
+        if f"{key}_error" in row:
+            row[key] = "error: " + row.pop(f"{key}_error")
+    return row
+
+
+def run_isolated(args, python=sys.executable) -> dict:
+    proc = subprocess.run([python, *args], capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(HERE.parent)))
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -118,7 +148,7 @@ def cell(value) -> str:
     return str(value).replace("|", "/")
 
 
-def write(rows, path):
+def write(rows, path, tfmot_rows=None):
     from results_file import machine
 
     lines = [
@@ -135,21 +165,45 @@ def write(rows, path):
         "ranges are kept, the tensors QAT does not reach (inside MultiHeadAttention, LSTM/GRU gates, plain ops "
         "such as `x + 3.0`) are calibrated.",
         "* **verified**: constraints recorded in training (50% zeros, ≤ 16 values) that `verify()` finds in the file.",
+        "* **kernels kept**: kernels of the final file (int8 constants of rank ≥ 2) that still have ≥ 45% zeros and "
+        "≤ 16 values per channel, read from the file alone by the same code for both libraries.",
         "",
-        f"Machine: {machine()}. Command: `python benchmarks/coverage.py --models {','.join(r['model'] for r in rows)}`. "
-        f"Date: {datetime.date.today()}.",
+        f"Machine: {machine()}. Command: `python benchmarks/coverage.py --models {','.join(r['model'] for r in rows)}"
+        f"{' --tfmot-python PATH' if tfmot_rows else ''}`. Date: {datetime.date.today()}.",
         "",
-        "| model | params | PTQ int8 | PCQAT int8 (trained ranges) | PCQAT int8 (+ calibration) | verified | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "## collabopt",
+        "",
+        "| model | params | PTQ int8 | PCQAT int8 (trained ranges) | PCQAT int8 (+ calibration) | verified | kernels kept | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         name = row.get("model")
         line = (
             f"| {name} | {row.get('params', '—'):,} | {cell(row.get('ptq', row.get('error')))} | {cell(row.get('pcqat'))} | "
-            f"{cell(row.get('pcqat_calibrated'))} | {row.get('verified', '—')} | "
+            f"{cell(row.get('pcqat_calibrated'))} | {row.get('verified', '—')} | {row.get('kept', '—')} | "
             f"{row.get('ptq_seconds', 0) + row.get('pcqat_seconds', 0):.0f} |"
         )
         lines.append(line)
+    if tfmot_rows:
+        version = next((r["tfmot_version"] for r in tfmot_rows if "tfmot_version" in r), "?")
+        lines += [
+            "",
+            f"## TFMOT {version} (tf_keras), same models, data and steps",
+            "",
+            "`prune_low_magnitude` → `strip_pruning` → `cluster_weights(preserve_sparsity=True)` → `strip_clustering` → "
+            "`quantize_apply` with `Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)` → "
+            "`TFLiteConverter` with `Optimize.DEFAULT` (the trained ranges), then again with a representative dataset. "
+            "An error names the stage that raised it and TFMOT's message.",
+            "",
+            "| model | PTQ int8 | PCQAT int8 (trained ranges) | PCQAT int8 (+ calibration) | kernels kept | seconds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in tfmot_rows:
+            lines.append(
+                f"| {row.get('model')} | {cell(row.get('ptq', row.get('error')))} | {cell(row.get('pcqat'))} | "
+                f"{cell(row.get('pcqat_calibrated'))} | {row.get('kept', '—')} | "
+                f"{row.get('ptq_seconds', 0) + row.get('pcqat_seconds', 0):.0f} |"
+            )
     lines += [
         "",
         "Ops LiteRT has no integer kernel for, or that stay float after conversion, are listed in the "
@@ -166,17 +220,24 @@ def main():
     parser.add_argument("--models", default=",".join(list(zoo.APPLICATIONS) + list(SEQUENCE_MODELS)))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "coverage.md"))
+    parser.add_argument("--tfmot-python", default=os.environ.get("COLLABOPT_TFMOT_PYTHON"), help="a Python with TFMOT 0.8.1 and tf_keras")
+    parser.add_argument("--files", default="/tmp/collabopt_coverage", help="where the TFMOT peer writes its .tflite files")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one)))
         return
-    rows = []
+    rows, tfmot_rows = [], []
     for name in args.models.split(","):
         print(f"[coverage] {name} ...", flush=True)
         rows.append(run_isolated([__file__, "--one", name]))
         rows[-1].setdefault("model", name)
         print(f"[coverage] {json.dumps(rows[-1])}", flush=True)
-    write(rows, pathlib.Path(args.out))
+        if args.tfmot_python:
+            peer = [str(HERE / "peer_tfmot.py"), "coverage", "--model", name, "--out", args.files]
+            tfmot_rows.append(measure_files(run_isolated(peer, args.tfmot_python)))
+            tfmot_rows[-1].setdefault("model", name)
+            print(f"[coverage] TFMOT {json.dumps(tfmot_rows[-1])}", flush=True)
+    write(rows, pathlib.Path(args.out), tfmot_rows)
 
 
 if __name__ == "__main__":

@@ -138,9 +138,95 @@ def collaborative(args):
     print(json.dumps({"tfmot_version": tfmot.__version__, "stages": out}))
 
 
+def _zoo_model(name):
+    """The same zoo model as benchmarks/coverage.py builds, in tf_keras."""
+    from collabopt import reference_models as zoo
+
+    if name in zoo.APPLICATIONS:
+        return zoo.application(name, keras_module=keras)
+    return {
+        "conv1d": lambda: zoo.conv1d_kws(keras_module=keras),
+        "lstm": lambda: zoo.recurrent_kws("lstm", keras_module=keras),
+        "bigru": lambda: zoo.recurrent_kws("gru", bidirectional=True, keras_module=keras),
+        "transformer": lambda: zoo.tiny_transformer(keras_module=keras),
+    }[name]()
+
+
+def _int8_file(model, path, representative=None):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if representative is not None:
+        converter.representative_dataset = lambda: ([representative[i : i + 1]] for i in range(len(representative)))
+    with open(path, "wb") as f:
+        f.write(converter.convert())
+    return path
+
+
+def _error(stage, error):
+    return f"{stage}: {type(error).__name__}: {' '.join(str(error).split())[:160]}"
+
+
+def coverage(args):
+    """TFMOT on one zoo model: PTQ int8, then prune 50% -> sparsity-preserving cluster 16 -> PCQAT -> int8.
+
+    Mirrors benchmarks/coverage.py (same architecture, same random data, the
+    same few steps per stage); writes the .tflite files and prints a JSON line
+    with their paths, or the stage that failed and TFMOT's message.
+    """
+    sp, cl, qz = tfmot.sparsity.keras, tfmot.clustering.keras, tfmot.quantization.keras
+    model = _zoo_model(args.model)
+    rng = np.random.default_rng(0)
+    shape = (8,) + tuple(model.inputs[0].shape[1:])
+    integer = "int" in str(model.inputs[0].dtype)
+    x = rng.integers(0, 100, shape).astype("int32") if integer else rng.random(shape).astype("float32")
+    y = rng.integers(0, model.outputs[0].shape[-1], 8)
+    from_logits = getattr(model.layers[-1], "activation", None) is not keras.activations.softmax
+    os.makedirs(args.out, exist_ok=True)
+    row = {"tfmot_version": tfmot.__version__}
+
+    start = time.perf_counter()
+    try:
+        row["ptq_path"] = _int8_file(model, os.path.join(args.out, f"{args.model}_ptq.tflite"), x)
+    except Exception as error:  # recorded, not raised: the table shows it
+        row["ptq_error"] = _error("convert", error)
+    row["ptq_seconds"] = round(time.perf_counter() - start, 1)
+
+    def train(m, steps, callbacks=()):
+        m.compile(optimizer=keras.optimizers.SGD(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+        m.fit(x, y, batch_size=8, epochs=steps, verbose=0, callbacks=list(callbacks))
+        return m
+
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        default_8bit_cluster_preserve_quantize_scheme as cps,
+    )
+
+    start = time.perf_counter()
+    stage = "prune_low_magnitude"
+    try:
+        pruned = train(sp.prune_low_magnitude(model, pruning_schedule=sp.ConstantSparsity(0.5, 0, frequency=1)), 2, [sp.UpdatePruningStep()])
+        stage = "cluster_weights"
+        pruned = sp.strip_pruning(pruned)
+        init = cl.CentroidInitialization.LINEAR
+        clustered = cl.strip_clustering(
+            train(cl.cluster_weights(pruned, number_of_clusters=16, cluster_centroids_init=init, preserve_sparsity=True), 1)
+        )
+        stage = "quantize_model"
+        annotated = qz.quantize_annotate_model(clustered)
+        qat = train(qz.quantize_apply(annotated, cps.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)), 2)
+        stage = "convert"
+        row["pcqat_path"] = _int8_file(qat, os.path.join(args.out, f"{args.model}_pcqat.tflite"))
+        stage = "convert with representative data"
+        row["pcqat_calibrated_path"] = _int8_file(qat, os.path.join(args.out, f"{args.model}_pcqat_calibrated.tflite"), x)
+    except Exception as error:
+        row["pcqat_error"] = _error(stage, error)
+    row["pcqat_seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(row))
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["step_time", "collaborative"])
+    parser.add_argument("what", choices=["step_time", "collaborative", "coverage"])
+    parser.add_argument("--model", default="MobileNetV2")
     parser.add_argument("--arch", default="mobilenet_style")
     parser.add_argument("--data", default="fashion_mnist")
     parser.add_argument("--n-train", type=int, default=None)
@@ -155,6 +241,8 @@ def main():
     args = parser.parse_args()
     if args.what == "collaborative":
         return collaborative(args)
+    if args.what == "coverage":
+        return coverage(args)
     tf.random.set_seed(0)
     plain = step_time("none", args.steps, args.batch_size, args.repeats)
     wrapped = step_time(args.technique, args.steps, args.batch_size, args.repeats)

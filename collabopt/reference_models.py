@@ -106,7 +106,9 @@ APPLICATIONS = {
 _SMALL_ALPHA = {"MobileNet": 0.25, "MobileNetV2": 0.35, "MobileNetV3Small": 0.75, "MobileNetV3Large": 0.75}
 
 
-def application(name: str, input_size: int | None = None, num_classes: int = 10, classifier_activation="softmax") -> keras.Model:
+def application(
+    name: str, input_size: int | None = None, num_classes: int = 10, classifier_activation="softmax", *, keras_module=keras
+) -> keras.Model:
     """A ``keras.applications`` classification model, untrained (``weights=None``), at a small input.
 
     Args:
@@ -114,6 +116,7 @@ def application(name: str, input_size: int | None = None, num_classes: int = 10,
         input_size: Image side in pixels (default: the smallest the family builds at).
         num_classes: Classes of the Dense head.
         classifier_activation: ``"softmax"`` or ``None`` (logits).
+        keras_module: The Keras to build with (``tf_keras`` for the TFMOT peer).
 
     Example:
 
@@ -129,13 +132,13 @@ def application(name: str, input_size: int | None = None, num_classes: int = 10,
         kwargs["alpha"] = _SMALL_ALPHA[name]
     if name.startswith("MobileNetV3") or name.startswith("EfficientNetV2") or name.startswith("ConvNeXt"):
         kwargs["include_preprocessing"] = True
-    return getattr(keras.applications, name)(**kwargs)
+    return getattr(keras_module.applications, name)(**kwargs)
 
 
-def conv1d_kws(input_shape=(40, 13), num_classes: int = 10, width: int = 32) -> keras.Model:
+def conv1d_kws(input_shape=(40, 13), num_classes: int = 10, width: int = 32, *, keras_module=keras) -> keras.Model:
     """A Conv1D keyword spotter over MFCC frames: Conv1D-BN-ReLU blocks, separable and depthwise convs, GAP, Dense."""
-    L = keras.layers
-    inputs = keras.Input(input_shape, name="mfcc")
+    K, L = keras_module, keras_module.layers
+    inputs = K.Input(input_shape, name="mfcc")
     x = L.Conv1D(width, 5, padding="same", use_bias=False, name="stem")(inputs)
     x = L.BatchNormalization(momentum=0.9, name="stem_bn")(x)
     x = L.ReLU(name="stem_relu")(x)
@@ -145,29 +148,33 @@ def conv1d_kws(input_shape=(40, 13), num_classes: int = 10, width: int = 32) -> 
     x = L.Conv1D(2 * width, 1, activation="relu", name="pw")(x)
     x = L.GlobalAveragePooling1D(name="gap")(x)
     x = L.Dropout(0.1, name="drop")(x)
-    return keras.Model(inputs, L.Dense(num_classes, activation="softmax", name="head")(x), name="conv1d_kws")
+    return K.Model(inputs, L.Dense(num_classes, activation="softmax", name="head")(x), name="conv1d_kws")
 
 
-def recurrent_kws(cell: str = "lstm", bidirectional: bool = False, input_shape=(40, 13), num_classes: int = 10, units: int = 32) -> keras.Model:
+def recurrent_kws(
+    cell: str = "lstm", bidirectional: bool = False, input_shape=(40, 13), num_classes: int = 10, units: int = 32, *, keras_module=keras
+) -> keras.Model:
     """A keyword-spotting RNN: (Bi)LSTM or (Bi)GRU over MFCC frames, then a Dense head.
 
     ``cell`` is ``"lstm"`` or ``"gru"``; the last layer returns the final state.
     """
-    L = keras.layers
+    K, L = keras_module, keras_module.layers
     layer_class = {"lstm": L.LSTM, "gru": L.GRU}[cell]
-    inputs = keras.Input(input_shape, name="mfcc")
+    inputs = K.Input(input_shape, name="mfcc")
     x = L.Normalization(axis=None, mean=0.5, variance=1.0 / 12.0, name="norm")(inputs)  # MFCC statistics of the data set
     rnn = layer_class(units, name=cell)
     x = (L.Bidirectional(rnn, name=f"bi_{cell}") if bidirectional else rnn)(x)
     x = L.Dense(units, activation="relu", name="fc")(x)
     name = f"{'bi' if bidirectional else ''}{cell}_kws"
-    return keras.Model(inputs, L.Dense(num_classes, name="logits")(x), name=name)
+    return K.Model(inputs, L.Dense(num_classes, name="logits")(x), name=name)
 
 
-def tiny_transformer(sequence_length: int = 16, vocabulary: int = 100, num_classes: int = 4, dim: int = 32, heads: int = 2) -> keras.Model:
+def tiny_transformer(
+    sequence_length: int = 16, vocabulary: int = 100, num_classes: int = 4, dim: int = 32, heads: int = 2, *, keras_module=keras
+) -> keras.Model:
     """A one-block Transformer text classifier: integer token ids -> Embedding -> MHA -> LN -> GELU MLP -> LN -> pool -> Dense."""
-    L = keras.layers
-    tokens = keras.Input((sequence_length,), dtype="int32", name="tokens")
+    K, L = keras_module, keras_module.layers
+    tokens = K.Input((sequence_length,), dtype="int32", name="tokens")
     x = L.Embedding(vocabulary, dim, name="embedding")(tokens)
     attention = L.MultiHeadAttention(heads, dim // heads, name="attention")(x, x)
     x = L.LayerNormalization(name="ln1")(L.Add(name="res1")([x, attention]))
@@ -175,4 +182,4 @@ def tiny_transformer(sequence_length: int = 16, vocabulary: int = 100, num_class
     h = L.EinsumDense("btd,de->bte", output_shape=(None, dim), bias_axes="e", name="mlp_down")(h)
     x = L.LayerNormalization(name="ln2")(L.Add(name="res2")([x, h]))
     x = L.GlobalAveragePooling1D(name="pool")(x)
-    return keras.Model(tokens, L.Dense(num_classes, name="logits")(x), name="tiny_transformer")
+    return K.Model(tokens, L.Dense(num_classes, name="logits")(x), name="tiny_transformer")

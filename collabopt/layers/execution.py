@@ -105,7 +105,18 @@ def _run_depthwise_conv2d(layer, inputs, weights, between=None):
 
 
 def _run_dense(layer, inputs, weights, between=None):
-    y = ops.matmul(inputs, weights["kernel"])
+    kernel = weights["kernel"]
+    inner = tuple(inputs.shape[1:-1])
+    if inner and None not in inner:
+        # A Dense over (batch, ..., features), e.g. ConvNeXt's pointwise
+        # layers: TF's matmul reshapes with a shape computed at run time, which
+        # leaves FULLY_CONNECTED in float; constant reshapes around a 2-D
+        # matmul convert to RESHAPE, FULLY_CONNECTED (bias fused), RESHAPE.
+        flat = ops.reshape(inputs, (-1, int(inputs.shape[-1])))
+        y = ops.matmul(flat, kernel)
+        y = ops.add(y, layer.bias) if layer.bias is not None else y
+        return ops.reshape(y, (-1,) + inner + (int(kernel.shape[-1]),))
+    y = ops.matmul(inputs, kernel)
     return ops.add(y, layer.bias) if layer.bias is not None else y
 
 
@@ -279,9 +290,16 @@ def internal_tensors(layer) -> tuple[str, ...]:
     return tuple(tags) + (("activation_input",) if _splits_activation(layer) else ())
 
 
+def _dense_over_sequence(layer) -> bool:
+    if type(layer) is not keras.layers.Dense:
+        return False
+    shape = (layer.get_build_config() or {}).get("input_shape")
+    return shape is not None and len(shape) > 2
+
+
 def has_tflite_form(layer) -> bool:
     """True if quantization must run ``layer`` as the ops TFLite executes (see :func:`call_in_tflite_form`)."""
-    return type(layer) in _ALWAYS or _splits_activation(layer)
+    return type(layer) in _ALWAYS or _splits_activation(layer) or _dense_over_sequence(layer)
 
 
 def to_execution_form(layer, weights: dict) -> dict:

@@ -38,6 +38,8 @@ SAME_SCALE_LAYERS: tuple[type, ...] = (
     L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
     L.GaussianNoise, L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.ZeroPadding1D, L.ZeroPadding2D,
     L.Cropping1D, L.Cropping2D, L.Identity,
+    # TFLite's int8 AVERAGE_POOL_2D requires its output on the input's scale.
+    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
 )
 
 FUSABLE_ACTIVATIONS = ("relu", "relu6")

@@ -27,6 +27,7 @@ CASES = [
     (lambda: L.Normalization(mean=0.5, variance=2.0), (2, 6)),
     (lambda: L.Rescaling(1 / 127.5, offset=-1), (2, 6)),
     (lambda: L.Dense(4, activation="softmax"), (2, 6)),
+    (lambda: L.Dense(4), (2, 3, 3, 6)),  # ConvNeXt's pointwise layers: constant reshapes around a 2-D matmul
     (lambda: L.EinsumDense("btd,de->bte", output_shape=(None, 4), bias_axes="e", activation="gelu"), (2, 5, 6)),
     (lambda: L.Conv2D(4, 3, activation="hard_swish"), (2, 6, 6, 3)),
     (lambda: L.DepthwiseConv2D(3, activation="sigmoid"), (2, 6, 6, 3)),

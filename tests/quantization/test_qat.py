@@ -155,6 +155,36 @@ def test_nested_model_is_quantized():
     assert ct.convert(qat, "int8").float_islands() == []
 
 
+@pytest.mark.parametrize("pool", [L.AveragePooling2D, L.MaxPooling2D])
+def test_pooling_between_convs_exports_full_int8(pool):
+    """DenseNet's transition and Inception's pool branch: TFLite's int8 pooling keeps its input's scale."""
+    i = keras.Input((8, 8, 3))
+    h = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(i)
+    p = pool(2, name="pool")(h)
+    b = pool(3, strides=1, padding="same", name="branch_pool")(p)
+    h = L.Concatenate(name="cat")([L.Conv2D(4, 1, name="c2")(p), L.Conv2D(4, 1, name="c3")(b)])
+    model = keras.Model(i, L.Dense(3, name="fc")(L.GlobalAveragePooling2D(name="gap")(h)))
+    qat = co.quantize_model(model)
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(rand(32, 8, 8, 3), rand(32, 3), verbose=0)
+    assert ct.convert(qat, "int8").float_islands() == []
+
+
+def test_dense_over_feature_maps_exports_full_int8():
+    """ConvNeXt's block: LayerNorm, Dense on (batch, h, w, c), GELU, Dense, residual Add."""
+    i = keras.Input((4, 4, 3))
+    h = L.LayerNormalization(epsilon=1e-6, name="ln")(L.Conv2D(8, 2, strides=2, name="down")(i))
+    d = L.Dense(8, name="pw2")(L.Dense(16, activation="gelu", name="pw1")(h))
+    h = L.Add(name="add")([h, L.Activation("linear", name="identity")(d)])
+    model = keras.Model(i, L.Dense(3, name="fc")(L.GlobalAveragePooling2D(name="gap")(h)))
+    qat = co.quantize_model(model)
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(rand(16, 4, 4, 3), rand(16, 3), verbose=0)
+    tflite = ct.convert(qat, "int8")
+    assert tflite.float_islands() == []
+    assert tflite.ops().count("FULLY_CONNECTED") == 3
+
+
 def test_calibrate_sets_ranges_without_training():
     model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="a"), L.Dense(2, name="b")])
     qat = co.quantize_model(model)
