@@ -86,6 +86,15 @@ def verify(model, tflite) -> VerifyReport:
     per-tensor-quantized weights, unless a folded BatchNormalization scaled
     each channel differently). A kind registered later is checked the same way.
 
+    The file's tensor for a weight is the one of its size named after its
+    layer; where the converter renamed it (``arith.constant*`` for the
+    folded kernels of a recurrent layer, a Dense kernel named after a folded
+    BatchNormalization), stored it transposed, or split it into several
+    tensors along its output channels (one per gate), it is found by content
+    (:mod:`collabopt.tflite.attribution`): zero positions against the zeros
+    the constraints pin, and real values against the trained weight. No
+    tensor is attributed to two weights.
+
     Args:
         model: The trained Keras model holding collabopt wrappers.
         tflite: The :class:`TFLiteModel` exported from it, the path of the
