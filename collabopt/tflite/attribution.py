@@ -105,23 +105,25 @@ def _views(tensor: TensorStats, per_channel: int):
     return views
 
 
-def _window_sums(matrix: np.ndarray, offsets: int) -> np.ndarray:
-    """``out[a] = sum_i matrix[i, a + i]`` for each offset ``a`` (diagonals of a ``(c, C)`` matrix)."""
-    c = matrix.shape[0]
-    index = np.arange(c)[:, None] + np.arange(offsets)[None, :]
-    return matrix[np.arange(c)[:, None], index]
+def _windows(matrix: np.ndarray, c: int) -> np.ndarray:
+    """Every run of ``c`` consecutive rows of ``matrix``: ``(offsets, c, ...)`` (a view, no copy)."""
+    return np.lib.stride_tricks.sliding_window_view(matrix, c, axis=0).transpose(0, matrix.ndim, *range(1, matrix.ndim))
+
+
+def _row_dots(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``out[i, a] = <rows[i], reference[a + i]>`` for each offset ``a``: ``(c, offsets)``."""
+    return np.einsum("in,ain->ia", rows, _windows(reference, rows.shape[0]))
 
 
 def _scores(weight: Weight, real: np.ndarray) -> np.ndarray:
     """Content score of ``real`` (``(c, n)`` channel rows) as channels ``a:a+c`` of ``weight``, per offset ``a``."""
     reference = weight.rows
-    c, channels = real.shape[0], weight.channels
-    if c > channels:
+    c = real.shape[0]
+    if c > weight.channels:
         return np.zeros(0)
-    offsets = channels - c + 1
-    dots = _window_sums(real @ reference.T, offsets)  # (c, offsets)
+    dots = _row_dots(real, reference)  # (c, offsets)
     real_norms = np.linalg.norm(real, axis=1)
-    ref_norms = _window_sums(np.broadcast_to(np.linalg.norm(reference, axis=1), (c, channels)), offsets)
+    ref_norms = _windows(np.linalg.norm(reference, axis=1), c).T  # (c, offsets)
     if weight.rescaled:  # each channel may carry its own factor (and sign)
         denominator = real_norms[:, None] * ref_norms
         both_zero = (real_norms[:, None] == 0) & (ref_norms == 0)
@@ -135,8 +137,8 @@ def _scores(weight: Weight, real: np.ndarray) -> np.ndarray:
         return values
     zeros = (real == 0).astype(np.float64)
     reference_zeros = zeros_ref.astype(np.float64)
-    common = _window_sums(zeros @ reference_zeros.T, offsets).sum(axis=0)
-    window = _window_sums(np.broadcast_to(reference_zeros.sum(axis=1), (c, channels)), offsets).sum(axis=0)
+    common = _row_dots(zeros, reference_zeros).sum(axis=0)
+    window = _windows(reference_zeros.sum(axis=1), c).sum(axis=1)
     union = zeros.sum() + window - common
     jaccard = np.where(union > 0, common / np.where(union > 0, union, 1.0), 1.0)
     if weight.zero_rows is not None:  # recorded zeros: their positions count as much as the values
