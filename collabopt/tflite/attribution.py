@@ -7,8 +7,8 @@ backward kernels, of equal size, both), and a kernel may be stored transposed
 several tensors (one per gate). A weight is therefore looked for
 
 1. by name: a tensor of its size named after its layer (and the sublayers of
-   a path-addressed weight such as ``forward_gru/gru_cell/kernel``); among
-   several, the one whose content matches best;
+   a path-addressed weight such as ``forward_gru/gru_cell/kernel``) whose
+   content matches (among several, the best);
 2. else by content: every unclaimed constant, read as rows of output
    channels (``(out, ...)`` or Keras's channels-last layout), is compared with
    every run of the weight's output channels it could hold. The score (0..1)
@@ -18,7 +18,10 @@ several tensors (one per gate). A weight is therefore looked for
    (per channel when export rescales channels, e.g. a folded
    BatchNormalization). The best scores are taken first; a tensor is never
    claimed twice, and a weight counts as found only when its pieces cover all
-   of its output channels exactly once.
+   of its output channels exactly once;
+3. else the tensor named after it whose content did not match (a file
+   exported from other weights, e.g. before pruning): the constraint kinds
+   then report what it lacks.
 
 The pieces of one weight are reassembled into one :class:`TensorStats` (rows =
 output channels, one scale per channel where the pieces were quantized
@@ -151,7 +154,8 @@ def _full_score(weight: Weight, tensor: TensorStats) -> float:
     return max((float(s[0]) for _, _, real in views if (s := _scores(weight, real)).size), default=-1.0)
 
 
-def _by_name(stats, weight: Weight, claimed: set) -> TensorStats | None:
+def _by_name(stats, weight: Weight, claimed: set) -> list[TensorStats]:
+    """Unclaimed tensors of the weight's size named after its layer (and sublayers), best content first."""
     named = [
         t
         for t in stats
@@ -165,9 +169,9 @@ def _by_name(stats, weight: Weight, claimed: set) -> TensorStats | None:
         narrower = [t for t in named if _mentions(t.name, {sublayer})]
         named = narrower or named
     if len(named) <= 1:
-        return named[0] if named else None
+        return named
     scores = [_full_score(weight, t) for t in named]
-    return named[int(np.argmax(scores))]
+    return [named[i] for i in np.argsort(-np.asarray(scores), kind="stable")]
 
 
 def _by_content(stats, weights: list[Weight], claimed: set) -> dict:
@@ -206,13 +210,26 @@ def attribute(stats, weights: list[Weight]) -> dict:
         weights: The :class:`Weight` s to find; none gets a tensor another one got.
     """
     claimed: set[int] = set()
-    found = {}
+    found, named_only = {}, {}
     for weight in weights:
-        tensor = _by_name(stats, weight, claimed)
-        if tensor is not None:
-            claimed.add(id(tensor))
-            found[weight.key] = [Piece(tensor, 0, weight.channels, "rows")]
+        named = _by_name(stats, weight, claimed)
+        if not named:
+            continue
+        score = _full_score(weight, named[0])
+        if score >= MIN_SCORE or score == -1.0:  # the content agrees, or there is no content to compare
+            claimed.add(id(named[0]))
+            found[weight.key] = [Piece(named[0], 0, weight.channels, "rows")]
+        else:  # a tensor of another weight may carry this layer's name (a bias of the kernel's size)
+            named_only[weight.key] = named
     found.update(_by_content(stats, [w for w in weights if w.key not in found], claimed))
+    # Where the content matched nothing (e.g. a file exported before pruning), the named tensor is
+    # still the weight's, and the kinds say what it lacks.
+    for weight in weights:
+        if weight.key not in found:
+            tensor = next((t for t in named_only.get(weight.key, ()) if id(t) not in claimed), None)
+            if tensor is not None:
+                claimed.add(id(tensor))
+                found[weight.key] = [Piece(tensor, 0, weight.channels, "rows")]
     return found
 
 

@@ -88,3 +88,15 @@ def test_one_piece_is_the_tensor_itself_and_a_weight_needs_all_its_channels():
     assert combined_stats([Piece(tensor, 0, 12, "rows")], weight) is tensor
     # Two of three gates in the file: the weight is not found (and neither piece is claimed).
     assert attribute([_int8("g0", kernel[:4]), _int8("g1", kernel[4:8])], [weight]) == {}
+
+
+def test_a_name_is_trusted_only_when_the_content_agrees_or_nothing_else_matches():
+    kernel, zeros = _pruned((1, 16), 4)  # a (1, 16) kernel has the size of its layer's bias
+    weight = Weight("k", {"lstm"}, "lstm_cell/kernel", kernel, zeros)
+    bias = _int8("model/lstm_1/lstm_cell_1/BiasAdd/ReadVariableOp", np.random.default_rng(7).normal(size=16))
+    found = attribute([bias, _int8("arith.constant", kernel)], [weight])
+    assert [p.tensor.name for p in found["k"]] == ["arith.constant"]
+    # A file exported before pruning: nothing matches the recorded zeros, so the named tensor is checked (and lacks them).
+    dense = kernel + (kernel == 0) * np.random.default_rng(8).normal(size=kernel.shape)
+    found = attribute([_int8("model/lstm_1/MatMul", dense)], [weight])
+    assert [p.tensor.name for p in found["k"]] == ["model/lstm_1/MatMul"]
