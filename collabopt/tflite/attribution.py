@@ -94,18 +94,23 @@ def _usable(tensor: TensorStats) -> bool:
     return tensor.is_weight and tensor.values is not None and tensor.dtype in WEIGHT_DTYPES
 
 
-def _views(tensor: TensorStats, per_channel: int):
-    """``(layout, stored, real)``: the tensor as ``(c, per_channel)`` channel rows, in each layout it may use."""
-    size = int(np.asarray(tensor.values).size)
-    if per_channel <= 0 or size % per_channel:
+def _views(tensor: TensorStats, per_channel: int, flat=None):
+    """``(layout, stored, real)``: the tensor as ``(c, per_channel)`` channel rows, in each layout it may use.
+
+    ``flat``: the tensor's ``(stored, real)`` values, flattened, if already computed.
+    """
+    stored, real = flat if flat is not None else _flat(tensor)
+    if per_channel <= 0 or stored.size % per_channel:
         return []
-    c = size // per_channel
-    stored = np.asarray(tensor.values).reshape(-1)
-    real = tensor.dequantized().reshape(-1)
+    c = stored.size // per_channel
     views = [("rows", stored.reshape(c, per_channel), real.reshape(c, per_channel))]
     if c > 1 and per_channel > 1:
         views.append(("columns", stored.reshape(per_channel, c).T, real.reshape(per_channel, c).T))
     return views
+
+
+def _flat(tensor: TensorStats):
+    return np.asarray(tensor.values).reshape(-1), tensor.dequantized().reshape(-1)
 
 
 def _windows(matrix: np.ndarray, c: int) -> np.ndarray:
@@ -176,10 +181,11 @@ def _by_name(stats, weight: Weight, claimed: set) -> list[TensorStats]:
 
 def _by_content(stats, weights: list[Weight], claimed: set) -> dict:
     candidates = [t for t in stats if _usable(t) and id(t) not in claimed and np.asarray(t.values).size > 1]
+    flats = [_flat(t) for t in candidates] if weights else []
     options = []
     for w_index, weight in enumerate(weights):
         for t_index, tensor in enumerate(candidates):
-            for layout, _, real in _views(tensor, weight.rows.shape[1]):
+            for layout, _, real in _views(tensor, weight.rows.shape[1], flats[t_index]):
                 scores = _scores(weight, real)
                 for offset in np.argsort(-scores, kind="stable")[:_OFFSETS_KEPT]:
                     if scores[offset] >= MIN_SCORE:
