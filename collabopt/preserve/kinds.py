@@ -95,9 +95,17 @@ class ConstraintKind(abc.ABC):
         Args:
             state: The constraint's state as numpy arrays.
             tensor: Statistics of the exported tensor (``zeros_fraction``,
-                ``unique_values``, ``max_unique_per_channel``, ``per_channel``;
-                e.g. ``collabopt.tflite``'s ``TensorStats``), or None when no
-                tensor of the file matched the weight.
+                ``unique_values``, ``max_unique_per_channel``, ``per_channel``,
+                ``shape``, ``scales``, ``zero_points``,
+                ``quantized_dimension`` and the stored ``values``; e.g.
+                ``collabopt.tflite``'s ``TensorStats``), or None when no
+                tensor of the file matched the weight. When export split the
+                weight into several tensors along its output channels (one
+                per gate of a recurrent kernel), ``tensor`` describes them
+                reassembled: shape ``(channels, values per channel)``, the
+                stored values side by side, one scale and zero point per
+                channel unless every piece shares one. A kind therefore
+                checks one tensor or several pieces the same way.
             channels_rescaled: True when export scaled each output channel
                 differently (a folded BatchNormalization).
 

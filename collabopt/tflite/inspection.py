@@ -27,6 +27,8 @@ class TensorStats:
         scales: Quantization scales (empty if not quantized).
         zero_points: Quantization zero points.
         quantized_dimension: Axis of per-channel quantization.
+        values: The stored values of a constant tensor (as in the file:
+            integers for quantized tensors), or ``None``.
     """
 
     name: str
@@ -39,10 +41,35 @@ class TensorStats:
     scales: tuple[float, ...]
     zero_points: tuple[int, ...]
     quantized_dimension: int
+    values: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def per_channel(self) -> bool:
         return len(self.scales) > 1
+
+    def dequantized(self) -> np.ndarray | None:
+        """The real values the tensor stands for: ``(stored - zero_point) * scale``, per channel
+        along ``quantized_dimension`` when quantized per channel; float tensors as stored.
+        ``None`` for a tensor without constant values.
+
+        >>> t = TensorStats("w", "int8", (2, 2), True, 0.25, 3, 2, (0.5, 0.25), (0, 0), 0, np.array([[2, 0], [4, -4]], np.int8))
+        >>> t.dequantized().tolist()
+        [[1.0, 0.0], [1.0, -1.0]]
+        """
+        if self.values is None:
+            return None
+        values = np.asarray(self.values, np.float64)
+        if not self.scales or not np.issubdtype(np.asarray(self.values).dtype, np.integer):
+            return values
+        scales, zero_points = np.asarray(self.scales, np.float64), np.asarray(self.zero_points or (0,), np.float64)
+        if len(scales) > 1 and values.ndim:
+            shape = [1] * values.ndim
+            shape[self.quantized_dimension] = -1
+            scales = scales.reshape(shape)
+            zero_points = zero_points.reshape(shape) if zero_points.size == scales.size else zero_points.reshape(-1)[0]
+        else:
+            scales, zero_points = scales.reshape(-1)[0], zero_points.reshape(-1)[0]
+        return (values - zero_points) * scales
 
 
 class InspectionReport(list):
@@ -126,6 +153,7 @@ def tensor_stats(graph: Graph) -> InspectionReport:
                 scales=scales,
                 zero_points=zps,
                 quantized_dimension=t.quantized_dimension,
+                values=t.data if t.data is not None and t.data.size else None,
             )
         )
     return report

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 
-from collabopt.layers import base_layer, optimizable_variables, wrapper_chain
-from collabopt.preserve import constraints_on, get_kind
-from collabopt.tflite.inspection import TensorStats
+from keras import ops
+
+from collabopt.layers import base_layer, optimizable_variables, spec_for, to_channel_rows, wrapper_chain
+from collabopt.preserve import constraints_on, get_kind, zero_mask
+from collabopt.tflite.attribution import Weight, attribute, combined_stats
 from collabopt.tflite.model import as_tflite_model
 from collabopt.transform import iter_layers
 
@@ -28,6 +29,9 @@ class ConstraintCheck:
             (``ConstraintKind.check``), or None if no tensor matched.
         tensor: Name of the flatbuffer tensor checked.
         holds: Whether the file keeps the constraint.
+        tensors: The flatbuffer tensors holding the weight: one, or several
+            that each hold some of its output channels (e.g. one per gate of
+            a recurrent kernel); ``tensor`` joins their names with ``" + "``.
     """
 
     layer: str
@@ -37,6 +41,7 @@ class ConstraintCheck:
     found: float | None
     tensor: str | None
     holds: bool
+    tensors: tuple[str, ...] = ()
 
 
 class VerifyReport(list):
@@ -58,33 +63,17 @@ class VerifyReport(list):
         return "\n".join(lines)
 
 
-def _mentions(tensor_name: str, names) -> bool:
-    return any(re.search(rf"(?<![\w]){re.escape(n)}(?:_\d+)?(?=/|[^\w]|$)", tensor_name) for n in names)
-
-
-def _find_tensor(stats, names, size, weight_name, claimed) -> TensorStats | None:
-    """The file's tensor for one weight: same size, named after the layer (and the sublayer of a
-    path-addressed weight such as ``query/kernel``), not already matched to another weight.
-
-    Where the converter renamed the tensor (a Dense whose following
-    BatchNormalization it folded names the kernel after the BN), the one
-    unclaimed constant of that size is taken.
-    """
-    sized = [
-        t
-        for t in stats
-        if t.is_weight
-        and t.name not in claimed
-        and int(np.prod(t.shape or (1,))) == size
-        and t.dtype in ("int8", "int4", "float32", "float16")
-    ]
-    named = [t for t in sized if _mentions(t.name, names)]
-    if "/" in weight_name:
-        sublayer = [t for t in named if _mentions(t.name, {weight_name.split("/")[-2]})]
-        named = sublayer or named
-    if named:
-        return named[0]
-    return sized[0] if len(sized) == 1 else None
+def _weight(key, layer, effective, base, weight_name, variable, names, folded) -> Weight:
+    """What :func:`attribute` needs to find one weight: its trained values and recorded zeros as channel rows."""
+    spec = spec_for(base, weight_name)
+    effective = effective.get(weight_name, variable)
+    rows = to_channel_rows(np.asarray(ops.convert_to_numpy(effective), np.float64), spec)
+    mask = zero_mask(layer, weight_name)
+    zero_rows = None
+    if mask is not None:
+        mask = np.broadcast_to(np.asarray(ops.convert_to_numpy(mask)), tuple(variable.shape))
+        zero_rows = to_channel_rows(np.ascontiguousarray(mask), spec) == 0
+    return Weight(key, names, weight_name, rows, zero_rows, folded)
 
 
 def verify(model, tflite) -> VerifyReport:
@@ -96,6 +85,15 @@ def verify(model, tflite) -> VerifyReport:
     has at most K distinct values per channel (per tensor for
     per-tensor-quantized weights, unless a folded BatchNormalization scaled
     each channel differently). A kind registered later is checked the same way.
+
+    The file's tensor for a weight is the one of its size named after its
+    layer; where the converter renamed it (``arith.constant*`` for the
+    folded kernels of a recurrent layer, a Dense kernel named after a folded
+    BatchNormalization), stored it transposed, or split it into several
+    tensors along its output channels (one per gate), it is found by content
+    (:mod:`collabopt.tflite.attribution`): zero positions against the zeros
+    the constraints pin, and real values against the trained weight. No
+    tensor is attributed to two weights.
 
     Args:
         model: The trained Keras model holding collabopt wrappers.
@@ -109,8 +107,7 @@ def verify(model, tflite) -> VerifyReport:
     """
     tflite = as_tflite_model(tflite, "verify")
     stats = tflite.inspect()
-    report = VerifyReport()
-    claimed: set[str] = set()
+    entries, weights = [], []
     for layer in iter_layers(model):
         chain = wrapper_chain(layer)
         if not chain:
@@ -118,19 +115,29 @@ def verify(model, tflite) -> VerifyReport:
         base = base_layer(layer)
         names = {base.name} | {w.name for w in chain}
         folded = any(getattr(w, "folded_batchnorm", None) is not None for w in chain)
+        effective = None
         for weight_name, variable in optimizable_variables(base).items():
             constraints = constraints_on(layer, weight_name)
-            size = int(np.prod(variable.shape))
-            tensor = _find_tensor(stats, names, size, weight_name, claimed) if constraints else None
-            if tensor is not None:
-                claimed.add(tensor.name)
-            for kind, constraint in constraints.items():
-                state = constraint.numpy_state()
-                holds, found = constraint.kind.check(state, tensor, channels_rescaled=folded)
-                expected = constraint.kind.expected(state)
-                report.append(
-                    ConstraintCheck(
-                        base.name, weight_name, kind, expected, found, tensor.name if tensor else None, holds
-                    )
+            if not constraints:
+                continue
+            if effective is None:
+                effective = chain[0].effective_weights(training=False)
+            weight = _weight(len(weights), layer, effective, base, weight_name, variable, names, folded)
+            weights.append(weight)
+            entries.append((base.name, weight_name, weight, folded, constraints))
+    found = attribute(stats, weights)
+    report = VerifyReport()
+    for layer_name, weight_name, weight, folded, constraints in entries:
+        pieces = found.get(weight.key)
+        tensor = combined_stats(pieces, weight) if pieces else None
+        tensors = tuple(p.tensor.name for p in pieces) if pieces else ()
+        for kind, constraint in constraints.items():
+            state = constraint.numpy_state()
+            holds, found_value = constraint.kind.check(state, tensor, channels_rescaled=folded)
+            expected = constraint.kind.expected(state)
+            report.append(
+                ConstraintCheck(
+                    layer_name, weight_name, kind, expected, found_value, tensor.name if tensor else None, holds, tensors
                 )
+            )
     return report

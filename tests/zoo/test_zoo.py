@@ -92,17 +92,11 @@ def test_application(name):
     [
         zoo.conv1d_kws,
         lambda: zoo.recurrent_kws("lstm"),
-        pytest.param(
-            lambda: zoo.recurrent_kws("lstm", bidirectional=True),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the int8 file holds the zeros and clusters, but the converter names a Bidirectional's "
-                "folded kernels 'arith.constant*', so verify() cannot attribute them to the layer",
-            ),
-        ),
+        lambda: zoo.recurrent_kws("lstm", bidirectional=True),
+        lambda: zoo.recurrent_kws("gru", bidirectional=True),
         zoo.tiny_transformer,
     ],
-    ids=["conv1d", "lstm", "bilstm", "transformer"],
+    ids=["conv1d", "lstm", "bilstm", "bigru", "transformer"],
 )
 def test_sequence(build):
     model = build()
