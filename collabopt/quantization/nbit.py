@@ -27,6 +27,11 @@ from collabopt.quantization.quantizers import LastValueQuantizer
 from collabopt.quantization.schemes import QuantizeScheme
 
 WEIGHT_BITS = range(2, 9)
+
+#: Layers whose weights keep 8 bits under a narrower scheme: TF 2.21's
+#: converter fails on an INT4 GATHER table ("Unsupported enum 17") and LiteRT
+#: has no INT4 GATHER that reproduces the model (docs/int4.md).
+EIGHT_BIT_WEIGHT_LAYERS: tuple[type, ...] = (keras.layers.Embedding,)
 ACTIVATION_BITS = (8, 16)
 
 
@@ -78,6 +83,16 @@ class DefaultNBitQuantizeScheme(QuantizeScheme):
     def weight_quantizer(self, rank: int, per_channel: bool | None = None):
         per_axis = (rank >= 3 if per_channel is None else per_channel) and not self.disable_per_axis
         return LastValueQuantizer(self.weight_bits, per_axis=per_axis, symmetric=True, narrow_range=True)
+
+    def config_for(self, layer):
+        """The scheme's config, with 8-bit weights for layers in :data:`EIGHT_BIT_WEIGHT_LAYERS`."""
+        config = super().config_for(layer)
+        if config is not None and self.weight_bits < 8 and isinstance(layer, EIGHT_BIT_WEIGHT_LAYERS):
+            config.weights = {
+                name: LastValueQuantizer(8, per_axis=q.per_axis, symmetric=True, narrow_range=True)
+                for name, q in config.weights.items()
+            }
+        return config
 
     def get_config(self):
         return {

@@ -111,3 +111,23 @@ def test_c4qat_keeps_at_most_k_values_per_range_and_the_zero_centroid():
     _, dense = _effective(qat, "dense")
     assert np.unique(dense).size <= 12  # per-tensor range: <= 12 values in the whole kernel
     assert np.mean(kernel == 0) >= 0.5 and np.mean(dense == 0) >= 0.5
+
+
+def test_embedding_keeps_8bit_table_and_the_rest_is_int4():
+    """TFLite has no INT4 GATHER the converter can emit: the table stays int8, the Dense kernel is INT4."""
+    import collabopt.tflite as ct
+
+    tokens = keras.Input((6,), dtype="int32")
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 8, name="emb")(tokens))
+    model = keras.Model(tokens, keras.layers.Dense(3, name="fc")(x))
+    qat = co.quantize_model(model, scheme=co.DefaultNBitQuantizeScheme(num_bits_weight=4))
+    bits = {w.base_layer.name: q.num_bits for w in quantize_wrappers(qat) for q in w.weight_quantizers.values()}
+    assert bits == {"emb": 8, "fc": 4}
+    xs = np.random.default_rng(0).integers(0, 20, (32, 6)).astype("int32")
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(xs, rand(32, 3), verbose=0)
+    tflite = ct.convert(qat, "int8")
+    assert tflite.float_islands() == []
+    dtypes = {s.shape: s.dtype for s in tflite.inspect().weights()}
+    assert dtypes[(20, 8)] == "int8" and dtypes[(3, 8)] == "int4"
+    np.testing.assert_allclose(tflite.predict(xs), qat.predict(xs, verbose=0), atol=0.02)
