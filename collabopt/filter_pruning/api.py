@@ -16,8 +16,9 @@ from collabopt.layers import (
     OptimizationWrapper,
     base_layer,
     get_variable,
+    layer_roles,
+    spec_for,
     to_channel_rows,
-    weight_specs,
 )
 from collabopt.transform import (
     analyze_channels,
@@ -69,10 +70,10 @@ def filter_groups(model):
 
 def _member_scores(layer, offset, size, criterion):
     base = base_layer(layer)
-    specs = weight_specs(base) or ()
-    if not specs:
+    name = layer_roles(base).output_weight
+    if name is None:
         return None
-    spec = specs[-1]
+    spec = spec_for(base, name)
     value = keras.ops.convert_to_numpy(get_variable(base, spec))
     rows = to_channel_rows(value, spec)[offset : offset + size]
     return channel_scores(rows, criterion)

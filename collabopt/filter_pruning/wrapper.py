@@ -13,9 +13,9 @@ from collabopt.layers import (
     base_layer,
     from_channel_rows,
     get_variable,
+    layer_roles,
     spec_for,
     to_channel_rows,
-    weight_specs,
 )
 from collabopt.layers.copy import copy_layer
 from collabopt.preserve import CHANNELS, SPARSITY, Constraint
@@ -76,8 +76,8 @@ class PruneFilters(OptimizationWrapper):
 
     # --- state ---------------------------------------------------------------
     def _masked_spec(self):
-        specs = weight_specs(self.base_layer) or ()
-        return specs[-1] if specs else None
+        name = layer_roles(self.base_layer).output_weight
+        return spec_for(self.base_layer, name) if name is not None else None
 
     def build_wrapper(self, input_shape):
         channels = int(self.base_layer.compute_output_shape(input_shape)[-1])
