@@ -8,7 +8,10 @@ one table that every consumer reads:
   (BatchNormalization's statistics, PReLU's slopes); techniques leave it as is.
 * ``same_scale``: its outputs are values of its input (pooling, reshapes,
   dropout): TFLite keeps the input's quantization parameters, so QAT puts no
-  output quantizer after it.
+  output quantizer after it. Only for layers that convert to ops LiteRT's
+  converter keeps the scale through (reshape, transpose, pooling, padding,
+  slicing); measured on TF 2.21: a weightless layer converting to
+  ``REVERSE_V2`` and declared same-scale is left in float.
 * ``output_weight``: the weight that holds the layer's output channels. A
   following BatchNormalization folds into it during QAT (the layer must also
   take ``use_bias`` and have a linear activation) and filter pruning masks it.
