@@ -34,6 +34,7 @@ from collabopt.layers.roles import (
 )
 from collabopt.layers.wrapper import (
     OptimizationWrapper,
+    RewrappingWrapper,
     base_layer,
     remove_wrappers,
     transformable_weight_names,
@@ -52,6 +53,7 @@ __all__ = [
     "PASSTHROUGH_LAYERS",
     "PRODUCES",
     "RESHAPES",
+    "RewrappingWrapper",
     "OptimizableLayer",
     "OptimizationWrapper",
     "WeightSpec",

@@ -35,22 +35,13 @@ What a layer does to the channel axis is its ``LayerRoles.channels``
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import keras
 import numpy as np
 
-from collabopt.layers import (
-    CONCATENATES,
-    ELEMENTWISE,
-    FLATTENS,
-    KEEPS,
-    MERGES,
-    MULTIPLIES,
-    PRODUCES,
-    RESHAPES,
-    base_layer,
-    channel_behaviour,
-)
+from collabopt.errors import InvalidArgumentError, UnsupportedLayerError
+from collabopt.layers import base_layer, channel_behaviour, roles
 from collabopt.transform.clone import is_graph_model
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +232,7 @@ class _Analysis:
         config = base.get_config()
         channels_last = config.get("data_format", "channels_last") == "channels_last"
         behaviour = channel_behaviour(base)
-        if behaviour == PRODUCES:
+        if behaviour == roles.PRODUCES:
             if len(inputs) != 1 or not channels_last or config.get("groups", 1) != 1 or config.get("depth_multiplier", 1) != 1:
                 return give_up()
             # A flattened input (positions > 1) reaches only layers taking
@@ -251,7 +242,7 @@ class _Analysis:
             if name not in self.sources:
                 self.sources[name] = self.new_source(out)
             return [self.record_member(name, Channels((Segment(self.sources[name], out),)))]
-        if behaviour == KEEPS and base.weights:  # per-channel weights (DepthwiseConv, BatchNormalization)
+        if behaviour == roles.KEEPS and base.weights:  # per-channel weights (DepthwiseConv, BatchNormalization)
             axis = config.get("axis", -1)
             axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
             rank = len(shape) if shape is not None else None
@@ -261,9 +252,9 @@ class _Analysis:
             return [self.record_member(name, x)]
         if base.weights:
             return give_up()
-        if behaviour in (MERGES, MULTIPLIES):
-            return [self.merge(base, inputs, multiply=behaviour == MULTIPLIES)]
-        if behaviour == CONCATENATES:
+        if behaviour in (roles.MERGES, roles.MULTIPLIES):
+            return [self.merge(base, inputs, multiply=behaviour == roles.MULTIPLIES)]
+        if behaviour == roles.CONCATENATES:
             if any(c is None for c in inputs):
                 return give_up()
             axis = config["axis"]
@@ -273,7 +264,7 @@ class _Analysis:
             if axis == -1 or (rank is not None and axis == rank - 1):
                 return [Channels(tuple(s for c in inputs for s in c.segments))]
             return [self.merge(base, inputs)]  # along another axis, channels line up as in an Add
-        if behaviour == FLATTENS:
+        if behaviour == roles.FLATTENS:
             if x is None or x.positions != 1 or shape is None or None in shape[1:]:
                 return give_up()
             positions = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
@@ -281,16 +272,16 @@ class _Analysis:
             if "target_shape" in config:  # a Reshape names the channel count
                 self.reshapes[name] = out
             return [out]
-        if behaviour == RESHAPES:
+        if behaviour == roles.RESHAPES:
             target = tuple(config["target_shape"])
             if x is None or shape is None or x.positions != 1 or target[-1] != shape[-1]:
                 return give_up()
             self.reshapes[name] = x
             return [x]
-        if behaviour in (KEEPS, ELEMENTWISE):
+        if behaviour in (roles.KEEPS, roles.ELEMENTWISE):
             if x is None:
                 return [None]
-            if x.positions != 1 and behaviour != ELEMENTWISE:
+            if x.positions != 1 and behaviour != roles.ELEMENTWISE:
                 return give_up()
             keeps_zero = _maps_zero_to_zero(base, shape)
             return [Channels(tuple(Segment(s.source, s.size, s.zero and keeps_zero) for s in x.segments), x.positions)]
@@ -399,8 +390,6 @@ def _maps_zero_to_zero(layer, shape) -> bool:
 
 
 def _takes_training(layer) -> bool:
-    import inspect
-
     return "training" in inspect.signature(layer.call).parameters
 
 
@@ -429,8 +418,6 @@ def analyze_channels(model) -> ChannelGraph:
     >>> [(g.size, g.prunable) for g in graph.groups.values()]
     [(8, True), (4, False)]
     """
-    from collabopt.errors import InvalidArgumentError, UnsupportedLayerError
-
     if not isinstance(model, keras.Model) or not is_graph_model(model):
         raise UnsupportedLayerError(
             f"channel analysis needs a Sequential or Functional model; received {type(model).__name__} "

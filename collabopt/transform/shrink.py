@@ -15,17 +15,7 @@ import keras
 import numpy as np
 
 from collabopt.errors import InvalidArgumentError, OrderError
-from collabopt.layers import (
-    FLATTENS,
-    KEEPS,
-    RESHAPES,
-    OptimizationWrapper,
-    base_layer,
-    channel_behaviour,
-    layer_roles,
-    weight_specs,
-    wrapper_chain,
-)
+from collabopt.layers import OptimizationWrapper, base_layer, channel_behaviour, layer_roles, roles, weight_specs, wrapper_chain
 from collabopt.layers.copy import copy_layer
 from collabopt.transform.channel_graph import analyze_channels
 from collabopt.transform.clone import is_graph_model, iter_layers
@@ -100,9 +90,9 @@ def _shrunk_layer(layer, out_keep, in_keep):
     weights = {v.path.split("/")[-1]: keras.ops.convert_to_numpy(v) for v in layer.weights}
     specs = {s.name: s for s in weight_specs(layer) or ()}
     behaviour = channel_behaviour(layer)
-    if behaviour in (FLATTENS, RESHAPES):
+    if behaviour in (roles.FLATTENS, roles.RESHAPES):
         config["target_shape"] = tuple(config["target_shape"][:-1]) + (int(in_keep.sum()),)
-    elif behaviour == KEEPS:
+    elif behaviour == roles.KEEPS:
         keep = out_keep if out_keep is not None else in_keep
         weights = {k: _take(v, keep, specs[k].channel_axes[0] if k in specs else 0) for k, v in weights.items()}
     else:
