@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+import collabopt.keras  # noqa: F401  (registers the built-in techniques before the registry is copied)
 from collabopt.technique import registry
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
@@ -42,3 +43,6 @@ def test_adding_a_technique(isolated_registry):
 def test_adding_a_layer():
     namespace = _run("Adding a layer")
     assert namespace["report"].all_hold
+    # The roles the custom weightless layers registered reached QAT, the int8 file and filter pruning.
+    assert not namespace["int8"].float_islands()
+    assert namespace["small"].get_layer("conv1").filters == 4

@@ -6,13 +6,7 @@ Keras model (fewer filters, smaller BatchNormalization and depthwise layers,
 smaller kernels downstream), which runs faster on every TFLite kernel.
 """
 
-from collabopt.filter_pruning.api import (
-    FilterPruningConfig,
-    apply_filter_pruning,
-    filter_groups,
-    prune_filters,
-    rank_channels,
-)
+from collabopt.filter_pruning.api import apply_filter_pruning, filter_groups, prune_filters
 from collabopt.filter_pruning.criteria import CRITERIA, channel_scores
 from collabopt.filter_pruning.macs import count_macs, layer_macs
 from collabopt.filter_pruning.schedules import (
@@ -20,11 +14,13 @@ from collabopt.filter_pruning.schedules import (
     PolynomialRatio,
     RatioSchedule,
 )
+from collabopt.filter_pruning.technique import FILTER_PRUNING, FilterPruningConfig, rank_channels
 from collabopt.filter_pruning.wrapper import PruneFilters
 
 __all__ = [
     "CRITERIA",
     "ConstantRatio",
+    "FILTER_PRUNING",
     "FilterPruningConfig",
     "PolynomialRatio",
     "PruneFilters",

@@ -2,50 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
-
-import keras
-import numpy as np
-
-from collabopt.errors import InvalidArgumentError, InvalidTypeError, OrderError
-from collabopt.filter_pruning.criteria import channel_scores, check_criterion
+from collabopt.filter_pruning.criteria import check_criterion
 from collabopt.filter_pruning.schedules import RatioSchedule, as_schedule
-from collabopt.filter_pruning.wrapper import PruneFilters
-from collabopt.layers import (
-    OptimizationWrapper,
-    base_layer,
-    get_variable,
-    to_channel_rows,
-    weight_specs,
-)
-from collabopt.transform import (
-    analyze_channels,
-    is_graph_model,
-    iter_layers,
-    map_layers,
-)
-
-# Reasons a group is always left alone; other reasons are worth a warning.
-_EXPECTED = ("model output", "model input")
-
-
-@dataclasses.dataclass(frozen=True)
-class FilterPruningConfig:
-    """The settings of one filter-pruning stage (data; :func:`prune_filters` applies it).
-
-    Attributes:
-        pruning_schedule: The ratio schedule.
-        criterion: ``"l1"``, ``"l2"`` or ``"geometric_median"``.
-    """
-
-    pruning_schedule: RatioSchedule
-    criterion: str = "l2"
-
-    def __post_init__(self):
-        check_criterion(self.criterion)
-        if not isinstance(self.pruning_schedule, RatioSchedule):
-            raise InvalidTypeError(f"pruning_schedule must be a RatioSchedule; received {self.pruning_schedule!r}.")
+from collabopt.filter_pruning.technique import FilterPruningConfig
+from collabopt.technique import apply
+from collabopt.transform import analyze_channels
 
 
 def filter_groups(model):
@@ -65,43 +26,6 @@ def filter_groups(model):
     group 2 (2 channels; logits): left alone: they are channels of a model output
     """
     return analyze_channels(model)
-
-
-def _member_scores(layer, offset, size, criterion):
-    base = base_layer(layer)
-    specs = weight_specs(base) or ()
-    if not specs:
-        return None
-    spec = specs[-1]
-    value = keras.ops.convert_to_numpy(get_variable(base, spec))
-    rows = to_channel_rows(value, spec)[offset : offset + size]
-    return channel_scores(rows, criterion)
-
-
-def rank_channels(graph, criterion: str) -> dict:
-    """``{layer name: (rank, group size)}`` arrays over each member's output channels.
-
-    A group's score is the sum of its members' (mean-normalised) channel
-    scores; rank 0 is its least important channel. Frozen groups get group
-    size 0 (never pruned).
-    """
-    ranking = {}
-    for name, slices in graph.members.items():
-        length = max(s.offset + s.size for s in slices)
-        ranking[name] = (np.zeros(length, np.int32), np.zeros(length, np.int32))
-    for group in graph.prunable_groups():
-        total = np.zeros(group.size)
-        for name, offset in group.members:
-            scores = _member_scores(graph.layers[name], offset, group.size, criterion)
-            if scores is not None:
-                total += scores
-        order = np.argsort(total, kind="stable")
-        rank = np.empty(group.size, np.int32)
-        rank[order] = np.arange(group.size, dtype=np.int32)
-        for name, offset in group.members:
-            ranking[name][0][offset : offset + group.size] = rank
-            ranking[name][1][offset : offset + group.size] = group.size
-    return ranking
 
 
 def prune_filters(model, pruning_ratio: float = 0.5, criterion: str = "l2", pruning_schedule: RatioSchedule | None = None):
@@ -136,8 +60,9 @@ def prune_filters(model, pruning_ratio: float = 0.5, criterion: str = "l2", prun
     Raises:
         InvalidArgumentError: bad ratio or criterion, or nothing can be pruned.
         InvalidTypeError: a schedule of the wrong type.
-        OrderError: the model already holds collabopt wrappers (filter
-            pruning comes first; strip other techniques before it).
+        OrderError: a layer is already pruned, filter-pruned, clustered or
+            quantized (filter pruning comes first; the message names the
+            layer and the order that works).
         UnsupportedLayerError: a subclassed model.
 
     Example:
@@ -156,42 +81,5 @@ def prune_filters(model, pruning_ratio: float = 0.5, criterion: str = "l2", prun
 
 
 def apply_filter_pruning(model, config: FilterPruningConfig):
-    """Applies a :class:`FilterPruningConfig` to ``model`` (the body of :func:`prune_filters`)."""
-    if not isinstance(model, keras.Model) or not is_graph_model(model):
-        raise InvalidArgumentError(
-            f"prune_filters expects a Sequential or Functional keras.Model; received {type(model).__name__} "
-            f"'{getattr(model, 'name', model)}'. Filter pruning changes channel counts across layers, so it "
-            "needs the model's graph (rebuild subclassed models as Functional ones)."
-        )
-    wrapped = [base_layer(l).name for l in iter_layers(model) if isinstance(l, OptimizationWrapper)]
-    if wrapped:
-        raise OrderError(
-            f"prune_filters: layers {wrapped[:5]} of model '{model.name}' already hold collabopt wrappers. "
-            "Filter pruning comes first (prune_filters -> strip_pruning -> cluster_weights -> quantize_model); "
-            "strip the other techniques before it."
-        )
-    graph = analyze_channels(model)
-    if not graph.prunable_groups():
-        raise InvalidArgumentError(
-            f"prune_filters: model '{model.name}' has no output channels that can be pruned:\n{graph.report()}"
-        )
-    unexpected = [g for g in graph.frozen_groups() if not any(e in g.frozen for e in _EXPECTED)]
-    if unexpected:
-        warnings.warn(
-            "prune_filters: left alone "
-            + "; ".join(f"{', '.join(n for n, _ in g.members)} ({g.frozen})" for g in unexpected)
-            + ".",
-            stacklevel=3,
-        )
-    ranking = rank_channels(graph, config.criterion)
-    wrap = {name for name, (_, sizes) in ranking.items() if sizes.any()}
-
-    def fn(layer):
-        if layer.name not in wrap:
-            return None
-        wrapper = PruneFilters(layer, pruning_schedule=config.pruning_schedule, criterion=config.criterion)
-        wrapper.build((layer.get_build_config() or {}).get("input_shape"))
-        wrapper.set_ranking(*ranking[layer.name])
-        return wrapper
-
-    return map_layers(model, fn, what="prune_filters")
+    """Applies a :class:`FilterPruningConfig` to ``model`` (what :func:`prune_filters` does)."""
+    return apply(model, config, what="prune_filters")

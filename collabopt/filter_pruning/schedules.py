@@ -1,7 +1,8 @@
 """Ratio schedules: the fraction of each group's channels pruned at a training step.
 
 Filter pruning keeps its own two small schedules rather than importing the
-sparsity package's (technique packages never import each other). They have
+sparsity package's (technique packages never import each other); both build
+on :class:`collabopt.technique.schedules.StepSchedule`. They have
 the shape of :class:`collabopt.keras.ConstantSparsity` and
 :class:`collabopt.keras.PolynomialDecay`, but return only the ratio: channel
 masks are recomputed from a fixed channel ranking at every training step, so
@@ -16,32 +17,15 @@ import keras
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError, InvalidTypeError
+from collabopt.technique.schedules import StepSchedule, check_fraction, check_step, polynomial_ramp
 
 
-def _check_ratio(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise InvalidArgumentError(f"{name} must be a number in [0, 1); received {value!r}.")
-
-
-def _check_step(name, value, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}; received {value!r}.")
-
-
-class RatioSchedule(abc.ABC):
+class RatioSchedule(StepSchedule):
     """Base class: ``schedule(step)`` is the pruning ratio (float32 tensor) at ``step``."""
 
     @abc.abstractmethod
     def __call__(self, step):
         """The ratio at ``step``."""
-
-    @abc.abstractmethod
-    def get_config(self) -> dict:
-        """Serializable configuration."""
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
     @property
     @abc.abstractmethod
@@ -61,7 +45,7 @@ class ConstantRatio(RatioSchedule):
     """
 
     def __init__(self, ratio: float):
-        _check_ratio("ratio", ratio)
+        check_fraction("ratio", ratio)
         self.ratio = float(ratio)
 
     def __call__(self, step):
@@ -91,10 +75,10 @@ class PolynomialRatio(RatioSchedule):
     """
 
     def __init__(self, initial_ratio: float, final_ratio: float, begin_step: int, end_step: int, power: float = 3.0):
-        _check_ratio("initial_ratio", initial_ratio)
-        _check_ratio("final_ratio", final_ratio)
-        _check_step("begin_step", begin_step)
-        _check_step("end_step", end_step, begin_step + 1 if isinstance(begin_step, int) else 1)
+        check_fraction("initial_ratio", initial_ratio)
+        check_fraction("final_ratio", final_ratio)
+        check_step("begin_step", begin_step)
+        check_step("end_step", end_step, begin_step + 1 if isinstance(begin_step, int) else 1)
         if isinstance(power, bool) or not isinstance(power, (int, float)) or power <= 0:
             raise InvalidArgumentError(f"power must be a number > 0; received {power!r}.")
         self.initial_ratio = float(initial_ratio)
@@ -108,9 +92,7 @@ class PolynomialRatio(RatioSchedule):
         return self._final
 
     def __call__(self, step):
-        step = ops.cast(step, "float32")
-        t = ops.clip((step - self.begin_step) / float(self.end_step - self.begin_step), 0.0, 1.0)
-        return ops.cast(self._final + (self.initial_ratio - self._final) * ops.power(1.0 - t, self.power), "float32")
+        return polynomial_ramp(step, self.initial_ratio, self._final, self.begin_step, self.end_step, self.power)
 
     def get_config(self):
         return {
@@ -131,5 +113,5 @@ def as_schedule(pruning_ratio, pruning_schedule) -> RatioSchedule:
                 f"received {pruning_schedule!r}."
             )
         return pruning_schedule
-    _check_ratio("pruning_ratio", pruning_ratio)
+    check_fraction("pruning_ratio", pruning_ratio)
     return ConstantRatio(pruning_ratio)

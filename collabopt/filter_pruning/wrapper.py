@@ -13,9 +13,9 @@ from collabopt.layers import (
     base_layer,
     from_channel_rows,
     get_variable,
+    layer_roles,
     spec_for,
     to_channel_rows,
-    weight_specs,
 )
 from collabopt.layers.copy import copy_layer
 from collabopt.preserve import CHANNELS, SPARSITY, Constraint
@@ -50,6 +50,9 @@ class PruneFilters(OptimizationWrapper):
         layer: The layer to wrap.
         pruning_schedule: A :class:`RatioSchedule` (default ``ConstantRatio(0.5)``).
         criterion: How the channels were scored (recorded for the report).
+        ranking: ``(rank, group size)`` arrays over the output channels, set
+            when the wrapper is built (as :meth:`set_ranking`); the state
+            then lives in the wrapper's variables.
 
     Example:
 
@@ -61,7 +64,7 @@ class PruneFilters(OptimizationWrapper):
     [0.0, 0.0]
     """
 
-    def __init__(self, layer, pruning_schedule: RatioSchedule | None = None, criterion: str = "l2", **kwargs):
+    def __init__(self, layer, pruning_schedule: RatioSchedule | None = None, criterion: str = "l2", ranking=None, **kwargs):
         kwargs.setdefault("name", f"prune_filters_{base_layer(layer).name}")
         super().__init__(layer, **kwargs)
         if pruning_schedule is None:
@@ -73,11 +76,12 @@ class PruneFilters(OptimizationWrapper):
             )
         self.pruning_schedule = pruning_schedule
         self.criterion = criterion
+        self._ranking = ranking
 
     # --- state ---------------------------------------------------------------
     def _masked_spec(self):
-        specs = weight_specs(self.base_layer) or ()
-        return specs[-1] if specs else None
+        name = layer_roles(self.base_layer).output_weight
+        return spec_for(self.base_layer, name) if name is not None else None
 
     def build_wrapper(self, input_shape):
         channels = int(self.base_layer.compute_output_shape(input_shape)[-1])
@@ -94,6 +98,8 @@ class PruneFilters(OptimizationWrapper):
         self.pruning_step = self.add_weight(
             name="pruning_step", shape=(), dtype="int64", initializer="zeros", trainable=False, aggregation="only_first_replica"
         )
+        if self._ranking is not None:
+            self.set_ranking(*self._ranking)
 
     def set_ranking(self, rank, group_size):
         """Sets each output channel's rank in its group and the group's size (0: never pruned), and the mask for step 0."""

@@ -31,7 +31,7 @@ from collabopt.filter_pruning import (
     filter_groups,
     prune_filters,
 )
-from collabopt.layers import OptimizableLayer, WeightSpec, register_layer
+from collabopt.layers import LayerRoles, OptimizableLayer, WeightSpec, register_layer, register_layer_roles
 from collabopt.preserve import PreserveWrapper
 from collabopt.quantization import (
     AllValuesQuantizer,
@@ -92,6 +92,7 @@ __all__ = [
     "FixedQuantizer",
     "FoldedBatchNormalization",
     "LastValueQuantizer",
+    "LayerRoles",
     "MovingAverageQuantizer",
     "OptimizableLayer",
     "PolynomialDecay",
@@ -128,6 +129,7 @@ __all__ = [
     "quantize_model",
     "quantize_scope",
     "register_layer",
+    "register_layer_roles",
     "strip_clustering",
     "strip_clustering_cqat",
     "strip_pruning",

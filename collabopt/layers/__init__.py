@@ -1,4 +1,4 @@
-"""Layer support: optimizable weights, their axes, and running a layer on replacement weights."""
+"""Layer support: optimizable weights, their axes, layer roles, and running a layer on replacement weights."""
 
 from collabopt.layers.copy import copy_layer
 from collabopt.layers.channels import from_channel_rows, num_channels, to_channel_rows
@@ -11,13 +11,30 @@ from collabopt.layers.registry import (
     get_variable,
     is_passthrough,
     optimizable_variables,
+    per_channel_by_rank,
     register_layer,
     register_weights_protocol,
     spec_for,
     weight_specs,
 )
+from collabopt.layers.roles import (
+    CHANNEL_BEHAVIOURS,
+    CONCATENATES,
+    ELEMENTWISE,
+    FLATTENS,
+    KEEPS,
+    MERGES,
+    MULTIPLIES,
+    PRODUCES,
+    RESHAPES,
+    LayerRoles,
+    channel_behaviour,
+    layer_roles,
+    register_layer_roles,
+)
 from collabopt.layers.wrapper import (
     OptimizationWrapper,
+    RewrappingWrapper,
     base_layer,
     remove_wrappers,
     transformable_weight_names,
@@ -25,20 +42,35 @@ from collabopt.layers.wrapper import (
 )
 
 __all__ = [
+    "CHANNEL_BEHAVIOURS",
+    "CONCATENATES",
+    "ELEMENTWISE",
+    "FLATTENS",
+    "KEEPS",
+    "LayerRoles",
+    "MERGES",
+    "MULTIPLIES",
     "PASSTHROUGH_LAYERS",
+    "PRODUCES",
+    "RESHAPES",
+    "RewrappingWrapper",
     "OptimizableLayer",
     "OptimizationWrapper",
     "WeightSpec",
     "base_layer",
     "call_with_weights",
+    "channel_behaviour",
     "copy_layer",
     "declared_specs",
     "from_channel_rows",
     "get_variable",
     "is_passthrough",
+    "layer_roles",
     "num_channels",
     "optimizable_variables",
+    "per_channel_by_rank",
     "register_layer",
+    "register_layer_roles",
     "register_weights_protocol",
     "spec_for",
     "to_channel_rows",

@@ -11,6 +11,11 @@ Custom layers join in one of two ways:
 * define ``get_optimizable_weights(self) -> list[WeightSpec]`` on the layer
   (the :class:`OptimizableLayer` protocol), or
 * call :func:`register_layer` once for the class.
+
+What a layer class *is* to the techniques besides its weights (pass-through,
+same-scale, BN-fold target, channel behaviour) is its
+:class:`~collabopt.layers.LayerRoles` (:mod:`collabopt.layers.roles`), which
+:func:`register_layer` sets too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import keras
 
 from collabopt.errors import InvalidArgumentError
 from collabopt.layers.execution import call_in_tflite_form, has_tflite_form
+from collabopt.layers.roles import LayerRoles, layer_roles, register_layer_roles, roles_classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +52,23 @@ class WeightSpec:
     #: by rank (per channel for rank >= 3 kernels, per tensor for Dense).
     per_channel_quantization: bool | None = None
 
+    def quantized_per_channel(self, rank: int) -> bool:
+        """Whether int8 TFLite quantizes this weight, of ``rank``, per output channel.
+
+        >>> WeightSpec("kernel").quantized_per_channel(4), WeightSpec("kernel").quantized_per_channel(2)
+        (True, False)
+        """
+        return per_channel_by_rank(rank) if self.per_channel_quantization is None else self.per_channel_quantization
+
     @property
     def variable_name(self) -> str:
         """``name`` usable in a Keras variable name (no ``/``), for state a wrapper keeps per weight."""
         return self.name.replace("/", "__")
+
+
+def per_channel_by_rank(rank: int) -> bool:
+    """The default per-channel rule: convolution kernels (rank >= 3) per channel, matrices per tensor."""
+    return rank >= 3
 
 
 @runtime_checkable
@@ -76,81 +95,57 @@ class OptimizableLayer(Protocol):
 # them (when the axes depend on its configuration, as for EinsumDense).
 _REGISTRY: dict[type, object] = {}
 
-# Layers with no weights that collabopt would transform; they pass through
-# every technique unchanged. Layers not listed here and not registered above
-# pass through too when they own no variables; a layer that owns variables and
-# is neither registered nor a pass-through is "unsupported" (techniques decide
-# whether that is an error or a warning).
-PASSTHROUGH_LAYERS: tuple[type, ...] = (
-    keras.layers.InputLayer,
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.PReLU,
-    keras.layers.ELU,
-    keras.layers.Softmax,
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Multiply,
-    keras.layers.Average,
-    keras.layers.Maximum,
-    keras.layers.Minimum,
-    keras.layers.Concatenate,
-    keras.layers.Flatten,
-    keras.layers.Reshape,
-    keras.layers.Permute,
-    keras.layers.RepeatVector,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.GaussianNoise,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalAveragePooling3D,
-    keras.layers.UpSampling1D,
-    keras.layers.UpSampling2D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.Normalization,
-    keras.layers.Rescaling,
-)
+#: The built-in classes whose roles say ``passthrough`` (nothing to optimize):
+#: a snapshot of :mod:`collabopt.layers.roles` kept for compatibility; the
+#: roles table (:func:`layer_roles`) is what techniques read, and what custom
+#: layers extend. Layers not registered pass through too when they own no
+#: variables; a layer that owns variables and is neither registered nor a
+#: pass-through is "unsupported" (techniques decide whether that is an error
+#: or a warning).
+PASSTHROUGH_LAYERS: tuple[type, ...] = roles_classes(passthrough=True)
 
 
-def register_layer(layer_class: type, weights) -> None:
-    """Declares the optimizable weights of a layer class (and its subclasses).
+def register_layer(layer_class: type, weights=None, *, roles: LayerRoles | None = None) -> None:
+    """Declares the optimizable weights and the roles of a layer class (and its subclasses).
 
     Args:
         layer_class: A ``keras.layers.Layer`` subclass.
         weights: Its optimizable weights (``WeightSpec.name``: the attribute
             that holds each variable, or its path through sublayers), or a
             function ``layer -> list[WeightSpec]`` when they depend on the
-            layer's configuration.
+            layer's configuration; None: leave them as they are (a layer
+            with no weights, or one declaring them through a protocol).
+        roles: Its :class:`~collabopt.layers.LayerRoles` (same-scale for
+            QAT, BN-fold target, channel behaviour for filter pruning, ...);
+            None: those of its nearest registered base class.
 
     Example:
 
     >>> import keras
-    >>> from collabopt.layers import WeightSpec, register_layer
+    >>> from collabopt.layers import PRODUCES, LayerRoles, WeightSpec, layer_roles, register_layer
     >>> class MyDense(keras.layers.Dense):
     ...     pass
     >>> register_layer(MyDense, [WeightSpec("kernel", (-1,), 0)])
+    >>> layer_roles(MyDense).channels == PRODUCES  # inherited from Dense
+    True
+    >>> class Flip(keras.layers.Layer):  # weightless: reverses the channel order, keeps the scale
+    ...     def call(self, x):
+    ...         return keras.ops.flip(x, axis=-1)
+    >>> register_layer(Flip, roles=LayerRoles(passthrough=True, same_scale=True))
     """
     if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
         raise InvalidArgumentError(
             f"register_layer expects a keras.layers.Layer subclass; received {layer_class!r}."
         )
-    _REGISTRY[layer_class] = weights if callable(weights) else tuple(weights)
+    if weights is None and roles is None:
+        raise InvalidArgumentError(
+            f"register_layer({layer_class.__name__}): give its weights (a list of WeightSpec or a function "
+            "of the layer), its roles (a LayerRoles), or both."
+        )
+    if roles is not None:
+        register_layer_roles(layer_class, roles)
+    if weights is not None:
+        _REGISTRY[layer_class] = weights if callable(weights) else tuple(weights)
 
 
 def _einsum_spec(name: str, equation: str) -> WeightSpec:
@@ -265,8 +260,8 @@ def weight_specs(layer: keras.layers.Layer) -> tuple[WeightSpec, ...] | None:
 
     A protocol method on the layer (:class:`OptimizableLayer`, or a technique's
     TFMOT-style one) wins over the registry; the registry is searched along the
-    class's MRO, so subclasses of supported layers are supported. Layers in
-    :data:`PASSTHROUGH_LAYERS` give an empty tuple.
+    class's MRO, so subclasses of supported layers are supported. Layers
+    whose roles say ``passthrough`` give an empty tuple.
     """
     for method_name in _PROTOCOL_METHODS:
         specs = declared_specs(layer, method_name)
@@ -279,14 +274,14 @@ def weight_specs(layer: keras.layers.Layer) -> tuple[WeightSpec, ...] | None:
             # may be) still stores its weight under the same attribute.
             entry = _REGISTRY[cls]
             return tuple(entry(layer)) if callable(entry) else entry
-    if isinstance(layer, PASSTHROUGH_LAYERS):
+    if layer_roles(layer).passthrough:
         return ()
     return None
 
 
 def is_passthrough(layer: keras.layers.Layer) -> bool:
     """True if ``layer`` has nothing to optimize and can be left as it is."""
-    if isinstance(layer, PASSTHROUGH_LAYERS):
+    if layer_roles(layer).passthrough:
         return True
     return weight_specs(layer) is None and not layer.weights
 

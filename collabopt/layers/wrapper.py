@@ -17,7 +17,29 @@ from collabopt.layers.copy import copy_layer
 from collabopt.layers.registry import call_with_weights, declared_specs, get_variable, optimizable_variables, spec_for
 
 
-class OptimizationWrapper(keras.layers.Wrapper):
+class RewrappingWrapper(keras.layers.Wrapper):
+    """A ``keras.layers.Wrapper`` rebuilt around its (deserialized or copied) layer by ``from_config_with_layer``.
+
+    ``from_config`` deserializes the wrapped layer and hands it over, so
+    :func:`collabopt.layers.copy_layer` can copy a wrapper around a copy of its
+    layer the same way.
+    """
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
+        return cls.from_config_with_layer(config, layer)
+
+    @classmethod
+    def from_config_with_layer(cls, config: dict, layer):
+        """This wrapper class around ``layer``, from a config without its ``layer`` entry."""
+        config = dict(config)
+        config.pop("layer", None)
+        return cls(layer, **config)
+
+
+class OptimizationWrapper(RewrappingWrapper):
     """Base class of pruning, clustering, quantization and preserve wrappers.
 
     Subclasses override :meth:`transform_weights` (and, for quantization,
@@ -130,12 +152,6 @@ class OptimizationWrapper(keras.layers.Wrapper):
         return self.base_layer.compute_output_spec(*args, **kwargs)
 
     # --- serialization -------------------------------------------------------
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
-        return cls.from_config_with_layer(config, layer)
-
     @classmethod
     def from_config_with_layer(cls, config: dict, layer):
         """Builds this wrapper class around ``layer`` from a config without its ``layer`` entry.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import keras
 
 from collabopt.errors import InvalidArgumentError
+from collabopt.layers import RewrappingWrapper
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.transform import map_layers
 
 
 @keras.saving.register_keras_serializable(package="collabopt")
-class QuantizeAnnotate(keras.layers.Wrapper):
+class QuantizeAnnotate(RewrappingWrapper):
     """Marks a layer for quantization (optionally with its own config); computes nothing new.
 
     Args:
@@ -44,12 +45,6 @@ class QuantizeAnnotate(keras.layers.Wrapper):
             keras.saving.serialize_keras_object(self.quantize_config) if self.quantize_config is not None else None
         )
         return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
-        return cls.from_config_with_layer(config, layer)
 
     @classmethod
     def from_config_with_layer(cls, config, layer):

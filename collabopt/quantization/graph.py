@@ -19,7 +19,7 @@ import dataclasses
 
 import keras
 
-from collabopt.layers import weight_specs
+from collabopt.layers import layer_roles, weight_specs
 from collabopt.quantization.schemes import fusable_activation, has_linear_activation
 from collabopt.transform import is_graph_model
 from collabopt.transform.channel_graph import inbound_tensors
@@ -104,7 +104,12 @@ def _foldable_bn(layer, bn) -> bool:
     shape = (bn.get_build_config() or {}).get("input_shape")
     last = axis == -1 or (shape is not None and axis == len(shape) - 1)
     base = core(layer)
-    return bool(last and weight_specs(base) and "use_bias" in base.get_config() and has_linear_activation(base))
+    return bool(
+        last
+        and layer_roles(base).output_weight is not None
+        and "use_bias" in base.get_config()
+        and has_linear_activation(base)
+    )
 
 
 def _outputs_quantized(model, quantized) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 
 from collabopt.errors import InvalidArgumentError
+from collabopt.layers import per_channel_by_rank
 from collabopt.quantization.quantizers import LastValueQuantizer
 from collabopt.quantization.schemes import QuantizeScheme
 
@@ -81,7 +82,7 @@ class DefaultNBitQuantizeScheme(QuantizeScheme):
         self.activation_symmetric = num_bits_activation == 16
 
     def weight_quantizer(self, rank: int, per_channel: bool | None = None):
-        per_axis = (rank >= 3 if per_channel is None else per_channel) and not self.disable_per_axis
+        per_axis = (per_channel_by_rank(rank) if per_channel is None else per_channel) and not self.disable_per_axis
         return LastValueQuantizer(self.weight_bits, per_axis=per_axis, symmetric=True, narrow_range=True)
 
     def config_for(self, layer):

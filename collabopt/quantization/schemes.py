@@ -1,20 +1,20 @@
-"""Quantization schemes: the default configs for every layer kind, and the layer roles they rely on.
+"""Quantization schemes: the default configs for every layer kind.
 
 A scheme answers, for any layer, the :class:`QuantizeConfig` to use (or None
 if it cannot quantize the layer), and gives the quantizer for model inputs.
-Layer roles are registries, like ``collabopt.layers``:
-
-* ``SAME_SCALE_LAYERS``: outputs are values of the input (TFLite keeps the
-  input's scale): no output quantizer.
-* ``ACTIVATION_LAYERS``: fused by TFLite into a preceding conv/dense, so that
-  layer's output is not quantized; the activation's output is.
+What it needs to know about a layer class comes from the layer registry:
+its weights and whether each is quantized per channel
+(:class:`~collabopt.layers.WeightSpec`), and whether TFLite keeps its input's
+scale (``LayerRoles.same_scale``: no output quantizer).
+Activations TFLite fuses into the op before them (ReLU, ReLU6) are recognised
+by :func:`fusable_activation`.
 """
 
 from __future__ import annotations
 
 import keras
 
-from collabopt.layers import optimizable_variables, weight_specs
+from collabopt.layers import LayerRoles, layer_roles, optimizable_variables, per_channel_by_rank, register_layer, weight_specs
 from collabopt.layers.execution import internal_tensors
 from collabopt.preserve import CLUSTERS, SPARSITY
 from collabopt.quantization.config import QuantizeConfig
@@ -33,14 +33,7 @@ class FoldedBatchNormalization(keras.layers.Layer):
         return input_shape
 
 
-SAME_SCALE_LAYERS: tuple[type, ...] = (
-    FoldedBatchNormalization,
-    L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
-    L.GaussianNoise, L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.ZeroPadding1D, L.ZeroPadding2D,
-    L.Cropping1D, L.Cropping2D, L.Identity,
-    # TFLite's int8 AVERAGE_POOL_2D requires its output on the input's scale.
-    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-)
+register_layer(FoldedBatchNormalization, roles=LayerRoles(passthrough=True, same_scale=True))
 
 FUSABLE_ACTIVATIONS = ("relu", "relu6")
 
@@ -91,8 +84,8 @@ class QuantizeScheme:
     preserve: tuple | None = None
 
     def weight_quantizer(self, rank: int, per_channel: bool | None = None):
-        """Quantizer of a weight of ``rank``; ``per_channel`` as the layer registry says (None: rank >= 3)."""
-        per_axis = rank >= 3 if per_channel is None else per_channel
+        """Quantizer of a weight of ``rank``; ``per_channel`` as the layer registry says (None: by rank)."""
+        per_axis = per_channel_by_rank(rank) if per_channel is None else per_channel
         return LastValueQuantizer(self.weight_bits, per_axis=per_axis, symmetric=True, narrow_range=True)
 
     def activation_quantizer(self):
@@ -114,13 +107,15 @@ class QuantizeScheme:
     def config_for(self, layer) -> QuantizeConfig | None:
         """The default config for ``layer``, or None if this scheme cannot quantize it."""
         specs = weight_specs(layer)
+        if specs is None and layer.weights:
+            return None
+        outputs = [] if layer_roles(layer).same_scale else [self.output_quantizer(layer)]
         if specs is None:
-            return None if layer.weights else QuantizeConfig(outputs=[self.output_quantizer(layer)])
+            return QuantizeConfig(outputs=outputs)
         weights = {
-            s.name: self.weight_quantizer(len(v.shape), s.per_channel_quantization)
+            s.name: self.weight_quantizer(len(v.shape), s.quantized_per_channel(len(v.shape)))
             for s, v in zip(specs, optimizable_variables(layer).values())
         }
-        outputs = [] if isinstance(layer, SAME_SCALE_LAYERS) else [self.output_quantizer(layer)]
         internal = [self.activation_quantizer() for _ in internal_tensors(layer)]
         return QuantizeConfig(weights=weights, outputs=outputs, internal=internal)
 

@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.layers import OptimizationWrapper, base_layer, get_variable, spec_for, weight_specs
+from collabopt.layers import OptimizationWrapper, base_layer, get_variable, layer_roles, spec_for, weight_specs
 from collabopt.layers.copy import copy_layer_or_share
 from collabopt.layers.execution import to_execution_form
 from collabopt.quantization.config import QuantizeConfig
@@ -42,8 +42,8 @@ class QuantizeWrapper(OptimizationWrapper):
     Args:
         layer: Layer or wrapper chain to quantize.
         quantize_config: A :class:`QuantizeConfig`.
-        folded_batchnorm: A BatchNormalization layer to fold into the layer's
-            last optimizable weight (its output channels).
+        folded_batchnorm: A BatchNormalization layer to fold into the weight
+            holding the layer's output channels (its ``LayerRoles.output_weight``).
         quantize_inputs: One flag per input: fake-quantize that input (it comes
             from a model input or a float layer).
         input_quantizer: The quantizer for flagged inputs.
@@ -73,6 +73,12 @@ class QuantizeWrapper(OptimizationWrapper):
             raise InvalidArgumentError(f"layer '{self.base_layer.name}': quantize_config must be a QuantizeConfig; received {quantize_config!r}.")
         self.quantize_config = quantize_config
         self.folded_batchnorm = folded_batchnorm
+        if folded_batchnorm is not None and layer_roles(self.base_layer).output_weight is None:
+            raise InvalidArgumentError(
+                f"layer '{self.base_layer.name}' ({type(self.base_layer).__name__}): a BatchNormalization can only "
+                "be folded into a layer whose roles name its output weight (Dense, Conv*, DepthwiseConv*, "
+                "SeparableConv*, or a custom layer registered with LayerRoles(output_weight=...))."
+            )
         self.quantize_inputs = [bool(f) for f in quantize_inputs]
         self.input_quantizer = input_quantizer
         if any(self.quantize_inputs) and input_quantizer is None:
@@ -116,8 +122,7 @@ class QuantizeWrapper(OptimizationWrapper):
 
     # --- BN folding ----------------------------------------------------------
     def _fold_target(self) -> str:
-        specs = weight_specs(self.base_layer)
-        return specs[-1].name
+        return layer_roles(self.base_layer).output_weight
 
     def _bn_scale(self):
         bn = self.folded_batchnorm

@@ -6,14 +6,14 @@ import abc
 
 import keras
 from keras import ops
+
 from collabopt.errors import InvalidArgumentError
+from collabopt.technique.schedules import StepSchedule, check_fraction, check_step, polynomial_ramp
 
 
 def _check_steps(begin_step, end_step, frequency, *, end_required=False):
-    if not isinstance(begin_step, int) or begin_step < 0:
-        raise InvalidArgumentError(f"begin_step must be an integer >= 0; received {begin_step!r}.")
-    if not isinstance(frequency, int) or frequency < 1:
-        raise InvalidArgumentError(f"frequency must be an integer >= 1; received {frequency!r}.")
+    check_step("begin_step", begin_step)
+    check_step("frequency", frequency, 1)
     if end_required and end_step == -1:
         raise InvalidArgumentError("end_step must be given (>= begin_step) for PolynomialDecay; received -1.")
     if end_step != -1 and (not isinstance(end_step, int) or end_step < begin_step):
@@ -22,12 +22,7 @@ def _check_steps(begin_step, end_step, frequency, *, end_required=False):
         )
 
 
-def _check_sparsity(name, value):
-    if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-        raise InvalidArgumentError(f"{name} must be in [0, 1); received {value!r}.")
-
-
-class PruningSchedule(abc.ABC):
+class PruningSchedule(StepSchedule):
     """Base class: ``schedule(step) -> (should_prune, sparsity)`` as tensors.
 
     Subclasses implement ``__call__`` and ``get_config``; use
@@ -50,14 +45,6 @@ class PruningSchedule(abc.ABC):
     @abc.abstractmethod
     def __call__(self, step):
         """Returns ``(should_prune: bool tensor, sparsity: float32 tensor)`` at ``step``."""
-
-    @abc.abstractmethod
-    def get_config(self) -> dict:
-        """Serializable configuration."""
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
     @staticmethod
     def _should_prune_in_step(step, begin_step, end_step, frequency):
@@ -88,7 +75,7 @@ class ConstantSparsity(PruningSchedule):
     """
 
     def __init__(self, target_sparsity, begin_step, end_step=-1, frequency=100):
-        _check_sparsity("target_sparsity", target_sparsity)
+        check_fraction("target_sparsity", target_sparsity)
         _check_steps(begin_step, end_step, frequency)
         self.target_sparsity = float(target_sparsity)
         self.begin_step, self.end_step, self.frequency = begin_step, end_step, frequency
@@ -131,22 +118,16 @@ class PolynomialDecay(PruningSchedule):
     """
 
     def __init__(self, initial_sparsity, final_sparsity, begin_step, end_step, power=3, frequency=100):
-        _check_sparsity("initial_sparsity", initial_sparsity)
-        _check_sparsity("final_sparsity", final_sparsity)
+        check_fraction("initial_sparsity", initial_sparsity)
+        check_fraction("final_sparsity", final_sparsity)
         _check_steps(begin_step, end_step, frequency, end_required=True)
         self.initial_sparsity, self.final_sparsity = float(initial_sparsity), float(final_sparsity)
         self.begin_step, self.end_step = begin_step, end_step
         self.power, self.frequency = power, frequency
 
     def __call__(self, step):
-        step = ops.cast(step, "float32")
-        span = max(self.end_step - self.begin_step, 1)
-        p = ops.clip((step - self.begin_step) / span, 0.0, 1.0)
-        sparsity = self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * ops.power(1.0 - p, self.power)
-        return (
-            self._should_prune_in_step(step, self.begin_step, self.end_step, self.frequency),
-            ops.cast(sparsity, "float32"),
-        )
+        sparsity = polynomial_ramp(step, self.initial_sparsity, self.final_sparsity, self.begin_step, self.end_step, self.power)
+        return self._should_prune_in_step(step, self.begin_step, self.end_step, self.frequency), sparsity
 
     def get_config(self):
         return {

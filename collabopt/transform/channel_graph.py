@@ -27,80 +27,22 @@ through ``Multiply`` by anything (squeeze-excite). Channels tied to a model
 input or output, reaching a layer this module does not understand, or made
 non-zero (e.g. by a sigmoid) before a reduction are *frozen*: left alone and
 reported.
+
+What a layer does to the channel axis is its ``LayerRoles.channels``
+(:mod:`collabopt.layers.roles`); a custom layer joins by registering it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import keras
 import numpy as np
 
-from collabopt.layers import base_layer
+from collabopt.errors import InvalidArgumentError, UnsupportedLayerError
+from collabopt.layers import base_layer, channel_behaviour, roles
 from collabopt.transform.clone import is_graph_model
-
-# Weightless layers that act on each channel independently (their output
-# channel c depends only on input channel c).
-_ELEMENTWISE = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.AlphaDropout,
-    keras.layers.Identity,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalMaxPooling3D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalAveragePooling3D,
-    keras.layers.UpSampling1D,
-    keras.layers.UpSampling2D,
-    keras.layers.UpSampling3D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.ZeroPadding3D,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.Cropping3D,
-    keras.layers.Rescaling,
-)
-_CHANNEL_MIXING_ACTIVATIONS = {"softmax", "log_softmax"}
-_MERGES = (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Average,
-    keras.layers.Maximum,
-    keras.layers.Minimum,
-    keras.layers.Multiply,
-)
-# Layers whose output channels are new (a source) and whose input channels are
-# kernel rows: {class: (output axis, input axis)} of the "kernel" weight.
-_PRODUCERS = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-    keras.layers.Dense,
-)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
-
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
@@ -289,33 +231,30 @@ class _Analysis:
 
         config = base.get_config()
         channels_last = config.get("data_format", "channels_last") == "channels_last"
-        if isinstance(base, _PRODUCERS):
+        behaviour = channel_behaviour(base)
+        if behaviour == roles.PRODUCES:
             if len(inputs) != 1 or not channels_last or config.get("groups", 1) != 1 or config.get("depth_multiplier", 1) != 1:
                 return give_up()
-            if isinstance(base, keras.layers.Dense):
-                self.record_consumer(name, x, allow_positions=True)
-            else:
-                self.record_consumer(name, x)
+            # A flattened input (positions > 1) reaches only layers taking
+            # vectors (Dense): their kernel rows are the flattened positions.
+            self.record_consumer(name, x, allow_positions=True)
             out = config.get("filters") or config.get("units")
             if name not in self.sources:
                 self.sources[name] = self.new_source(out)
             return [self.record_member(name, Channels((Segment(self.sources[name], out),)))]
-        if isinstance(base, _DEPTHWISE):
-            if x is None or x.positions != 1 or not channels_last or config.get("depth_multiplier", 1) != 1:
-                return give_up()
-            return [self.record_member(name, x)]
-        if isinstance(base, keras.layers.BatchNormalization):
-            axis = config["axis"]
+        if behaviour == roles.KEEPS and base.weights:  # per-channel weights (DepthwiseConv, BatchNormalization)
+            axis = config.get("axis", -1)
             axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
             rank = len(shape) if shape is not None else None
-            if x is None or x.positions != 1 or not (axis == -1 or (rank is not None and axis == rank - 1)):
+            last = axis == -1 or (rank is not None and axis == rank - 1)
+            if x is None or x.positions != 1 or not channels_last or not last or config.get("depth_multiplier", 1) != 1:
                 return give_up()
             return [self.record_member(name, x)]
         if base.weights:
             return give_up()
-        if isinstance(base, _MERGES):
-            return [self.merge(base, inputs)]
-        if isinstance(base, keras.layers.Concatenate):
+        if behaviour in (roles.MERGES, roles.MULTIPLIES):
+            return [self.merge(base, inputs, multiply=behaviour == roles.MULTIPLIES)]
+        if behaviour == roles.CONCATENATES:
             if any(c is None for c in inputs):
                 return give_up()
             axis = config["axis"]
@@ -325,36 +264,31 @@ class _Analysis:
             if axis == -1 or (rank is not None and axis == rank - 1):
                 return [Channels(tuple(s for c in inputs for s in c.segments))]
             return [self.merge(base, inputs)]  # along another axis, channels line up as in an Add
-        if isinstance(base, keras.layers.Flatten) or (
-            isinstance(base, keras.layers.Reshape) and len(config["target_shape"]) == 1
-        ):
+        if behaviour == roles.FLATTENS:
             if x is None or x.positions != 1 or shape is None or None in shape[1:]:
                 return give_up()
             positions = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
             out = Channels(x.segments, positions)
-            if isinstance(base, keras.layers.Reshape):
+            if "target_shape" in config:  # a Reshape names the channel count
                 self.reshapes[name] = out
             return [out]
-        if isinstance(base, keras.layers.Reshape):
+        if behaviour == roles.RESHAPES:
             target = tuple(config["target_shape"])
             if x is None or shape is None or x.positions != 1 or target[-1] != shape[-1]:
                 return give_up()
             self.reshapes[name] = x
             return [x]
-        if isinstance(base, _ELEMENTWISE):
-            if isinstance(base, keras.layers.Activation) and _activation_name(config) in _CHANNEL_MIXING_ACTIVATIONS:
-                return give_up()
+        if behaviour in (roles.KEEPS, roles.ELEMENTWISE):
             if x is None:
                 return [None]
-            if x.positions != 1 and not isinstance(base, (keras.layers.Dropout, keras.layers.Activation, keras.layers.ReLU)):
+            if x.positions != 1 and behaviour != roles.ELEMENTWISE:
                 return give_up()
             keeps_zero = _maps_zero_to_zero(base, shape)
             return [Channels(tuple(Segment(s.source, s.size, s.zero and keeps_zero) for s in x.segments), x.positions)]
         return give_up()
 
-    def merge(self, base, inputs):
+    def merge(self, base, inputs, multiply=False):
         name = base.name
-        multiply = isinstance(base, keras.layers.Multiply)
         if any(c is None for c in inputs):
             for c in inputs:
                 self.freeze(c, f"they are merged in layer '{name}' with channels it cannot follow")
@@ -447,11 +381,6 @@ def _lookup(values, history):
     return outputs[tensor] if tensor < len(outputs) else None
 
 
-def _activation_name(config):
-    act = config.get("activation")
-    return act if isinstance(act, str) else str(act)
-
-
 def _maps_zero_to_zero(layer, shape) -> bool:
     if shape is None or None in shape[1:]:
         return False
@@ -461,8 +390,6 @@ def _maps_zero_to_zero(layer, shape) -> bool:
 
 
 def _takes_training(layer) -> bool:
-    import inspect
-
     return "training" in inspect.signature(layer.call).parameters
 
 
@@ -491,8 +418,6 @@ def analyze_channels(model) -> ChannelGraph:
     >>> [(g.size, g.prunable) for g in graph.groups.values()]
     [(8, True), (4, False)]
     """
-    from collabopt.errors import InvalidArgumentError, UnsupportedLayerError
-
     if not isinstance(model, keras.Model) or not is_graph_model(model):
         raise UnsupportedLayerError(
             f"channel analysis needs a Sequential or Functional model; received {type(model).__name__} "

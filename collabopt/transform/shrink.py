@@ -15,9 +15,9 @@ import keras
 import numpy as np
 
 from collabopt.errors import InvalidArgumentError, OrderError
-from collabopt.layers import OptimizationWrapper, base_layer, wrapper_chain
+from collabopt.layers import OptimizationWrapper, base_layer, channel_behaviour, layer_roles, roles, weight_specs, wrapper_chain
 from collabopt.layers.copy import copy_layer
-from collabopt.transform.channel_graph import _DEPTHWISE, analyze_channels
+from collabopt.transform.channel_graph import analyze_channels
 from collabopt.transform.clone import is_graph_model, iter_layers
 
 
@@ -75,36 +75,43 @@ def _take(array, keep, axis):
 
 
 def _shrunk_layer(layer, out_keep, in_keep):
-    """A new, unbuilt copy of plain ``layer`` with its config adjusted, and its sliced weights."""
+    """A new, unbuilt copy of plain ``layer`` with its config adjusted, and its sliced weights.
+
+    What is sliced follows the layer's channel behaviour (``LayerRoles.channels``):
+    a reshape gets a new target, a layer keeping channels loses them from every
+    weight (registered weights along their first channel axis, the others
+    along their only axis), and a producer loses input rows and output
+    channels of its ``output_weight``, inputs of its other registered weights,
+    output channels of its 1-D weights (bias) and of its ``filters`` /
+    ``units`` setting.
+    """
     config = layer.get_config()
-    weights = {v.path.split("/")[-1]: keras.ops.convert_to_numpy(v) for v in layer.weights}
     order = [v.path.split("/")[-1] for v in layer.weights]
-    if isinstance(layer, _DEPTHWISE):
-        keep = out_keep if out_keep is not None else in_keep
-        weights["kernel"] = _take(weights["kernel"], keep, -2)
-        if "bias" in weights:
-            weights["bias"] = _take(weights["bias"], keep, 0)
-    elif isinstance(layer, keras.layers.Reshape):
+    weights = {v.path.split("/")[-1]: keras.ops.convert_to_numpy(v) for v in layer.weights}
+    specs = {s.name: s for s in weight_specs(layer) or ()}
+    behaviour = channel_behaviour(layer)
+    if behaviour in (roles.FLATTENS, roles.RESHAPES):
         config["target_shape"] = tuple(config["target_shape"][:-1]) + (int(in_keep.sum()),)
-    elif isinstance(layer, keras.layers.BatchNormalization):
-        weights = {k: _take(v, out_keep, 0) for k, v in weights.items()}
+    elif behaviour == roles.KEEPS:
+        keep = out_keep if out_keep is not None else in_keep
+        weights = {k: _take(v, keep, specs[k].channel_axes[0] if k in specs else 0) for k, v in weights.items()}
     else:
-        transpose = isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose))
-        separable = isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D))
-        out_axis, in_axis = (-2, -1) if transpose else (-1, -2)
-        kernel = "pointwise_kernel" if separable else "kernel"
-        if isinstance(layer, keras.layers.Dense):
-            in_axis = 0
-        if in_keep is not None:
-            weights[kernel] = _take(weights[kernel], in_keep, in_axis)
-            if separable:
-                weights["depthwise_kernel"] = _take(weights["depthwise_kernel"], in_keep, -2)
+        output = specs[layer_roles(layer).output_weight]
+        out_axis = output.channel_axes[0]
+        for name, value in weights.items():
+            if name == output.name:
+                if in_keep is not None:
+                    value = _take(value, in_keep, output.input_axis)
+                if out_keep is not None:
+                    value = _take(value, out_keep, out_axis)
+            elif name in specs:  # e.g. the depthwise kernel of a SeparableConv: one slice per input channel
+                if in_keep is not None:
+                    value = _take(value, in_keep, specs[name].channel_axes[0])
+            elif value.ndim == 1 and out_keep is not None:
+                value = _take(value, out_keep, 0)
+            weights[name] = value
         if out_keep is not None:
-            weights[kernel] = _take(weights[kernel], out_keep, out_axis)
-            if "bias" in weights:
-                weights["bias"] = _take(weights["bias"], out_keep, 0)
-            key = "units" if isinstance(layer, keras.layers.Dense) else "filters"
-            config[key] = int(out_keep.sum())
+            config["units" if "units" in config else "filters"] = int(out_keep.sum())
     new = type(layer).from_config(config)
     return new, [weights[k] for k in order]
 
