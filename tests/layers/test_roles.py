@@ -16,7 +16,8 @@ L = keras.layers
 
 def test_built_in_roles():
     assert layer_roles(L.MaxPooling2D()).same_scale and layer_roles(L.MaxPooling2D()).passthrough
-    assert not layer_roles(L.AveragePooling2D).same_scale  # a mean is a new value: its own scale
+    assert layer_roles(L.AveragePooling2D).same_scale  # TFLite's int8 AVERAGE_POOL_2D keeps its input's scale
+    assert not layer_roles(L.GlobalAveragePooling2D).same_scale  # a MEAN op: its own scale
     assert layer_roles(L.BatchNormalization()).passthrough and channel_behaviour(L.BatchNormalization()) == KEEPS
     assert layer_roles(L.SeparableConv2D(4, 3)).output_weight == "pointwise_kernel"
     assert layer_roles(L.Conv2DTranspose(4, 3)).output_weight == "kernel"

@@ -155,14 +155,17 @@ def test_nested_model_is_quantized():
     assert ct.convert(qat, "int8").float_islands() == []
 
 
-@pytest.mark.parametrize("pool", [L.AveragePooling2D, L.MaxPooling2D])
-def test_pooling_between_convs_exports_full_int8(pool):
-    """DenseNet's transition and Inception's pool branch: TFLite's int8 pooling keeps its input's scale."""
+def test_densenet_transition_exports_full_int8():
+    """DenseNet's transition: conv -> AveragePooling2D, whose output feeds a BN and a Concatenate.
+
+    TFLite's int8 AVERAGE_POOL_2D must keep its input's scale; a range of its
+    own fails the conversion ("violate the same scale constraint").
+    """
     i = keras.Input((8, 8, 3))
-    h = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(i)
-    p = pool(2, name="pool")(h)
-    b = pool(3, strides=1, padding="same", name="branch_pool")(p)
-    h = L.Concatenate(name="cat")([L.Conv2D(4, 1, name="c2")(p), L.Conv2D(4, 1, name="c3")(b)])
+    h = L.ReLU(name="r0")(L.BatchNormalization(name="bn0")(L.Conv2D(8, 3, padding="same", use_bias=False, name="c0")(i)))
+    p = L.AveragePooling2D(2, strides=2, name="trans_pool")(L.Conv2D(8, 1, use_bias=False, name="trans_conv")(h))
+    b = L.ReLU(name="r1")(L.BatchNormalization(name="bn1")(p))
+    h = L.Concatenate(name="cat")([p, L.Conv2D(4, 3, padding="same", use_bias=False, name="c1")(b)])
     model = keras.Model(i, L.Dense(3, name="fc")(L.GlobalAveragePooling2D(name="gap")(h)))
     qat = co.quantize_model(model)
     qat.compile(optimizer="adam", loss="mse")
