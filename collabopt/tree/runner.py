@@ -149,7 +149,11 @@ def run(
     Each node starts from its parent's trained model, trains ``epochs`` epochs,
     is exported to int8 TFLite (post-training calibration for nodes without QAT,
     the trained ranges otherwise) and measured: float and int8 top-1 on
-    ``val_data``, raw and gzip size, batch-1 latency. The *chosen* node is the
+    ``val_data``, raw and gzip size, batch-1 latency, and the MACs and
+    parameters of the model it exports (:func:`node_macs`,
+    :func:`parameter_count`). A filter-pruning node (``"filter_prune"``) is
+    stripped after fine-tuning: it exports, saves and hands its children the
+    physically smaller model, so its file and latency really drop. The *chosen* node is the
     smallest one (gzip bytes of its int8 .tflite) that meets every target. By
     default the walk stops at the first node after the baseline (in depth
     order) that meets every target; with ``exhaustive=True`` all nodes run and
