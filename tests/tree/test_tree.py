@@ -150,10 +150,12 @@ def test_cli_bad_input_exits_2(capsys):
 
 @pytest.mark.slow
 def test_cli_unreachable_target_lists_the_closest_nodes(tmp_path, capsys):
-    code = main(["tree", "--quick", "--data", "digits", "--max-size", "100", "--out", str(tmp_path)])
+    code = main(["tree", "--quick", "--data", "digits", "--max-size", "100", "--filter-ratios", "--out", str(tmp_path)])
     assert code == 1
     err = capsys.readouterr().err
-    assert "no node met every target; closest:" in err and "gzip" in err
+    assert "no node met every target; closest:" in err and "gzip" in err and "MACs" in err
+    data = json.loads(next(tmp_path.iterdir()).joinpath("report.json").read_text())
+    assert len(data["nodes"]) == 8  # --filter-ratios with no value: TFMOT's tree only
 
 
 @pytest.mark.slow
@@ -169,7 +171,7 @@ def test_cli_tree_quick_end_to_end(tmp_path, capsys):
     assert "Filter-pruned 50% + QAT" in out and "| MACs |" in out
     assert data["settings"]["data"]["name"] == "digits" and data["settings"]["data"]["train_samples"] == 719
     assert data["settings"]["model"]["source"].endswith("reference_cnn") and data["settings"]["versions"]["collabopt"]
-    assert main(["tree", "--quick", "--data", "digits", "--epochs", "1", "--out", str(tmp_path), "--max-size", "10"]) == 1
+    assert main(["tree", "--quick", "--data", "digits", "--epochs", "1", "--out", str(tmp_path), "--max-size", "10", "--filter-ratios"]) == 1
     assert len(list(tmp_path.iterdir())) == 2  # the second run did not overwrite the first
 
 
