@@ -1,6 +1,6 @@
 """The ``collabopt`` command line.
 
-    collabopt tree    [--model m.keras] [--data DATA] [--out DIR] [--force] [--quick] [--exhaustive] [targets]
+    collabopt tree    [--model m.keras] [--data DATA] [--out DIR] [--force] [--quick] [--exhaustive] [--filter-ratios R ...] [targets]
     collabopt train   --data DATA --out model.keras [--epochs N]
     collabopt export  MODEL.keras --mode int8 [--data DATA] --out FILE.tflite
     collabopt inspect FILE.tflite
@@ -152,6 +152,7 @@ def cmd_tree(args) -> int:
 
     import collabopt.tree as tree
     from collabopt.reference_models import compile_for_classification, reference_cnn
+    from collabopt.tree.report import format_macs
     from collabopt.tree.runner import fresh_run_dir
 
     try:
@@ -195,7 +196,7 @@ def cmd_tree(args) -> int:
     any_target = any(v is not None for v in (args.max_accuracy_drop, args.max_size, args.max_latency, args.max_raw_size))
     exhaustive = args.exhaustive or args.quick or not any_target
     report = tree.run(
-        model, (x, y), (xt, yt), targets, stages=tree.default_stages(int4=args.int4), epochs=epochs, out_dir=out,
+        model, (x, y), (xt, yt), targets, stages=tree.default_stages(int4=args.int4, filter_ratios=args.filter_ratios), epochs=epochs, out_dir=out,
         exhaustive=exhaustive, latency_runs=20 if args.quick else 100, verbose=2 if args.verbose else 0,
         metadata={
             "data": {"name": data_name, "train_samples": len(x), "test_samples": len(xt),
@@ -212,7 +213,8 @@ def cmd_tree(args) -> int:
         return 0
     print("no node met every target; closest:", file=sys.stderr)
     for n in report.closest():
-        print(f"  {n.label}: int8 {100 * n.int8_top1:.2f}%, gzip {n.gzip_bytes:,} B, misses {'; '.join(n.misses)}", file=sys.stderr)
+        print(f"  {n.label}: int8 {100 * n.int8_top1:.2f}%, gzip {n.gzip_bytes:,} B, {n.latency_us:.1f} us, "
+              f"MACs {format_macs(n)}, misses {'; '.join(n.misses)}", file=sys.stderr)
     return 1
 
 
@@ -258,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-latency", type=float, help="largest batch-1 latency, microseconds")
     p.add_argument("--max-raw-size", type=int, help="largest raw size of the int8 .tflite, bytes")
     p.add_argument("--int4", action="store_true", help="add the 4-bit branches (4-bit QAT, P4QAT, PC4QAT; INT4 weights)")
+    p.add_argument("--filter-ratios", type=float, nargs="*", default=[0.3, 0.5], metavar="R",
+                   help="filter-pruning ratios of the filter-pruned branches (fewer filters: fewer MACs, lower latency), "
+                   "each in (0, 1) (default 0.3 0.5; none: no filter-pruned branches)")
     p.add_argument("--exhaustive", action="store_true", help="run every node and mark the Pareto front (default when no target is given)")
     p.add_argument("--quick", action="store_true", help="at most 2,000 training samples (half of a smaller set), 1,000 test samples, 2 baseline epochs")
     p.add_argument("--seed", type=int, default=0)
@@ -278,6 +283,13 @@ def _check_args(args) -> None:
             f"--epochs must be >= 1 (each node fine-tunes at least one epoch; pruning reaches its "
             f"sparsity over the first); received {args.epochs}"
         )
+    if args.command == "tree":
+        bad = [r for r in args.filter_ratios if not 0.0 < r < 1.0]
+        if bad:
+            raise UsageError(f"--filter-ratios must be fractions in (0, 1), e.g. 0.3 0.5; received {bad[0]:g}")
+        percents = [f"{100 * r:.0f}" for r in args.filter_ratios]
+        if len(set(percents)) < len(percents):
+            raise UsageError(f"--filter-ratios must differ in whole percents; received {' '.join(f'{r:g}' for r in args.filter_ratios)}")
     if args.command == "export" and args.mode not in ("float32", "float16", "dynamic", "int8", "int16x8"):
         raise UsageError(f"unknown mode {args.mode!r}; accepted: float32, float16, dynamic, int8, int16x8")
     if getattr(args, "tfds_dir", None) and not str(getattr(args, "data", "") or "").startswith("tfds:"):

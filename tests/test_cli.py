@@ -113,6 +113,17 @@ def test_tree_epochs_0_is_refused_before_any_work(capsys):
     assert "--epochs must be >= 1" in _one_line_error(capsys, "tree")
 
 
+def test_tree_filter_ratios_are_checked_before_any_work(capsys):
+    from collabopt.cli import build_parser
+
+    assert main(["tree", "--filter-ratios", "0.3", "1.5"]) == 2
+    assert "--filter-ratios must be fractions in (0, 1), e.g. 0.3 0.5; received 1.5" in _one_line_error(capsys, "tree")
+    assert main(["tree", "--filter-ratios", "0.3", "0.301"]) == 2
+    assert "--filter-ratios must differ in whole percents" in _one_line_error(capsys, "tree")
+    assert build_parser().parse_args(["tree"]).filter_ratios == [0.3, 0.5]
+    assert build_parser().parse_args(["tree", "--filter-ratios"]).filter_ratios == []  # no filter-pruned branches
+
+
 def test_tfds_dir_without_tfds_data_is_refused(capsys, tmp_path):
     assert main(["train", "--data", "digits", "--tfds-dir", str(tmp_path)]) == 2
     assert "--tfds-dir is only used with --data tfds:" in _one_line_error(capsys, "train")

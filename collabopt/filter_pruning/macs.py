@@ -62,3 +62,31 @@ def count_macs(model) -> int:
     1584
     """
     return int(sum(layer_macs(layer) for layer in iter_layers(model)))
+
+
+def uncounted_layers(model) -> list[str]:
+    """Names of the layers whose multiply-accumulates :func:`count_macs` cannot count (it counts them as 0).
+
+    These are layers holding a kernel (a weight of rank >= 2) of a kind
+    :func:`layer_macs` does not know (e.g. LSTM, MultiHeadAttention, a
+    subclassed model), or of a known kind whose input shape is not fully
+    known (a Conv2D on images of any size). Embedding lookups do no
+    multiply-accumulates and are not listed. An empty list means
+    :func:`count_macs` is exact for ``model``.
+
+    Example:
+
+    >>> import keras
+    >>> from collabopt.filter_pruning.macs import uncounted_layers
+    >>> m = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, name="lstm"), keras.layers.Dense(2)])
+    >>> uncounted_layers(m)
+    ['lstm']
+    """
+    out = []
+    for layer in iter_layers(model):
+        base = base_layer(layer)
+        if isinstance(base, keras.layers.Embedding) or layer_macs(layer):
+            continue
+        if any(len(w.shape) >= 2 for w in base.weights):
+            out.append(base.name)
+    return out

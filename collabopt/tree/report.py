@@ -29,6 +29,27 @@ class NodeResult:
     latency_p25_us: float | None = None
     latency_p75_us: float | None = None
     zeros_fraction: float | None = None
+    macs: int | None = None
+    macs_uncounted: list = dataclasses.field(default_factory=list)
+    params: int | None = None
+
+
+def format_macs(node: NodeResult) -> str:
+    """A node's MACs for a report: ``"1,117,056"``, or ``"n/a"`` when they could not be counted.
+
+    Example:
+
+    >>> format_macs(NodeResult("a", "A", None, 0.9, 0.9, 10, 9, 1.0, 1.0, 0.0, True, macs=1117056))
+    '1,117,056'
+    >>> format_macs(NodeResult("a", "A", None, 0.9, 0.9, 10, 9, 1.0, 1.0, 0.0, True, macs_uncounted=["lstm"]))
+    'n/a (lstm)'
+    """
+    if node.macs is not None:
+        return f"{node.macs:,}"
+    if node.macs_uncounted:
+        names = ", ".join(node.macs_uncounted[:3]) + (", ..." if len(node.macs_uncounted) > 3 else "")
+        return f"n/a ({names})"
+    return "n/a"
 
 
 #: What "smallest" means when choosing a node.
@@ -108,14 +129,15 @@ class TreeReport:
 
     def to_markdown(self) -> str:
         lines = [
-            "| stage | float top-1 % | int8 top-1 % | weight zeros % | raw bytes | gzip bytes | vs float32 gzip | latency us (IQR) | targets | Pareto |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| stage | float top-1 % | int8 top-1 % | MACs | params | weight zeros % | raw bytes | gzip bytes | vs float32 gzip | latency us (IQR) | targets | Pareto |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for n in self.nodes:
             met = "met" if n.meets_targets else "missed: " + "; ".join(n.misses)
             label = f"**{n.label}**" if n.name == self.chosen else n.label
             lines.append(
-                f"| {label} | {100 * n.float_top1:.2f} | {100 * n.int8_top1:.2f} | "
+                f"| {label} | {100 * n.float_top1:.2f} | {100 * n.int8_top1:.2f} | {format_macs(n)} | "
+                f"{'n/a' if n.params is None else f'{n.params:,}'} | "
                 f"{'' if n.zeros_fraction is None else f'{100 * n.zeros_fraction:.1f}'} | {n.raw_bytes:,} | {n.gzip_bytes:,} | "
                 f"{n.compression:.2f}x | {_latency(n)} | {met} | {'*' if n.pareto else ''} |"
             )

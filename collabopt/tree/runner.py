@@ -14,10 +14,13 @@ import numpy as np
 
 from collabopt.datasets.batches import check_inputs
 from collabopt.errors import InvalidArgumentError, InvalidTypeError
+from collabopt.filter_pruning import apply_filter_pruning, count_macs
+from collabopt.filter_pruning.macs import uncounted_layers
+from collabopt.keras import strip_pruning
 from collabopt.technique import apply
 from collabopt.tflite import convert, has_trained_ranges
-from collabopt.tree.report import NodeResult, TreeReport, choose, pareto_front
-from collabopt.tree.stages import BASELINE, Stage, Targets, check_stages, default_stages
+from collabopt.tree.report import NodeResult, TreeReport, choose, format_macs, pareto_front
+from collabopt.tree.stages import BASELINE, FILTER_PRUNE, Stage, Targets, check_stages, default_stages
 
 def fresh_run_dir(base, force: bool = False, now=None) -> pathlib.Path:
     """The folder one tree run writes to: a new timestamped folder under ``base``.
@@ -63,6 +66,39 @@ def versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[package] = None
     return out
+
+
+def node_macs(model) -> dict:
+    """``{"macs": ..., "macs_uncounted": [...]}`` of the model a node exports.
+
+    ``macs`` is :func:`collabopt.keras.count_macs` (multiply-accumulates of
+    one forward pass on one example), or None ("n/a" in reports) when some
+    layer's MACs cannot be counted; ``macs_uncounted`` names those layers.
+
+    Example:
+
+    >>> import keras
+    >>> node_macs(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
+    {'macs': 12, 'macs_uncounted': []}
+    """
+    uncounted = uncounted_layers(model)
+    return {"macs": None if uncounted else count_macs(model), "macs_uncounted": uncounted}
+
+
+def parameter_count(model) -> int:
+    """Weights of the model's layers (what the file stores): wrappers' own variables (masks, ranges) not counted.
+
+    Example:
+
+    >>> import keras, collabopt.keras as co
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> parameter_count(m), parameter_count(co.prune_low_magnitude(m))
+    (15, 15)
+    """
+    from collabopt.layers import base_layer
+    from collabopt.transform import iter_layers
+
+    return int(sum(base_layer(layer).count_params() for layer in iter_layers(model) if base_layer(layer).built))
 
 
 def default_compile(model, learning_rate):
@@ -113,7 +149,11 @@ def run(
     Each node starts from its parent's trained model, trains ``epochs`` epochs,
     is exported to int8 TFLite (post-training calibration for nodes without QAT,
     the trained ranges otherwise) and measured: float and int8 top-1 on
-    ``val_data``, raw and gzip size, batch-1 latency. The *chosen* node is the
+    ``val_data``, raw and gzip size, batch-1 latency, and the MACs and
+    parameters of the model it exports (:func:`node_macs`,
+    :func:`parameter_count`). A filter-pruning node (``"filter_prune"``) is
+    stripped after fine-tuning: it exports, saves and hands its children the
+    physically smaller model, so its file and latency really drop. The *chosen* node is the
     smallest one (gzip bytes of its int8 .tflite) that meets every target. By
     default the walk stops at the first node after the baseline (in depth
     order) that meets every target; with ``exhaustive=True`` all nodes run and
@@ -179,10 +219,16 @@ def run(
             trained = model  # measured as given: not recompiled, not trained
         else:
             say(f"[{i}/{len(ordered)}] {stage.label or stage.name}: {stage.technique} from {stage.parent} ...")
-            trained = apply(models[stage.parent], stage.config(steps_per_epoch))
+            if stage.technique == FILTER_PRUNE:
+                trained = apply_filter_pruning(models[stage.parent], stage.config(steps_per_epoch))
+            else:
+                trained = apply(models[stage.parent], stage.config(steps_per_epoch))
             compile_fn(trained, stage.learning_rate)
             if epochs:
                 trained.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose)
+            if stage.technique == FILTER_PRUNE:
+                # The node exports, saves and hands its children the physically smaller model.
+                trained = strip_pruning(trained)
         models[stage.name] = trained
         if kernel_name:
             densities[stage.name] = effective_weight(trained, kernel_name)
@@ -205,6 +251,8 @@ def run(
             latency_p25_us=latency["p25_us"],
             latency_p75_us=latency["p75_us"],
             zeros_fraction=_weight_zeros(int8),
+            params=parameter_count(trained),
+            **node_macs(trained),
         )
         if out is not None:
             node.tflite = str(int8.save(out / f"{stage.name}.tflite"))
@@ -217,7 +265,7 @@ def run(
         nodes.append(node)
         say(
             f"[{i}/{len(ordered)}] {node.label}: float {100 * node.float_top1:.2f}%  int8 {100 * node.int8_top1:.2f}%  "
-            f"gzip {node.gzip_bytes:,} B ({node.compression:.2f}x)  {node.latency_us:.1f} us  "
+            f"gzip {node.gzip_bytes:,} B ({node.compression:.2f}x)  {node.latency_us:.1f} us  MACs {format_macs(node)}  "
             f"{'meets targets' if node.meets_targets else 'misses: ' + '; '.join(node.misses)}  ({node.seconds:.1f} s)"
         )
         if node.meets_targets and stage.technique != "baseline" and not exhaustive:

@@ -6,9 +6,20 @@ import dataclasses
 
 import collabopt.keras  # noqa: F401  (registers the techniques)
 from collabopt.errors import InvalidArgumentError
+from collabopt.filter_pruning import FilterPruningConfig, PolynomialRatio, RatioSchedule
 from collabopt.technique import TechniqueConfig, get_technique, technique_names
 
 BASELINE = "baseline"
+#: A filter-pruning stage: ``prune_filters``, fine-tuned, then stripped to the
+#: physically smaller plain model, which the node exports and its children start from.
+FILTER_PRUNE = "filter_prune"
+#: Fine-tuning learning rate of filter-pruning stages (as in benchmarks/filter_pruning.py).
+FILTER_PRUNE_LEARNING_RATE = 5e-4
+#: Filter-pruning ratios of the default tree: within one point of int8 top-1 of
+#: the dense model on both reference models at 30% and 50%, while 70% lost
+#: 3 to 6 points (benchmarks/RESULTS.md); 50% is the one that meets the
+#: issue's latency target (>= 1.6x faster int8).
+DEFAULT_FILTER_RATIOS = (0.3, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,14 +28,19 @@ class Stage:
 
     Attributes:
         name: Unique name, e.g. ``"pcqat"``.
-        technique: ``"baseline"`` (the given model) or a registered technique
-            (``"prune"``, ``"cluster"``, ``"quantize"``, or one registered later).
+        technique: ``"baseline"`` (the given model), ``"filter_prune"``
+            (filter pruning, then stripped to the physically smaller model;
+            its parent must be a plain model: the baseline or another
+            filter-pruned stage) or a registered technique (``"prune"``,
+            ``"cluster"``, ``"quantize"``, or one registered later).
         parent: Name of the stage it starts from (None for the baseline).
         settings: Keyword arguments of the technique's function
-            (``prune_low_magnitude``, ``cluster_weights``, ``quantize_model``),
-            read by its config's ``from_settings`` (for pruning, ``"sparsity"``
-            becomes a PolynomialDecay schedule over the stage's first epoch),
-            plus an optional ``"learning_rate"``.
+            (``prune_low_magnitude``, ``cluster_weights``, ``quantize_model``,
+            ``prune_filters``), read by its config's ``from_settings`` (for
+            pruning, ``"sparsity"`` becomes a PolynomialDecay schedule over the
+            stage's first epoch; for filter pruning, ``"pruning_ratio"`` becomes
+            a PolynomialRatio ramp over the first half epoch), plus an optional
+            ``"learning_rate"``.
         label: Row label in reports.
     """
 
@@ -35,7 +51,7 @@ class Stage:
     label: str = ""
 
     def __post_init__(self):
-        accepted = (BASELINE, *technique_names())
+        accepted = tuple(dict.fromkeys((BASELINE, FILTER_PRUNE, *technique_names())))
         if self.technique not in accepted:
             raise InvalidArgumentError(
                 f"stage '{self.name}': technique={self.technique!r}; accepted: {', '.join(accepted)}."
@@ -43,23 +59,83 @@ class Stage:
         if (self.technique == BASELINE) != (self.parent is None):
             raise InvalidArgumentError(f"stage '{self.name}': the baseline (and only it) has no parent.")
 
-    def config(self, steps_per_epoch: int = 1) -> TechniqueConfig:
+    def config(self, steps_per_epoch: int = 1) -> TechniqueConfig | FilterPruningConfig:
         """The technique's config from this stage's settings (not for the baseline)."""
         settings = {k: v for k, v in self.settings.items() if k != "learning_rate"}
+        if self.technique == FILTER_PRUNE:
+            return filter_pruning_config(settings, steps_per_epoch, self.name)
         return get_technique(self.technique).config.from_settings(settings, steps=steps_per_epoch)
 
     @property
     def learning_rate(self) -> float:
         """The ``learning_rate`` setting, else the technique's usual fine-tuning rate."""
-        return self.settings.get("learning_rate", get_technique(self.technique).learning_rate)
+        if "learning_rate" in self.settings:
+            return self.settings["learning_rate"]
+        if self.technique == FILTER_PRUNE:
+            return FILTER_PRUNE_LEARNING_RATE
+        return get_technique(self.technique).learning_rate
 
 
-def default_stages(sparsity: float = 0.5, clusters: int = 16, int4: bool = False) -> list[Stage]:
+def filter_pruning_config(settings: dict, steps_per_epoch: int = 1, stage: str = FILTER_PRUNE) -> FilterPruningConfig:
+    """The :class:`~collabopt.keras.FilterPruningConfig` of a filter-pruning stage's settings.
+
+    Accepted settings are ``prune_filters``' arguments: ``pruning_ratio``
+    (default 0.5; ramped from 0 over the first half epoch with a
+    PolynomialRatio, as benchmarks/filter_pruning.py does), ``criterion``
+    (default ``"l2"``) and ``pruning_schedule`` (a RatioSchedule replacing
+    the ramp).
+
+    Example:
+
+    >>> from collabopt.tree.stages import filter_pruning_config
+    >>> c = filter_pruning_config({"pruning_ratio": 0.3}, steps_per_epoch=10)
+    >>> c.pruning_schedule.final_ratio, c.pruning_schedule.end_step, c.criterion
+    (0.3, 5, 'l2')
+    """
+    accepted = ("pruning_ratio", "criterion", "pruning_schedule")
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise InvalidArgumentError(f"stage '{stage}' (filter_prune): unknown settings {unknown}; accepted: {', '.join(accepted)}.")
+    schedule = settings.get("pruning_schedule")
+    if schedule is not None and not isinstance(schedule, RatioSchedule):
+        raise InvalidArgumentError(
+            f"stage '{stage}' (filter_prune): pruning_schedule must be a ConstantRatio or PolynomialRatio; received {schedule!r}."
+        )
+    if schedule is None:
+        ratio = settings.get("pruning_ratio", 0.5)
+        _check_ratio(ratio, stage)
+        schedule = PolynomialRatio(0.0, float(ratio), begin_step=0, end_step=max(int(steps_per_epoch) // 2, 1))
+    return FilterPruningConfig(schedule, settings.get("criterion", "l2"))
+
+
+def _check_ratio(ratio, stage: str) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+        raise InvalidArgumentError(
+            f"stage '{stage}' (filter_prune): pruning_ratio must be a fraction in (0, 1), e.g. 0.5; received {ratio!r}."
+        )
+
+
+def default_stages(
+    sparsity: float = 0.5, clusters: int = 16, int4: bool = False, filter_ratios=DEFAULT_FILTER_RATIOS
+) -> list[Stage]:
     """TFMOT's deployment tree: baseline; pruned / clustered / QAT; sparse clustering / PQAT / CQAT; PCQAT.
+
+    Plus filter-pruned branches (whole filters removed, so the exported model
+    has fewer MACs and runs faster): for each ratio in ``filter_ratios``, a
+    filter-pruned node (``filter_pruned_30``: fine-tuned, then stripped to the
+    physically smaller model) and QAT on it (``filter_pruned_30_qat``); from the
+    largest ratio also the magnitude chain on the smaller model: pruned ->
+    sparsity-preserving clustered -> PCQAT (``filter_pruned_50_pcqat``).
+    ``filter_ratios=()`` leaves them out.
 
     With ``int4=True`` the tree also has 4-bit branches (weights stored as
     INT4): 4-bit QAT from the baseline, P4QAT from the pruned node and PC4QAT
     from the sparsity-preserving clustered node.
+
+    Example:
+
+    >>> [s.name for s in default_stages(filter_ratios=(0.5,)) if s.name.startswith("filter")]
+    ['filter_pruned_50', 'filter_pruned_50_qat', 'filter_pruned_50_pruned', 'filter_pruned_50_sparse_clustered', 'filter_pruned_50_pcqat']
     """
     stages = [
         Stage("baseline", "baseline", label="Baseline"),
@@ -86,6 +162,42 @@ def default_stages(sparsity: float = 0.5, clusters: int = 16, int4: bool = False
             Stage("p4qat", "quantize", "pruned", four, "P4QAT"),
             Stage("pc4qat", "quantize", "sparse_clustered", four, "PC4QAT"),
         ]
+    return stages + filter_pruned_stages(filter_ratios, sparsity, clusters)
+
+
+def filter_pruned_stages(ratios=DEFAULT_FILTER_RATIOS, sparsity: float = 0.5, clusters: int = 16, parent: str = BASELINE) -> list[Stage]:
+    """The filter-pruned branches of :func:`default_stages` (from ``parent``).
+
+    For each ratio: ``filter_pruned_<percent>`` and ``filter_pruned_<percent>_qat``;
+    for the largest ratio also ``_pruned`` (magnitude pruning at ``sparsity``),
+    ``_sparse_clustered`` and ``_pcqat`` on the smaller model.
+    """
+    if isinstance(ratios, (int, float)):
+        ratios = (ratios,)
+    ratios = list(ratios)
+    for ratio in ratios:
+        _check_ratio(ratio, "filter_pruned")
+    stages = []
+    for ratio in ratios:
+        name, label = f"filter_pruned_{100 * ratio:.0f}", f"Filter-pruned {100 * ratio:.0f}%"
+        stages += [
+            Stage(name, FILTER_PRUNE, parent, {"pruning_ratio": float(ratio)}, label),
+            Stage(f"{name}_qat", "quantize", name, {}, f"{label} + QAT"),
+        ]
+    if ratios:
+        top = max(ratios)
+        name, label = f"filter_pruned_{100 * top:.0f}", f"Filter-pruned {100 * top:.0f}%"
+        stages += [
+            Stage(f"{name}_pruned", "prune", name, {"sparsity": sparsity}, f"{label} + pruned ({100 * sparsity:.0f}%)"),
+            Stage(
+                f"{name}_sparse_clustered",
+                "cluster",
+                f"{name}_pruned",
+                {"number_of_clusters": clusters, "preserve_sparsity": True},
+                f"{label} + sparsity-preserving clustered",
+            ),
+            Stage(f"{name}_pcqat", "quantize", f"{name}_sparse_clustered", {}, f"{label} + PCQAT"),
+        ]
     return stages
 
 
@@ -102,6 +214,12 @@ def check_stages(stages: list[Stage]) -> list[Stage]:
     for s in stages:
         if s.parent is not None and s.parent not in by_name:
             raise InvalidArgumentError(f"stage '{s.name}': parent '{s.parent}' is not a stage; stages: {names}.")
+        if s.technique == FILTER_PRUNE and s.parent in by_name and by_name[s.parent].technique not in (BASELINE, FILTER_PRUNE):
+            raise InvalidArgumentError(
+                f"stage '{s.name}': filter pruning starts from a plain model (the baseline or another filter_prune "
+                f"stage); its parent '{s.parent}' is a {by_name[s.parent].technique} stage. Filter-prune first, then "
+                "prune / cluster / quantize the smaller model."
+            )
 
     def depth(s, seen=()):
         if s.parent is None:

@@ -6,6 +6,7 @@ import pytest
 import collabopt.tflite as ct
 from collabopt import tree
 from collabopt.reference_models import compile_for_classification, reference_cnn
+from collabopt.errors import InvalidArgumentError
 from collabopt.tree.report import NodeResult
 
 
@@ -51,3 +52,53 @@ def test_raw_size_target_reached_by_the_4bit_branch(digits_data, tmp_path):
     assert report.node("qat4").raw_bytes <= 0.7 * qat_raw
     assert {t.dtype for t in ct.load(tmp_path / "qat4.tflite").inspect().weights() if len(t.shape) >= 2} == {"int4"}
     assert report.settings["targets"]["max_raw_bytes"] == int(0.7 * qat_raw)
+
+
+def test_default_tree_has_filter_pruned_branches_from_the_baseline():
+    stages = {s.name: s for s in tree.check_stages(tree.default_stages())}
+    assert {n: (stages[n].technique, stages[n].parent) for n in stages if n.startswith("filter_pruned")} == {
+        "filter_pruned_30": ("filter_prune", "baseline"),
+        "filter_pruned_30_qat": ("quantize", "filter_pruned_30"),
+        "filter_pruned_50": ("filter_prune", "baseline"),
+        "filter_pruned_50_qat": ("quantize", "filter_pruned_50"),
+        "filter_pruned_50_pruned": ("prune", "filter_pruned_50"),
+        "filter_pruned_50_sparse_clustered": ("cluster", "filter_pruned_50_pruned"),
+        "filter_pruned_50_pcqat": ("quantize", "filter_pruned_50_sparse_clustered"),
+    }
+    assert stages["filter_pruned_30"].settings == {"pruning_ratio": 0.3}
+    assert stages["filter_pruned_50_sparse_clustered"].settings["preserve_sparsity"] is True
+    assert not any(s.technique == "filter_prune" for s in tree.default_stages(filter_ratios=()))
+    assert [s.name for s in tree.default_stages(filter_ratios=(0.7,)) if s.technique == "filter_prune"] == ["filter_pruned_70"]
+
+
+def test_filter_prune_stage_config_ramps_the_ratio_over_half_an_epoch():
+    import collabopt.keras as co
+
+    stage = tree.Stage("fp", "filter_prune", "baseline", {"pruning_ratio": 0.4, "criterion": "l1"})
+    config = stage.config(steps_per_epoch=20)
+    assert isinstance(config, co.FilterPruningConfig) and config.criterion == "l1"
+    schedule = config.pruning_schedule
+    assert isinstance(schedule, co.PolynomialRatio) and schedule.end_step == 10
+    assert float(schedule(0)) == 0.0 and abs(float(schedule(10)) - 0.4) < 1e-6
+    given = co.ConstantRatio(0.25)
+    assert tree.Stage("fp", "filter_prune", "baseline", {"pruning_schedule": given}).config(5).pruning_schedule is given
+    assert stage.learning_rate == 5e-4
+    assert tree.Stage("fp", "filter_prune", "baseline", {"learning_rate": 1e-3}).learning_rate == 1e-3
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: tree.Stage("fp", "filter_prune", "baseline", {"sparsity": 0.5}).config(), r"unknown settings \['sparsity'\]; accepted: pruning_ratio"),
+        (lambda: tree.Stage("fp", "filter_prune", "baseline", {"pruning_ratio": 1.0}).config(), r"pruning_ratio must be a fraction in \(0, 1\)"),
+        (lambda: tree.Stage("fp", "filter_prune", "baseline", {"pruning_schedule": 0.5}).config(), "pruning_schedule must be a ConstantRatio"),
+        (lambda: tree.default_stages(filter_ratios=(0.0,)), r"received 0.0"),
+        (
+            lambda: tree.check_stages([tree.Stage("b", "baseline"), tree.Stage("p", "prune", "b"), tree.Stage("fp", "filter_prune", "p")]),
+            r"stage 'fp': filter pruning starts from a plain model .* its parent 'p' is a prune stage",
+        ),
+    ],
+)
+def test_bad_filter_prune_stages_are_refused_before_training(make, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        make()

@@ -7,6 +7,7 @@ import pytest
 import collabopt.tree as tree
 from collabopt.cli import main
 from collabopt.errors import InvalidArgumentError
+from collabopt.filter_pruning import count_macs as co_count_macs
 from collabopt.tree.report import choose
 from collabopt.tree.runner import fresh_run_dir
 from collabopt.reference_models import compile_for_classification, reference_cnn
@@ -149,10 +150,12 @@ def test_cli_bad_input_exits_2(capsys):
 
 @pytest.mark.slow
 def test_cli_unreachable_target_lists_the_closest_nodes(tmp_path, capsys):
-    code = main(["tree", "--quick", "--data", "digits", "--max-size", "100", "--out", str(tmp_path)])
+    code = main(["tree", "--quick", "--data", "digits", "--max-size", "100", "--filter-ratios", "--out", str(tmp_path)])
     assert code == 1
     err = capsys.readouterr().err
-    assert "no node met every target; closest:" in err and "gzip" in err
+    assert "no node met every target; closest:" in err and "gzip" in err and "MACs" in err
+    data = json.loads(next(tmp_path.iterdir()).joinpath("report.json").read_text())
+    assert len(data["nodes"]) == 8  # --filter-ratios with no value: TFMOT's tree only
 
 
 @pytest.mark.slow
@@ -164,10 +167,11 @@ def test_cli_tree_quick_end_to_end(tmp_path, capsys):
     (run,) = tmp_path.iterdir()  # a fresh timestamped run folder
     assert run.name.startswith("run-")
     data = json.loads((run / "report.json").read_text())
-    assert len(data["nodes"]) == 8
+    assert len(data["nodes"]) == 15  # TFMOT's 8 and the filter-pruned branches (30% and 50%)
+    assert "Filter-pruned 50% + QAT" in out and "| MACs |" in out
     assert data["settings"]["data"]["name"] == "digits" and data["settings"]["data"]["train_samples"] == 719
     assert data["settings"]["model"]["source"].endswith("reference_cnn") and data["settings"]["versions"]["collabopt"]
-    assert main(["tree", "--quick", "--data", "digits", "--epochs", "1", "--out", str(tmp_path), "--max-size", "10"]) == 1
+    assert main(["tree", "--quick", "--data", "digits", "--epochs", "1", "--out", str(tmp_path), "--max-size", "10", "--filter-ratios"]) == 1
     assert len(list(tmp_path.iterdir())) == 2  # the second run did not overwrite the first
 
 
@@ -178,3 +182,74 @@ def test_default_data_says_when_fashion_mnist_is_missing(monkeypatch, tmp_path):
     monkeypatch.setattr(bundled, "FASHION_MNIST_DIRS", (tmp_path,))  # an empty folder: not installed
     name, note = cli._default_data()
     assert name == "digits" and "apt-get install dataset-fashion-mnist" in note
+
+
+def _kernel_elements(path):
+    import collabopt.tflite as ct
+
+    return sum(int(np.prod(t.shape)) for t in ct.load(path).inspect().weights() if len(t.shape) >= 2)
+
+
+def test_filter_pruned_node_exports_the_physically_smaller_model(small_run_inputs, tmp_path):
+    from collabopt.layers import OptimizationWrapper
+    from collabopt.tree.stages import filter_pruned_stages
+
+    model, train, val = small_run_inputs
+    stages = [tree.Stage("baseline", "baseline", label="Baseline"), filter_pruned_stages((0.5,))[0]]
+    lines = []
+    (x, y), (xv, yv) = train, val
+    report = tree.run(model, (x[:256], y[:256]), (xv[:128], yv[:128]), tree.Targets(max_accuracy_drop=1.0), stages=stages,
+                      exhaustive=True, out_dir=tmp_path, progress=lines.append, verbose=0, latency_runs=5, calibration_samples=64)
+    base, fp = report.nodes
+    assert fp.name == "filter_pruned_50" and fp.label == "Filter-pruned 50%" and fp.parent == "baseline"
+    assert base.macs == co_count_macs(model) and fp.macs < 0.5 * base.macs
+    assert fp.params < 0.5 * base.params and fp.raw_bytes < 0.7 * base.raw_bytes
+    assert _kernel_elements(fp.tflite) < 0.5 * _kernel_elements(base.tflite)  # the file itself holds fewer weights
+    saved = keras.saving.load_model(fp.keras)
+    assert not any(isinstance(layer, OptimizationWrapper) for layer in saved.layers)  # stripped: plain Keras
+    assert co_count_macs(saved) == fp.macs and saved.count_params() == fp.params
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [saved.get_layer(c.name).filters for c in convs] == [c.filters // 2 for c in convs]
+    assert any(f"MACs {fp.macs:,}" in line for line in lines)
+    assert "| MACs | params |" in report.to_markdown() and f"| {fp.macs:,} | {fp.params:,} |" in report.to_markdown()
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [n["macs"] for n in data["nodes"]] == [base.macs, fp.macs]
+    assert data["settings"]["stages"][1] == {"name": "filter_pruned_50", "technique": "filter_prune", "parent": "baseline",
+                                             "settings": {"pruning_ratio": 0.5}}
+
+
+@pytest.mark.slow
+def test_filter_pruned_chain_with_qat_and_pcqat(small_run_inputs, tmp_path):
+    import collabopt.tflite as ct
+    from collabopt.tree.stages import filter_pruned_stages
+
+    model, train, val = small_run_inputs
+    before = [w.numpy().copy() for w in model.weights]
+    stages = [tree.Stage("baseline", "baseline")] + filter_pruned_stages((0.5,))
+    report = tree.run(model, train, val, tree.Targets(max_accuracy_drop=1.0), stages=stages, exhaustive=True, out_dir=tmp_path,
+                      progress=None, verbose=0, latency_runs=5)
+    names = [n.name for n in report.nodes]
+    assert names == ["baseline", "filter_pruned_50", "filter_pruned_50_qat", "filter_pruned_50_pruned",
+                     "filter_pruned_50_sparse_clustered", "filter_pruned_50_pcqat"]
+    base, fp = report.node("baseline"), report.node("filter_pruned_50")
+    for n in report.nodes[2:]:  # every child keeps the smaller model's MACs
+        assert n.macs == fp.macs < base.macs
+    pcqat = report.node("filter_pruned_50_pcqat")
+    assert pcqat.zeros_fraction > 0.4 and pcqat.gzip_bytes < fp.gzip_bytes
+    for name in ("filter_pruned_50_qat", "filter_pruned_50_pcqat"):  # QAT ranges: a full int8 file
+        assert {t.dtype for t in ct.load(tmp_path / f"{name}.tflite").inspect().weights() if len(t.shape) >= 2} == {"int8"}
+        keras.saving.load_model(tmp_path / f"{name}.keras")
+    for a, b in zip(before, model.weights):  # the baseline model is not modified
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_node_macs_is_n_a_for_layers_it_cannot_count():
+    from collabopt.tree.runner import node_macs, parameter_count
+
+    x = keras.Input((6, 4))
+    y = keras.layers.Dense(3, name="logits")(keras.layers.LSTM(5, name="lstm")(keras.layers.Conv1D(4, 3, name="conv")(x)))
+    model = keras.Model(x, y)
+    assert node_macs(model) == {"macs": None, "macs_uncounted": ["lstm"]}
+    dense = keras.Sequential([keras.Input((6, 4)), keras.layers.Conv1D(4, 3), keras.layers.Flatten(), keras.layers.Dense(3)])
+    assert node_macs(dense) == {"macs": 4 * 3 * 4 * 4 + 16 * 3, "macs_uncounted": []}
+    assert parameter_count(dense) == dense.count_params()
