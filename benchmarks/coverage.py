@@ -9,7 +9,9 @@ preserving cluster 16 -> QAT (a few eager steps each on random data) -> int8
 from the trained ranges alone, and again with representative data for the
 tensors QAT does not reach. Records the float ops left in each file, how many
 recorded constraints ``verify()`` finds holding in the file, and the seconds.
-Writes docs/coverage.md.
+Each measured row is kept in benchmarks/coverage.json (keyed by model, with
+its date), so the table can be built up over several runs; docs/coverage.md is
+written from every row there, in zoo order.
 
 With ``--tfmot-python PATH`` (a Python that has ``tensorflow-model-optimization``
 0.8.1 and ``tf_keras``; default ``$COLLABOPT_TFMOT_PYTHON``) the same models,
@@ -169,7 +171,8 @@ def write(rows, path, tfmot_rows=None):
         "≤ 16 values per channel, read from the file alone by the same code for both libraries.",
         "",
         f"Machine: {machine()}. Command: `python benchmarks/coverage.py --models {','.join(r['model'] for r in rows)}"
-        f"{' --tfmot-python PATH' if tfmot_rows else ''}`. Date: {datetime.date.today()}.",
+        f"{' --tfmot-python PATH' if tfmot_rows else ''}` (rows kept in `benchmarks/coverage.json`, each with its date; "
+        "`--models` re-measures some of them).",
         "",
         "## collabopt",
         "",
@@ -222,21 +225,32 @@ def main():
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "coverage.md"))
     parser.add_argument("--tfmot-python", default=os.environ.get("COLLABOPT_TFMOT_PYTHON"), help="a Python with TFMOT 0.8.1 and tf_keras")
     parser.add_argument("--files", default="/tmp/collabopt_coverage", help="where the TFMOT peer writes its .tflite files")
+    parser.add_argument("--results", default=str(HERE / "coverage.json"), help="rows measured so far (read, updated, written)")
+    parser.add_argument("--skip-collabopt", action="store_true", help="measure only the TFMOT side of --models")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one)))
         return
-    rows, tfmot_rows = [], []
+    results_path = pathlib.Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"collabopt": {}, "tfmot": {}}
+    today = str(datetime.date.today())
     for name in args.models.split(","):
-        print(f"[coverage] {name} ...", flush=True)
-        rows.append(run_isolated([__file__, "--one", name]))
-        rows[-1].setdefault("model", name)
-        print(f"[coverage] {json.dumps(rows[-1])}", flush=True)
+        if not args.skip_collabopt:
+            print(f"[coverage] {name} ...", flush=True)
+            row = run_isolated([__file__, "--one", name])
+            row.setdefault("model", name)
+            results["collabopt"][name] = dict(row, date=today)
+            print(f"[coverage] {json.dumps(row)}", flush=True)
         if args.tfmot_python:
             peer = [str(HERE / "peer_tfmot.py"), "coverage", "--model", name, "--out", args.files]
-            tfmot_rows.append(measure_files(run_isolated(peer, args.tfmot_python)))
-            tfmot_rows[-1].setdefault("model", name)
-            print(f"[coverage] TFMOT {json.dumps(tfmot_rows[-1])}", flush=True)
+            row = measure_files(run_isolated(peer, args.tfmot_python))
+            row.setdefault("model", name)
+            results["tfmot"][name] = dict(row, date=today)
+            print(f"[coverage] TFMOT {json.dumps(row)}", flush=True)
+        results_path.write_text(json.dumps(results, indent=1) + "\n")
+    order = list(zoo.APPLICATIONS) + list(SEQUENCE_MODELS)
+    rows = [results["collabopt"][m] for m in order if m in results["collabopt"]]
+    tfmot_rows = [results["tfmot"][m] for m in order if m in results["tfmot"]]
     write(rows, pathlib.Path(args.out), tfmot_rows)
 
 
