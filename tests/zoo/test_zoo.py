@@ -93,10 +93,11 @@ def test_application(name):
         zoo.conv1d_kws,
         lambda: zoo.recurrent_kws("lstm"),
         lambda: zoo.recurrent_kws("lstm", bidirectional=True),
+        lambda: zoo.recurrent_kws("gru"),
         lambda: zoo.recurrent_kws("gru", bidirectional=True),
         zoo.tiny_transformer,
     ],
-    ids=["conv1d", "lstm", "bilstm", "bigru", "transformer"],
+    ids=["conv1d", "lstm", "bilstm", "gru", "bigru", "transformer"],
 )
 def test_sequence(build):
     model = build()
