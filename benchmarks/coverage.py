@@ -111,8 +111,14 @@ def measure(name) -> dict:
 
 
 def kept_kernels(tflite) -> str:
-    """Kernels of the file (int8/int4 constants of rank >= 2) with >= 45% zeros and <= 16 values per channel."""
-    kernels = [t for t in tflite.inspect().weights() if len(t.shape) >= 2 and t.dtype in ("int8", "int4")]
+    """Kernels of the file with >= 45% zeros and <= 16 values per channel.
+
+    A kernel: an int8/int4 constant with at least two dimensions above 1 (a
+    broadcast (1, 1, 1, C) scale of a standalone BatchNormalization is not).
+    """
+    kernels = [
+        t for t in tflite.inspect().weights() if sum(d > 1 for d in t.shape) >= 2 and t.dtype in ("int8", "int4")
+    ]
     kept = [t for t in kernels if t.zeros_fraction >= 0.45 and t.max_unique_per_channel <= 16]
     return f"{len(kept)}/{len(kernels)}"
 
@@ -167,7 +173,8 @@ def write(rows, path, tfmot_rows=None):
         "ranges are kept, the tensors QAT does not reach (inside MultiHeadAttention, LSTM/GRU gates, plain ops "
         "such as `x + 3.0`) are calibrated.",
         "* **verified**: constraints recorded in training (50% zeros, ≤ 16 values) that `verify()` finds in the file.",
-        "* **kernels kept**: kernels of the final file (int8 constants of rank ≥ 2) that still have ≥ 45% zeros and "
+        "* **kernels kept**: kernels of the final file (int8/int4 constants with two or more dimensions above 1) that "
+        "still have ≥ 45% zeros and "
         "≤ 16 values per channel, read from the file alone by the same code for both libraries.",
         "",
         f"Machine: {machine()}. Command: `python benchmarks/coverage.py --models {','.join(r['model'] for r in rows)}"

@@ -9,15 +9,23 @@ clusters, 4-bit QAT) and PCQAT (the same at 8 bits), converts each to an int8
 file (4-bit weights are INT4 tensors) and measures raw and gzip bytes, top-1
 of the file, and batch-1 latency (LiteRT interpreter, one thread; every file
 timed in turn, several rounds, median). A Dense-heavy model pruned to 80%
-compares ``convert(..., sparse=True)`` against the dense file. TFMOT has no
-4-bit export and is not installed here; there is no peer column.
+compares ``convert(..., sparse=True)`` against the dense file.
+
+With ``--tfmot-python PATH`` (a Python with TFMOT 0.8.1 and tf_keras; default
+``$COLLABOPT_TFMOT_PYTHON``) TFMOT trains the stages it can (QAT, its
+experimental 4-bit QAT, 4-bit QAT of the pruned model, PCQAT) on the same
+architecture, data and epochs in its own process (benchmarks/peer_tfmot.py
+``int4``); its files are measured here beside collabopt's, latency interleaved
+in the same rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -73,9 +81,29 @@ def latencies(files: dict, rounds: int, runs: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def tfmot_stages(arch, args) -> dict:
+    """``{"TFMOT: stage": (None, TFLiteModel)}`` from the TFMOT peer, or {} without a TFMOT Python."""
+    if not args.tfmot_python:
+        return {}
+    data = "fashion_mnist" if arch == "reference_cnn" else "spoken_digits"
+    command = [
+        args.tfmot_python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_tfmot.py"), "int4",
+        "--arch", arch, "--data", data, "--n-train", str(args.train_samples), "--epochs", str(args.epochs),
+        "--stage-epochs", str(args.stage_epochs), "--clusters", str(args.clusters), "--out", "/tmp/collabopt_tfmot_int4",
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"TFMOT peer failed: {proc.stderr.strip().splitlines()[-1:]}")
+    result = json.loads(lines[-1])
+    return {f"TFMOT {result['tfmot_version']}: {name}": (None, ct.load(path)) for name, path in result["files"].items()}
+
+
 def model_section(title, data, build, args):
     _, (xt, yt) = data
     result = stages(data, build, args.epochs, args.stage_epochs, args.clusters)
+    result.update(tfmot_stages("reference_cnn" if build is reference_cnn else "ds_cnn", args))
     lat = latencies({n: t for n, (_, t) in result.items()}, args.rounds, args.runs)
     base_raw = result["float32"][1].size_report().raw_bytes
     base_gzip = result["float32"][1].size_report().gzip_bytes
@@ -173,6 +201,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--smoke", action="store_true", help="tiny settings; prints instead of writing RESULTS.md")
+    parser.add_argument("--tfmot-python", default=os.environ.get("COLLABOPT_TFMOT_PYTHON"), help="a Python with TFMOT 0.8.1")
     args = parser.parse_args()
     if args.smoke:
         args.epochs, args.stage_epochs, args.train_samples, args.rounds, args.runs = 1, 1, 512, 1, 5
@@ -193,8 +222,16 @@ def main():
     body = (
         "Every file converted with `collabopt.tflite.convert(model, \"int8\")` (float32: `\"float32\"`); weights "
         "trained at 4 bits are stored as INT4 tensors. Latency: batch 1, one thread, LiteRT interpreter with its "
-        f"default delegate, median over {args.rounds} interleaved rounds of {args.runs} runs. TFMOT column skipped: "
-        "TFMOT has no 4-bit export and is not installed on this machine.\n\n"
+        f"default delegate, median over {args.rounds} interleaved rounds of {args.runs} runs. "
+        + (
+            "Rows marked TFMOT: TFMOT 0.8.1 (tf_keras) trained the same architecture on the same data for the same "
+            "epochs in its own process (`--tfmot-python`); its files are measured here, in the same latency rounds. "
+            "TF 2.21's converter stores the weights of TFMOT's experimental 4-bit scheme as INT4 too (it reads the "
+            "fake-quant bit width); TFMOT has no 4-bit scheme that keeps pruning or clusters (its 4-bit QAT of the "
+            "pruned model does not preserve the zeros) and no PC4QAT.\n\n"
+            if args.tfmot_python
+            else "TFMOT rows skipped (no `--tfmot-python`).\n\n"
+        )
         + "\n".join(sections)
         + f"\nRun time: {minutes:.1f} min.\n"
     )

@@ -138,6 +138,61 @@ def collaborative(args):
     print(json.dumps({"tfmot_version": tfmot.__version__, "stages": out}))
 
 
+def int4(args):
+    """TFMOT's side of benchmarks/int4.py: the stages TFMOT can train, same architecture, data and epochs.
+
+    QAT (8-bit), 4-bit QAT (its experimental DefaultNBitQuantizeScheme),
+    4-bit QAT of the pruned model, and PCQAT (8-bit, cluster- and
+    sparsity-preserving). TFMOT has no 4-bit scheme that keeps clusters, so no
+    PC4QAT. Writes one int8 .tflite per stage (float input and output, as
+    collabopt's) and prints their paths as a JSON line.
+    """
+    from collabopt import datasets
+    from collabopt.reference_models import ds_cnn, reference_cnn
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        default_8bit_cluster_preserve_quantize_scheme as cps,
+    )
+
+    if args.data == "fashion_mnist":
+        (x, y), _ = datasets.fashion_mnist()
+        x, y = x[: args.n_train], y[: args.n_train]
+    else:
+        (x, y), _ = datasets.spoken_digits()
+    build = reference_cnn if args.arch == "reference_cnn" else ds_cnn
+    tf.keras.utils.set_random_seed(0)
+    sp, cl, qz = tfmot.sparsity.keras, tfmot.clustering.keras, tfmot.quantization.keras
+    E, e = args.epochs, args.stage_epochs
+    base = _fit(build(x.shape[1:], keras_module=keras), x, y, E, 1e-3)
+    steps = int(np.ceil(len(x) / 64))
+    schedule = sp.PolynomialDecay(0.0, 0.5, 0, steps, frequency=max(steps // 10, 1))
+    pruned = sp.strip_pruning(_fit(sp.prune_low_magnitude(_copy(base), pruning_schedule=schedule), x, y, e, 5e-4, [sp.UpdatePruningStep()]))
+    init = cl.CentroidInitialization.KMEANS_PLUS_PLUS
+    spc = cl.strip_clustering(
+        _fit(cl.cluster_weights(_copy(pruned), number_of_clusters=args.clusters, cluster_centroids_init=init, preserve_sparsity=True), x, y, e, 1e-4)
+    )
+    four = qz.experimental.default_n_bit.DefaultNBitQuantizeScheme(num_bits_weight=4, num_bits_activation=8)
+
+    def qat(model, scheme, lr):
+        return _fit(qz.quantize_apply(qz.quantize_annotate_model(_copy(model)), scheme), x, y, e, lr)
+
+    stages = {
+        "QAT (8-bit)": qat(base, qz.default_8bit.Default8BitQuantizeScheme(), 1e-4),
+        "4-bit QAT": qat(base, four, 3e-4),
+        "4-bit QAT of the pruned model": qat(pruned, four, 3e-4),
+        "PCQAT (8-bit)": qat(spc, cps.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True), 1e-4),
+    }
+    os.makedirs(args.out, exist_ok=True)
+    paths = {}
+    for name, model in stages.items():
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        path = os.path.join(args.out, f"tfmot_int4_{args.arch}_{len(paths)}.tflite")
+        with open(path, "wb") as f:
+            f.write(converter.convert())
+        paths[name] = path
+    print(json.dumps({"tfmot_version": tfmot.__version__, "files": paths}))
+
+
 def _zoo_model(name):
     """The same zoo model as benchmarks/coverage.py builds, in tf_keras."""
     from collabopt import reference_models as zoo
@@ -225,7 +280,7 @@ def coverage(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["step_time", "collaborative", "coverage"])
+    parser.add_argument("what", choices=["step_time", "collaborative", "coverage", "int4"])
     parser.add_argument("--model", default="MobileNetV2")
     parser.add_argument("--arch", default="mobilenet_style")
     parser.add_argument("--data", default="fashion_mnist")
@@ -243,6 +298,8 @@ def main():
         return collaborative(args)
     if args.what == "coverage":
         return coverage(args)
+    if args.what == "int4":
+        return int4(args)
     tf.random.set_seed(0)
     plain = step_time("none", args.steps, args.batch_size, args.repeats)
     wrapped = step_time(args.technique, args.steps, args.batch_size, args.repeats)
