@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -153,7 +154,8 @@ def cell(value) -> str:
         return "—"
     if isinstance(value, list):
         return "no float op" if not value else "float: " + ", ".join(value)
-    return str(value).replace("|", "/")
+    text = re.sub(r"\S*/\S+\.py:\d+:\d+: ", "", str(value))  # source locations in converter messages
+    return (text[:110] + " …" if len(text) > 110 else text).replace("|", "/")
 
 
 def write(rows, path, tfmot_rows=None):
@@ -234,6 +236,7 @@ def main():
     parser.add_argument("--files", default="/tmp/collabopt_coverage", help="where the TFMOT peer writes its .tflite files")
     parser.add_argument("--results", default=str(HERE / "coverage.json"), help="rows measured so far (read, updated, written)")
     parser.add_argument("--skip-collabopt", action="store_true", help="measure only the TFMOT side of --models")
+    parser.add_argument("--write-only", action="store_true", help="measure nothing; write the table from --results")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one)))
@@ -241,7 +244,7 @@ def main():
     results_path = pathlib.Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.exists() else {"collabopt": {}, "tfmot": {}}
     today = str(datetime.date.today())
-    for name in args.models.split(","):
+    for name in [] if args.write_only else args.models.split(","):
         if not args.skip_collabopt:
             print(f"[coverage] {name} ...", flush=True)
             row = run_isolated([__file__, "--one", name])
