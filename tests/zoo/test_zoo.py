@@ -39,7 +39,7 @@ def _data(model, batch=4, seed=0):
     return x, rng.integers(0, model.outputs[0].shape[-1], batch)
 
 
-CI_FAMILIES = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "EfficientNetB0")
+CI_FAMILIES = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "InceptionV3")
 FAMILIES = sorted(zoo.APPLICATIONS) if os.environ.get("COLLABOPT_ZOO") == "all" else CI_FAMILIES
 
 
