@@ -227,8 +227,8 @@ def main():
             "Rows marked TFMOT: TFMOT 0.8.1 (tf_keras) trained the same architecture on the same data for the same "
             "epochs in its own process (`--tfmot-python`); its files are measured here, in the same latency rounds. "
             "TF 2.21's converter stores the weights of TFMOT's experimental 4-bit scheme as INT4 too (it reads the "
-            "fake-quant bit width); TFMOT has no 4-bit scheme that keeps pruning or clusters (its 4-bit QAT of the "
-            "pruned model does not preserve the zeros) and no PC4QAT.\n\n"
+            "fake-quant bit width); TFMOT has no 4-bit scheme that preserves pruning or clusters, so no PC4QAT row "
+            "(its row '4-bit QAT of the pruned model' is its default 4-bit scheme on the stripped pruned model).\n\n"
             if args.tfmot_python
             else "TFMOT rows skipped (no `--tfmot-python`).\n\n"
         )
