@@ -226,7 +226,9 @@ def write(rows, path, tfmot_rows=None):
         "ADDs in float even when representative data is given (the ADD/DEQUANTIZE/QUANTIZE in its row). The same "
         "block with a `keras.layers.Add` is full int8. `verified` is the per-weight check of `verify()`; `kernels "
         "kept` reads the file alone and counts every kernel-shaped int8 constant, also ones the chain does not own "
-        "(the transformer's 11 against its 8 optimized weights).",
+        "(the transformer's 11 against its 8 optimized weights). — : not measured (a row kept from an earlier "
+        "run with a different count). A model missing from the TFMOT table has not been run on that side yet: "
+        "TFMOT's prune → cluster → QAT took 6 minutes for MobileNet and over 30 for InceptionV3 on this machine.",
         "",
     ]
     path.write_text("\n".join(lines))
