@@ -93,6 +93,23 @@ class MatMul(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+def train_steps(model, x, y, steps=2, learning_rate=1e-3):
+    """A few eager SGD steps, as a custom training loop does (the wrappers need no callbacks).
+
+    The loss takes logits unless the model's last layer ends in softmax.
+    """
+    from collabopt.layers import base_layer
+
+    from_logits = getattr(base_layer(model.layers[-1]), "activation", None) is not keras.activations.softmax
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    optimizer = keras.optimizers.SGD(learning_rate)
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
+
+
 def rand(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 

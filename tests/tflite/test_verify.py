@@ -4,6 +4,7 @@ import pytest
 
 import collabopt.keras as co
 import collabopt.tflite as ct
+from tests.conftest import train_steps
 from collabopt.errors import InvalidFileError, InvalidTypeError
 
 
@@ -55,18 +56,6 @@ def test_each_weight_is_matched_to_its_own_tensor():
 # --- attribution by content: renamed, transposed and split kernels -------------------------------
 
 
-def _train(model, x, y, steps):
-    import tensorflow as tf
-
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer = keras.optimizers.SGD(1e-2)
-    for _ in range(steps):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        pairs = [(g, v) for g, v in zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables) if g is not None]
-        optimizer.apply_gradients(pairs)
-
-
 def _recurrent(cell, bidirectional):
     """A few-unit (Bi)LSTM/GRU over a 5-step sequence, then two Dense layers."""
     layer = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[cell](4, name=cell)
@@ -79,11 +68,11 @@ def _recurrent(cell, bidirectional):
 def _pcqat_int8(model, x, y):
     """prune 50% -> sparsity-preserving cluster 8 -> QAT, a couple of steps each, then int8 with representative data."""
     pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
-    _train(pruned, x, y, 2)
+    train_steps(pruned, x, y, 2, learning_rate=1e-2)
     clustered = co.cluster_weights(pruned, number_of_clusters=8, preserve_sparsity=True, cluster_centroids_init=co.CentroidInitialization.LINEAR)
-    _train(clustered, x, y, 1)
+    train_steps(clustered, x, y, 1, learning_rate=1e-2)
     qat = co.quantize_model(clustered)
-    _train(qat, x, y, 2)
+    train_steps(qat, x, y, 2, learning_rate=1e-2)
     return qat, ct.convert(qat, "int8", representative_data=x)
 
 

@@ -16,14 +16,13 @@ CI runs the families listed in ``CI_FAMILIES`` (the budget of a 2-core run);
 import os
 
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import collabopt.keras as co
 import collabopt.tflite as ct
 from collabopt import reference_models as zoo
+from tests.conftest import train_steps
 
 pytestmark = pytest.mark.slow
 
@@ -41,20 +40,6 @@ def _data(model, batch=4, seed=0):
 
 CI_FAMILIES = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "InceptionV3")
 FAMILIES = sorted(zoo.APPLICATIONS) if os.environ.get("COLLABOPT_ZOO") == "all" else CI_FAMILIES
-
-
-def train_steps(model, x, y, steps=2):
-    """A few eager SGD steps (what a custom training loop does)."""
-    from collabopt.layers import base_layer
-
-    from_logits = getattr(base_layer(model.layers[-1]), "activation", None) is not keras.activations.softmax
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-    optimizer = keras.optimizers.SGD(1e-3)
-    for _ in range(steps):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        pairs = [(g, v) for g, v in zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables) if g is not None]
-        optimizer.apply_gradients(pairs)
 
 
 def pcqat_int8(model, calibrate=False):
