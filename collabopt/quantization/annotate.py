@@ -59,7 +59,9 @@ def annotate_model(model, check, what: str):
     """``model`` with every layer not yet annotated wrapped in a :class:`QuantizeAnnotate`.
 
     ``check(layer)`` runs on each layer first (it raises for layers that must
-    not be quantized, e.g. already quantized ones).
+    not be quantized, e.g. already quantized ones). Plain two-tensor
+    operations (ConvNeXt's residual ``inputs + x``) become merge layers, so
+    their output gets a range like that of an ``Add`` layer.
     """
 
     def fn(layer):
@@ -68,4 +70,4 @@ def annotate_model(model, check, what: str):
         check(layer)
         return QuantizeAnnotate(layer)
 
-    return map_layers(model, fn, what=what)
+    return map_layers(model, fn, what=what, merge_ops_as_layers=True)

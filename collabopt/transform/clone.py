@@ -9,6 +9,7 @@ import keras
 
 from collabopt.errors import InvalidArgumentError
 from collabopt.layers.copy import copy_layer, copy_layer_or_share
+from collabopt.transform.plain_ops import merge_call, merge_layer_for
 
 LayerFn = Callable[[keras.layers.Layer], Optional[keras.layers.Layer]]
 
@@ -36,7 +37,7 @@ def is_opaque_model(layer) -> bool:
     return isinstance(layer, keras.Model) and not is_graph_model(layer)
 
 
-def map_layers(model, fn: LayerFn, *, what: str = "rewrite"):
+def map_layers(model, fn: LayerFn, *, what: str = "rewrite", merge_ops_as_layers: bool = False):
     """Returns a copy of ``model`` with ``fn`` applied to every layer.
 
     ``fn`` receives a *copy* of each layer (weights included) and returns its
@@ -52,6 +53,10 @@ def map_layers(model, fn: LayerFn, *, what: str = "rewrite"):
             layer.
         fn: ``layer -> replacement layer or None``.
         what: Name of the operation for error messages.
+        merge_ops_as_layers: Rebuild plain two-tensor element-wise operations
+            of a Functional graph (``a + b``, ``a * b``, ``keras.ops.maximum``)
+            as the equivalent ``keras.layers`` merge layer (named as the
+            operation), which ``fn`` then receives like any other layer.
 
     Returns:
         The rewritten model (or layer).
@@ -94,6 +99,8 @@ def map_layers(model, fn: LayerFn, *, what: str = "rewrite"):
         if not isinstance(layer, keras.layers.Layer):
             # A plain operation in a Functional graph (``x + 3.0``, as in
             # MobileNetV3's hard-sigmoid): stateless, shared as it is.
+            if merge_ops_as_layers and merge_layer_for(layer) is not None:
+                return merge_call(layer, lambda merge: fn(merge) or merge)
             return layer
         copy = copy_layer_or_share(layer)
         result = fn(copy)

@@ -188,6 +188,27 @@ def test_dense_over_feature_maps_exports_full_int8():
     assert tflite.ops().count("FULLY_CONNECTED") == 3
 
 
+def test_residuals_written_as_operators_export_full_int8():
+    """ConvNeXt writes its residual as ``inputs + x``: a plain op, not an Add layer."""
+    i = keras.Input((4, 4, 3))
+    h = L.Conv2D(8, 2, name="stem")(i)
+    for block in range(2):
+        h = h + L.Dense(8, name=f"pw{block}")(L.DepthwiseConv2D(3, padding="same", name=f"dw{block}")(h))
+    gate = L.Dense(8, name="gate")(h)
+    h = keras.ops.maximum(h * gate, h - gate)
+    model = keras.Model(i, L.Dense(3, name="fc")(L.GlobalAveragePooling2D(name="gap")(h)))
+    qat = co.quantize_model(model)
+    merges = {layer.name: type(layer.layer).__name__ for layer in qat.layers if hasattr(layer, "layer")}
+    assert sorted(v for v in merges.values() if v in ("Add", "Multiply", "Subtract", "Maximum")) == [
+        "Add", "Add", "Maximum", "Multiply", "Subtract",
+    ]
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(rand(16, 4, 4, 3), rand(16, 3), verbose=0)
+    tflite = ct.convert(qat, "int8")
+    assert tflite.float_islands() == []
+    assert {"ADD", "SUB", "MUL", "MAXIMUM"} <= set(tflite.ops())
+
+
 def test_calibrate_sets_ranges_without_training():
     model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="a"), L.Dense(2, name="b")])
     qat = co.quantize_model(model)

@@ -145,3 +145,19 @@ def test_weightless_user_layers_pass_through_every_transform():
     stripped = co.strip_pruning(pruned)
     assert [type(layer).__name__ for layer in stripped.layers][2:4] == ["Lambda", "_Halve"]
     np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5)
+
+
+def test_merge_ops_as_layers_rebuilds_two_tensor_operators_only():
+    i = keras.Input((4,))
+    a, b = L.Dense(4, name="a")(i), L.Dense(4, name="b")(i)
+    out = keras.ops.maximum(a + b, a * 3.0) - b
+    model = keras.Model(i, out)
+    seen = []
+    rewritten = map_layers(model, lambda layer: seen.append(layer.name), merge_ops_as_layers=True)
+    kinds = sorted(type(l).__name__ for l in rewritten.layers if type(l).__name__ in ("Add", "Maximum", "Subtract"))
+    assert kinds == ["Add", "Maximum", "Subtract"]  # ``a * 3.0`` has a constant operand: still a plain op
+    assert {"add", "maximum", "subtract"} <= set(seen)  # fn received each new merge layer
+    x = rand(5, 4)
+    np.testing.assert_allclose(rewritten.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    plain = map_layers(model, lambda layer: None)
+    assert not any(type(l).__name__ == "Add" for l in plain.layers)  # off by default
