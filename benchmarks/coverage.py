@@ -221,10 +221,9 @@ def write(rows, path, tfmot_rows=None):
         "Ops LiteRT has no integer kernel for, or that stay float after conversion, are listed in the "
         "table where they occur; `convert(..., allow_float_islands=True)` is the explicit way to accept them.",
         "",
-        "Known gap: Keras' ConvNeXt writes its residual connections as plain `inputs + x` (an op, not a layer). "
-        "QAT wraps layers only, so the chain of residual ADDs has no trained range, and the converter leaves those "
-        "ADDs in float even when representative data is given (the ADD/DEQUANTIZE/QUANTIZE in its row). The same "
-        "block with a `keras.layers.Add` is full int8. `verified` is the per-weight check of `verify()`; `kernels "
+        "Keras' ConvNeXt writes its residual connections as plain `inputs + x` (an op, not a layer); "
+        "`quantize_model` rebuilds such two-tensor operators as merge layers, so they carry trained ranges. "
+        "`verified` is the per-weight check of `verify()`; `kernels "
         "kept` reads the file alone and counts every kernel-shaped int8 constant, also ones the chain does not own "
         "(the transformer's 11 against its 8 optimized weights). — : not measured (a row kept from an earlier "
         "run with a different count). A model missing from the TFMOT table has not been run on that side yet: "

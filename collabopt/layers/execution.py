@@ -392,3 +392,35 @@ def unrolled_copy(layer, input_shape=None):
     copy.build_from_config(build_config)
     copy.set_weights(layer.get_weights())
     return copy
+
+
+#: Plain layers that post-training integer export runs in their TFLite form:
+#: Keras' LayerNormalization goes through a NEG op that TFLite keeps in float.
+_PTQ_FORMS = (keras.layers.LayerNormalization,)
+
+
+def needs_ptq_form(layer) -> bool:
+    """True for a plain layer that int8 export runs as :class:`TFLiteForm`."""
+    return type(layer) in _PTQ_FORMS
+
+
+class TFLiteForm(keras.layers.Wrapper):
+    """Runs the wrapped layer as the ops TFLite executes (export only, never saved).
+
+    It computes what the layer computes; the converter then meets only ops
+    with integer kernels (e.g. LayerNormalization without its NEG).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from collabopt.layers.execution import TFLiteForm
+    >>> ln = keras.layers.LayerNormalization(); x = np.random.rand(2, 3, 4).astype("float32")
+    >>> bool(np.allclose(TFLiteForm(ln)(x), ln(x), atol=1e-5))
+    True
+    """
+
+    def call(self, inputs):
+        return call_in_tflite_form(self.layer, inputs, {})
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from collabopt.datasets.batches import samples
 from collabopt.errors import ConversionError, InvalidArgumentError, InvalidTypeError
 from collabopt.layers import base_layer
-from collabopt.layers.execution import needs_unrolling, unrolled_copy
+from collabopt.layers.execution import TFLiteForm, needs_ptq_form, needs_unrolling, unrolled_copy
 from collabopt.tflite import flatbuffer
 from collabopt.tflite.int4 import check_int4_storage, low_bit_weights
 from collabopt.layers.checks import check_finite_weights
@@ -35,18 +35,26 @@ def export_model(model: keras.Model, mode: str | None = None) -> keras.Model:
 
     Wrappers are duck-typed by their ``export_layer()`` method: pruning and
     clustering wrappers become plain layers holding their final weights;
-    quantization wrappers keep their fake-quant ops. The input model is not
-    modified.
+    quantization wrappers keep their fake-quant ops. For int8, a plain
+    layer whose Keras form has an op without an integer kernel
+    (LayerNormalization's NEG) runs as :class:`TFLiteForm`. The input model is
+    not modified.
     """
     def exportable(layer):
         return callable(getattr(layer, "export_layer", None))
 
+    post_training_integer = mode == "int8"
+
     def needs_change(layer):
-        return exportable(layer) or needs_unrolling(base_layer(layer))
+        plain_form = post_training_integer and needs_ptq_form(layer)
+        return exportable(layer) or needs_unrolling(base_layer(layer)) or plain_form
 
     def export_form(layer):
         if exportable(layer):
             layer = layer.export_layer(mode=mode)
+        if post_training_integer and needs_ptq_form(layer):
+            # A layer outside any QAT wrapper, calibrated by the converter.
+            return TFLiteForm(layer, name=layer.name)
         base = base_layer(layer)
         if needs_unrolling(base):
             # Recurrent layers convert only unrolled (TensorList ops otherwise).

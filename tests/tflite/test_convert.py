@@ -159,3 +159,17 @@ def test_int8_float_islands_are_an_error_unless_allowed():
         ct.convert(model, "int8", rand(8, 4))
     mixed = ct.convert(model, "int8", rand(8, 4), allow_float_islands=True)
     assert mixed.float_islands()
+
+
+def test_post_training_int8_of_layer_normalization_has_no_float_op():
+    """Keras' LayerNormalization computes through NEG, which TFLite keeps float; export runs its integer form."""
+    i = keras.Input((6, 8))
+    h = keras.layers.LayerNormalization(name="ln")(keras.layers.Dense(8, name="proj")(i))
+    model = keras.Model(i, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling1D()(h)))
+    x = rand(64, 6, 8)
+    tflite = ct.convert(model, "int8", x)
+    assert tflite.float_islands() == []
+    assert "NEG" not in tflite.ops() and "SQUARED_DIFFERENCE" in tflite.ops()
+    float_file = ct.convert(model, "float32")  # other modes keep Keras' own form
+    np.testing.assert_allclose(float_file.predict(x), model.predict(x, verbose=0), atol=1e-5)
+    assert [type(layer).__name__ for layer in model.layers].count("LayerNormalization") == 1  # input untouched
