@@ -187,7 +187,10 @@ def _multi_head_attention_specs(layer) -> tuple[WeightSpec, ...]:
 
 
 _CONV = (WeightSpec("kernel", (-1,), -2),)
-_CONV_TRANSPOSE = (WeightSpec("kernel", (-2,), -1),)
+# Per tensor: TF runs a transposed conv on its (k..., out, in) kernel and the
+# converter transposes it to TFLite's (out, k..., in), which cannot move a
+# per-channel quantization axis ("mismatched quantized axes").
+_CONV_TRANSPOSE = (WeightSpec("kernel", (-2,), -1, per_channel_quantization=False),)
 # Keras 3 names the DepthwiseConv weight "kernel" and SeparableConv's
 # "depthwise_kernel"; both are (k..., in, multiplier) with output channel
 # in * multiplier + m, which is what TFLite quantizes per channel.

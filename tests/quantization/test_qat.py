@@ -291,3 +291,21 @@ def test_qat_trains_under_mirrored_strategy_and_converts(mirrored):
     (_, quantizer, state) = wrapper.range_states()[0]
     assert float(state["initialized"].numpy()) == 1.0 and float(state["max"].numpy()) > 0
     assert ct.convert(qat, "int8").float_islands() == []
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_transposed_convolutions_export_full_int8(rank):
+    """The converter transposes a transposed conv's kernel, so its kernel is quantized per tensor."""
+    shape, conv, up = ((12, 3), L.Conv1D, L.Conv1DTranspose) if rank == 1 else ((8, 8, 3), L.Conv2D, L.Conv2DTranspose)
+    i = keras.Input(shape)
+    h = up(8, 3, strides=2, padding="same", name="up")(conv(8, 3, strides=2, padding="same", name="down")(i))
+    model = keras.Model(i, L.Dense(3, name="fc")(L.Flatten()(h)))
+    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
+    pruned(rand(4, *shape), training=True)
+    qat = co.quantize_model(co.strip_pruning(pruned))
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(rand(16, *shape), rand(16, 3), verbose=0)
+    tflite = ct.convert(qat, "int8")
+    assert tflite.float_islands() == [] and "TRANSPOSE_CONV" in tflite.ops()
+    report = ct.verify(qat, tflite)
+    assert report.all_hold and "up" in {c.layer for c in report}, str(report)
