@@ -207,6 +207,15 @@ def _run_rescaling(layer, inputs, weights, between=None):
     return between(x * scale, 0) + offset
 
 
+def _run_average(layer, inputs, weights, between=None):
+    # Average is a sum and a multiply by 1/n in TFLite (ADDs, MUL); each
+    # partial sum needs a range (one range, shared by all of them).
+    total = inputs[0]
+    for x in inputs[1:]:
+        total = between(ops.add(total, x), 0)
+    return ops.multiply(total, 1.0 / len(inputs))
+
+
 # Layer class -> (weights that take a rank-4 execution form, runner). A
 # runner computes what the layer's own call computes up to its activation, as
 # the ops TFLite executes. Matched on the exact class: a user's subclass may
@@ -225,6 +234,7 @@ _TFLITE_FORMS = {
     keras.layers.BatchNormalization: ((), _run_batch_normalization),
     keras.layers.Normalization: ((), _run_normalization),
     keras.layers.Rescaling: ((), _run_rescaling),
+    keras.layers.Average: ((), _run_average),
 }
 
 # Layers that must always run in their TFLite form under quantization (the
@@ -232,7 +242,7 @@ _TFLITE_FORMS = {
 _ALWAYS = (
     keras.layers.Conv1D, keras.layers.DepthwiseConv1D, keras.layers.SeparableConv1D,
     keras.layers.SeparableConv2D, keras.layers.LayerNormalization, keras.layers.BatchNormalization,
-    keras.layers.Normalization, keras.layers.Rescaling,
+    keras.layers.Normalization, keras.layers.Rescaling, keras.layers.Average,
 )
 
 # Tensors TFLite computes *inside* a layer, between the ops it becomes.
@@ -257,6 +267,7 @@ _INTERNAL = {
     keras.layers.BatchNormalization: lambda layer: ("scaled",),
     keras.layers.Normalization: lambda layer: ("centered",) if layer.built and _nonzero(layer.mean) else (),
     keras.layers.Rescaling: lambda layer: ("scaled",) if _nonzero(layer.offset) else (),
+    keras.layers.Average: lambda layer: ("sum",),
 }
 
 #: Activations TFLite fuses into the conv / fully-connected op before them.

@@ -309,3 +309,18 @@ def test_transposed_convolutions_export_full_int8(rank):
     assert tflite.float_islands() == [] and "TRANSPOSE_CONV" in tflite.ops()
     report = ct.verify(qat, tflite)
     assert report.all_hold and "up" in {c.layer for c in report}, str(report)
+
+
+def test_average_of_branches_exports_full_int8_from_trained_ranges():
+    """Average is ADD then MUL in TFLite: the sum between them gets its own trained range."""
+    i = keras.Input((6, 6, 3))
+    branches = [L.Conv2D(4, k, padding="same", name=f"b{k}")(i) for k in (1, 3, 5)]
+    model = keras.Model(i, L.Dense(3, name="fc")(L.GlobalAveragePooling2D()(L.Average(name="avg")(branches))))
+    qat = co.quantize_model(model)
+    x = rand(16, 6, 6, 3)
+    np.testing.assert_allclose(qat.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.05)
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(x, rand(16, 3), verbose=0)
+    tflite = ct.convert(qat, "int8")
+    assert tflite.float_islands() == []
+    np.testing.assert_allclose(tflite.predict(x), qat.predict(x, verbose=0), atol=0.05)
