@@ -153,3 +153,32 @@ def test_sparse_clustering_warns_when_zeros_are_ambiguous():
     dense.kernel.assign(kernel)
     with pytest.warns(UserWarning, match=r"layer 'few_zeros'.*only 0.50% exact zeros"):
         co.cluster_weights(model, number_of_clusters=4, preserve_sparsity=True)
+
+
+def test_time_distributed_layers_go_through_the_whole_chain(tmp_path):
+    """TimeDistributed(Dense / Conv2D): the wrapped layer's kernel is pruned, clustered and quantized."""
+    from tests.conftest import rand, train_steps
+
+    L = keras.layers
+    i = keras.Input((4, 6, 6, 2))
+    h = L.TimeDistributed(L.Conv2D(8, 3, activation="relu", name="conv"), name="td_conv")(i)
+    h = L.TimeDistributed(L.GlobalAveragePooling2D(), name="td_pool")(h)
+    h = L.TimeDistributed(L.Dense(8, activation="relu", name="fc"), name="td_fc")(h)
+    model = keras.Model(i, L.Dense(3, name="head")(L.Flatten()(h)))
+    x, y = rand(8, 4, 6, 6, 2), np.arange(8) % 3
+    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
+    train_steps(pruned, x, y)
+    clustered = co.cluster_weights(pruned, number_of_clusters=8, preserve_sparsity=True)
+    train_steps(clustered, x, y, 1)
+    qat = co.quantize_model(clustered)
+    train_steps(qat, x, y)
+    path = tmp_path / "td.keras"
+    qat.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), qat.predict(x, verbose=0))
+    tflite = ct.convert(reloaded, "int8")
+    assert tflite.float_islands() == []
+    report = ct.verify(reloaded, tflite)
+    assert report.all_hold, str(report)
+    assert {"td_conv", "td_fc"} <= {c.layer for c in report}
+    assert {c.kind for c in report} >= {"sparsity", "clusters"}

@@ -186,6 +186,16 @@ def _multi_head_attention_specs(layer) -> tuple[WeightSpec, ...]:
     return tuple(specs)
 
 
+def _time_distributed_specs(layer) -> tuple[WeightSpec, ...] | None:
+    # The wrapped layer's weights, addressed by their path below the wrapper;
+    # TimeDistributed applies the layer to every step, so its axes are the
+    # wrapped layer's. Unsupported (None) when the wrapped layer is.
+    inner = weight_specs(layer.layer)
+    if inner is None:
+        return None
+    return tuple(dataclasses.replace(spec, name=f"{layer.layer.name}/{spec.name}") for spec in inner)
+
+
 _CONV = (WeightSpec("kernel", (-1,), -2),)
 # Per tensor: TF runs a transposed conv on its (k..., out, in) kernel and the
 # converter transposes it to TFLite's (out, k..., in), which cannot move a
@@ -203,6 +213,7 @@ for _cls, _specs in [
     (keras.layers.MultiHeadAttention, _multi_head_attention_specs),
     (keras.layers.RNN, _recurrent_specs),
     (keras.layers.Bidirectional, _recurrent_specs),
+    (keras.layers.TimeDistributed, _time_distributed_specs),
     (keras.layers.Conv1D, _CONV),
     (keras.layers.Conv2D, _CONV),
     (keras.layers.Conv3D, _CONV),
