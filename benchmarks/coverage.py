@@ -219,7 +219,9 @@ def write(rows, path, tfmot_rows=None):
     lines += [
         "",
         "Ops LiteRT has no integer kernel for, or that stay float after conversion, are listed in the "
-        "table where they occur; `convert(..., allow_float_islands=True)` is the explicit way to accept them.",
+        "table where they occur; `convert(..., allow_float_islands=True)` is the explicit way to accept them. "
+        "docs/float_ops.md lists, per Keras layer, what stays float in int8 files after PTQ, QAT and QAT with "
+        "calibration.",
         "",
         "Keras' ConvNeXt writes its residual connections as plain `inputs + x` (an op, not a layer); "
         "`quantize_model` rebuilds such two-tensor operators as merge layers, so they carry trained ranges. "

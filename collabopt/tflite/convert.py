@@ -266,7 +266,7 @@ def _convert(converter, exported, mode, trained_ranges, calibration, int8_io, al
                 f"(ops: {sorted({i['op'] for i in islands})}; layers involved: "
                 f"{_layers_mentioned(text, exported) or 'unknown'}). Either TFLite has no integer "
                 f"kernel for them, or no quantization range reached them; {hint}, or pass "
-                "allow_float_islands=True to accept a mixed model (docs/coverage.md lists the ops "
-                "LiteRT has no integer kernel for)."
+                "allow_float_islands=True to accept a mixed model (docs/float_ops.md lists, per "
+                "layer, the ops that stay float)."
             )
     return result
