@@ -17,9 +17,35 @@ def _nudge_range(lo, hi):
     return ops.minimum(lo, 0.0), ops.maximum(hi, 0.0)
 
 
+def _float32_exact(lo, hi, num_bits: int, narrow_range: bool):
+    """``[lo, hi]`` moved (by at most 2**-15 of the scale) to a grid the converter reads back exactly.
+
+    The converter computes a tensor's scale in double from the float32 range
+    of its fake-quant op, and elsewhere keeps it as float32; for a reshape
+    between an ADD and a FULLY_CONNECTED the two differ in the last bit and
+    it rejects the RESHAPE as violating the same-scale constraint (measured
+    after LayerNormalization; it depends on the values). With a scale of 15
+    significant bits and an integer zero point, both bounds are exact in
+    float32 and so is the scale computed from them.
+    """
+    qmin = 1.0 if narrow_range else 0.0
+    qmax = float(2**num_bits - 1)
+    scale = (hi - lo) / (qmax - qmin)
+    safe = ops.maximum(scale, 1e-30)
+    step = ops.power(2.0, ops.floor(ops.log2(safe)) - 14.0)
+    snapped = ops.round(safe / step) * step
+    zero_point = ops.clip(ops.round(qmin - lo / snapped), qmin, qmax)
+    usable = scale > 0
+    return (
+        ops.where(usable, (qmin - zero_point) * snapped, lo),
+        ops.where(usable, (qmax - zero_point) * snapped, hi),
+    )
+
+
 def fake_quant(x, lo, hi, num_bits: int, narrow_range: bool):
     """Per-tensor fake quantization of ``x`` to ``num_bits`` on ``[lo, hi]``."""
     lo, hi = _nudge_range(ops.stop_gradient(lo), ops.stop_gradient(hi))
+    lo, hi = _float32_exact(lo, hi, num_bits, narrow_range)
     return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
 
 

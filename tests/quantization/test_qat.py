@@ -324,3 +324,23 @@ def test_average_of_branches_exports_full_int8_from_trained_ranges():
     tflite = ct.convert(qat, "int8")
     assert tflite.float_islands() == []
     np.testing.assert_allclose(tflite.predict(x), qat.predict(x, verbose=0), atol=0.05)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_layer_normalization_then_flatten_exports_full_int8(seed):
+    """The converter reads a range back in double and float32; ranges on a float32-exact grid agree.
+
+    (Before: 'tfl.reshape' ... 'violate the same scale constraint' with scales
+    differing in the last float32 bit.)
+    """
+    keras.utils.set_random_seed(seed)
+    i = keras.Input((6, 4))
+    h = L.Flatten(name="flat")(L.LayerNormalization(name="ln")(L.Dense(4, name="proj")(i)))
+    model = keras.Model(i, L.Dense(3, name="head")(h))
+    qat = co.quantize_model(model)
+    x = np.random.default_rng(seed).random((16, 6, 4)).astype("float32") * 3
+    qat(x, training=True)
+    qat(x[:8] * 2, training=True)
+    tflite = ct.convert(qat, "int8")
+    assert tflite.float_islands() == []
+    np.testing.assert_allclose(tflite.predict(x), qat.predict(x, verbose=0), atol=0.1)
