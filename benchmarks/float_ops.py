@@ -207,7 +207,8 @@ def write(rows, path, command):
         "float. QUANTIZE/DEQUANTIZE around a float op are not listed separately.",
         "",
         "* **PTQ int8**: post-training int8 with representative data. A float op here is one the TFLite "
-        "converter gives no integer kernel: LiteRT's limit, not collabopt's.",
+        "converter does not quantize in the form Keras computes the layer: an op with no integer kernel "
+        "(ELU, CONV_3D), or one a rewrite could avoid (GroupNormalization's NEG, as LayerNormalization's was).",
         "* **QAT (trained ranges)**: `quantize_model`, two training-mode passes (they set the ranges), `convert(qat, \"int8\")`.",
         "* **QAT (+ calibration)**: the same, with representative data for the tensors QAT does not reach.",
         "* **left float by QAT**: `quantize_model` warned that it leaves the layer in float.",
