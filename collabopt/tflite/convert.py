@@ -43,16 +43,16 @@ def export_model(model: keras.Model, mode: str | None = None) -> keras.Model:
     def exportable(layer):
         return callable(getattr(layer, "export_layer", None))
 
-    post_training_integer = mode == "int8"
+    integer_export = mode == "int8"
 
     def needs_change(layer):
-        plain_form = post_training_integer and needs_ptq_form(layer)
+        plain_form = integer_export and needs_ptq_form(layer)
         return exportable(layer) or needs_unrolling(base_layer(layer)) or plain_form
 
     def export_form(layer):
         if exportable(layer):
             layer = layer.export_layer(mode=mode)
-        if post_training_integer and needs_ptq_form(layer):
+        if integer_export and needs_ptq_form(layer):
             # A layer outside any QAT wrapper, calibrated by the converter.
             return TFLiteForm(layer, name=layer.name)
         base = base_layer(layer)
