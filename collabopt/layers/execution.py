@@ -270,6 +270,42 @@ _INTERNAL = {
     keras.layers.Average: lambda layer: ("sum",),
 }
 
+def _layer_norm_identities(layer):
+    tensors = []
+    if layer.scale and not np.any(np.asarray(keras.ops.convert_to_numpy(layer.gamma)) != 1):
+        tensors.append("normalized")  # then * gamma, all ones
+    if layer.scale and layer.center and not _nonzero(layer.beta):
+        tensors.append("scaled")  # then + beta, all zeros
+    return tensors
+
+
+# Internal tensors followed, with the layer's current weights, by an op the
+# converter folds away (``* 1``, ``+ 0``): at export their range would be a
+# second quantization of the next range's tensor.
+_IDENTITY_AFTER = {keras.layers.LayerNormalization: _layer_norm_identities}
+
+
+def identity_followed_tensors(layer) -> tuple[str, ...]:
+    """Internal tensors of ``layer`` that the op after them leaves unchanged, given its current weights.
+
+    An untrained LayerNormalization multiplies by a ``gamma`` of ones and adds
+    a ``beta`` of zeros; the converter drops both ops, so an int8 export must
+    quantize those tensors once (with the range that follows), not twice.
+
+    Example:
+
+    >>> import keras
+    >>> from collabopt.layers.execution import identity_followed_tensors
+    >>> ln = keras.layers.LayerNormalization(); ln.build((None, 4))
+    >>> identity_followed_tensors(ln)
+    ('normalized', 'scaled')
+    """
+    if not layer.built or type(layer) not in _IDENTITY_AFTER:
+        return ()
+    present = internal_tensors(layer)
+    return tuple(t for t in _IDENTITY_AFTER[type(layer)](layer) if t in present)
+
+
 #: Activations TFLite fuses into the conv / fully-connected op before them.
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 

@@ -84,6 +84,15 @@ def _channel_minmax(x, spec):
     return ops.min(rows, axis=1), ops.max(rows, axis=1)
 
 
+def _finite_minmax(x):
+    # An activation range ignores infinities and NaNs: inside a layer's integer
+    # form a tensor can overflow for one sample (RSQRT of a variance that
+    # quantized to zero), where TFLite saturates; the range must stay finite.
+    # (Every range holds 0, so 0 stands in for a non-finite value.)
+    x = ops.where(ops.isfinite(x), x, ops.zeros_like(x))
+    return ops.min(x), ops.max(x)
+
+
 @keras.saving.register_keras_serializable(package="collabopt")
 class LastValueQuantizer(Quantizer):
     """Range = the tensor's current min/max (per channel if ``per_axis``). For weights."""
@@ -120,7 +129,7 @@ class _RangeQuantizer(Quantizer):
     def range(self, x, state, training, spec):
         if not training:
             return ops.convert_to_tensor(state["min"]), ops.convert_to_tensor(state["max"])
-        batch_lo, batch_hi = ops.min(ops.stop_gradient(x)), ops.max(ops.stop_gradient(x))
+        batch_lo, batch_hi = _finite_minmax(ops.stop_gradient(x))
         fresh = ops.logical_not(self.is_initialized(state))
         lo, hi = self._update(batch_lo, batch_hi, state)
         lo = ops.where(fresh, batch_lo, lo)
@@ -131,7 +140,7 @@ class _RangeQuantizer(Quantizer):
         return lo, hi
 
     def observe(self, x, state):
-        lo, hi = ops.min(x), ops.max(x)
+        lo, hi = _finite_minmax(x)
         if bool(ops.convert_to_numpy(self.is_initialized(state))):
             lo, hi = ops.minimum(lo, state["min"]), ops.maximum(hi, state["max"])
         self.set_range(state, lo, hi)

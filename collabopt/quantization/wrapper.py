@@ -9,7 +9,7 @@ from keras import ops
 from collabopt.errors import InvalidArgumentError
 from collabopt.layers import OptimizationWrapper, base_layer, get_variable, layer_roles, spec_for, weight_specs
 from collabopt.layers.copy import copy_layer_or_share
-from collabopt.layers.execution import to_execution_form
+from collabopt.layers.execution import identity_followed_tensors, internal_tensors, to_execution_form
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import Quantizer
 
@@ -182,7 +182,8 @@ class QuantizeWrapper(OptimizationWrapper):
     def transform_internal(self, training):
         if not self.internal_quantizers:
             return None
-        return lambda x, i: self._quantize(self.internal_quantizers[i], x, self._states[f"mid:{i}"], training)
+        skipped = getattr(self, "_export_identity_indices", ()) if self.export_mode else ()
+        return lambda x, i: x if i in skipped else self._quantize(self.internal_quantizers[i], x, self._states[f"mid:{i}"], training)
 
     def transform_outputs(self, outputs, training):
         if self.folded_batchnorm is not None:
@@ -234,6 +235,11 @@ class QuantizeWrapper(OptimizationWrapper):
             )
         exported = self.with_inner_stripped()
         exported.export_mode = mode
+        # A tensor that the next op leaves unchanged (the converter folds
+        # ``* 1`` and ``+ 0``) takes the following range instead of its own;
+        # read from the weights now, eagerly, not while tracing.
+        names = internal_tensors(exported.base_layer)
+        exported._export_identity_indices = tuple(names.index(t) for t in identity_followed_tensors(exported.base_layer))
         return exported
 
     def with_inner_stripped(self) -> "QuantizeWrapper":

@@ -228,6 +228,13 @@ def _parse(content: bytes) -> Graph:
         q = t.quantization
         scales = np.asarray(q.scale, np.float32) if q is not None and q.scale is not None else None
         zps = np.asarray(q.zeroPoint, np.int64) if q is not None and q.zeroPoint is not None else None
+        axis = int(q.quantizedDimension) if q is not None else 0
+        if scales is not None and scales.size > 1:
+            _check(
+                0 <= axis < max(len(shape), 1) and (not shape or shape[axis] in (scales.size, -1)),
+                f"tensor {i} has {scales.size} per-channel scales on axis {axis} of shape {shape}",
+            )
+            _check(zps is None or zps.size in (1, scales.size), f"tensor {i} has {zps.size} zero points for {scales.size} scales")
         tensors.append(
             Tensor(
                 index=i,
@@ -237,7 +244,7 @@ def _parse(content: bytes) -> Graph:
                 data=data,
                 scales=scales,
                 zero_points=zps,
-                quantized_dimension=int(q.quantizedDimension) if q is not None else 0,
+                quantized_dimension=axis,
                 nbytes=len(raw) if raw is not None else 0,
                 sparse=t.sparsity is not None,
                 buffer=int(t.buffer),

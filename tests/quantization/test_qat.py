@@ -326,6 +326,43 @@ def test_average_of_branches_exports_full_int8_from_trained_ranges():
     np.testing.assert_allclose(tflite.predict(x), qat.predict(x, verbose=0), atol=0.05)
 
 
+@pytest.mark.parametrize("reshape", ["flatten", "reshape", "reshape_flatten"])
+def test_untrained_layer_normalization_then_reshape_exports_full_int8(reshape):
+    """gamma = 1 and beta = 0: the converter folds ``* 1`` and ``+ 0``; the export quantizes that tensor once.
+
+    (Before: 'tfl.reshape' ... 'violate the same scale constraint', the two
+    ranges of one tensor meeting at the reshape.)
+    """
+    keras.utils.set_random_seed(5)
+    i = keras.Input((6, 4))
+    h = L.LayerNormalization(name="ln")(L.Dense(4, name="proj")(i))
+    h = {
+        "flatten": lambda: L.Flatten(name="flat")(h),
+        "reshape": lambda: L.Reshape((24,), name="rs")(h),
+        "reshape_flatten": lambda: L.Flatten(name="flat")(L.Reshape((4, 6), name="rs")(h)),
+    }[reshape]()
+    qat = co.quantize_model(keras.Model(i, L.Dense(3, name="head")(h)))
+    x = np.random.default_rng(5).random((16, 6, 4)).astype("float32") * 10.2 - 5
+    qat(x, training=True)  # ranges only: gamma and beta keep their initial values
+    qat(x[:8] * 2, training=True)
+    tflite = ct.convert(qat, "int8")
+    assert tflite.float_islands() == []
+    np.testing.assert_allclose(tflite.predict(x), qat.predict(x, verbose=0), atol=0.15)
+
+
+def test_layer_normalization_ranges_stay_finite_when_a_variance_quantizes_to_zero():
+    """A near-constant row's variance rounds to 0 on the variance's int8 grid; RSQRT overflows, the range must not."""
+    i = keras.Input((8,))
+    qat = co.quantize_model(keras.Model(i, L.LayerNormalization(name="ln")(L.Dense(8, name="proj")(i))))
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 30, (7, 8)), np.full((1, 8), 0.5) + rng.normal(0, 1e-3, (1, 8))]).astype("float32")
+    qat(x, training=True)
+    ranges = {w.path: float(w.numpy()) for w in qat.weights if w.path.endswith(("_min", "_max"))}
+    assert all(np.isfinite(v) for v in ranges.values()), ranges
+    assert np.all(np.isfinite(qat.predict(x, verbose=0)))
+    assert ct.convert(qat, "int8").float_islands() == []
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_layer_normalization_then_flatten_exports_full_int8(seed):
     """The converter reads a range back in double and float32; ranges on a float32-exact grid agree.
