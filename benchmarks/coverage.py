@@ -31,6 +31,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = pathlib.Path(__file__).parent
@@ -141,12 +142,43 @@ def measure_files(row) -> dict:
     return row
 
 
-def run_isolated(args, python=sys.executable) -> dict:
-    proc = subprocess.run([python, *args], capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(HERE.parent)))
-    for line in reversed(proc.stdout.strip().splitlines()):
+def _rss_gib(pid: int) -> float:
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()
+        return int(fields[0]) / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def run_isolated(args, python=sys.executable, memory_limit_gib: float | None = None) -> dict:
+    """Runs a measuring process; returns its last JSON line, or an error row.
+
+    With ``memory_limit_gib``, the process is stopped once its resident memory
+    passes the limit (instead of pushing a shared machine into swap-less
+    thrashing), and the row says so with the last stage it reported.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(HERE.parent))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([python, *args], stdout=out, stderr=err, text=True, env=env)
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, _rss_gib(proc.pid))
+            if memory_limit_gib and peak > memory_limit_gib:
+                proc.kill()
+                proc.wait()
+                break
+            time.sleep(2)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):
-            return json.loads(line)
-    return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+            return dict(json.loads(line), peak_rss_gib=round(peak, 1))
+    stages = [line.split("] ", 1)[1] for line in stderr.splitlines() if line.startswith("[stage] ")]
+    if memory_limit_gib and peak > memory_limit_gib:
+        where = f" during {stages[-1]}" if stages else ""
+        return {"error": f"stopped: resident memory passed {memory_limit_gib:g} GiB{where}", "stages": stages}
+    return {"error": (stderr.strip().splitlines() or ["no output"])[-1][:200], "stages": stages}
 
 
 def cell(value) -> str:
@@ -246,6 +278,10 @@ def main():
     parser.add_argument("--files", default="/tmp/collabopt_coverage", help="where the TFMOT peer writes its .tflite files")
     parser.add_argument("--results", default=str(HERE / "coverage.json"), help="rows measured so far (read, updated, written)")
     parser.add_argument("--skip-collabopt", action="store_true", help="measure only the TFMOT side of --models")
+    parser.add_argument(
+        "--memory-limit-gib", type=float, default=16.0,
+        help="stop a TFMOT process whose resident memory passes this (GiB); its row records where",
+    )
     parser.add_argument("--write-only", action="store_true", help="measure nothing; write the table from --results")
     args = parser.parse_args()
     if args.one:
@@ -263,7 +299,12 @@ def main():
             print(f"[coverage] {json.dumps(row)}", flush=True)
         if args.tfmot_python:
             peer = [str(HERE / "peer_tfmot.py"), "coverage", "--model", name, "--out", args.files]
-            row = measure_files(run_isolated(peer, args.tfmot_python))
+            row = run_isolated(peer, args.tfmot_python, args.memory_limit_gib)
+            ptq_file = pathlib.Path(args.files) / f"{name}_ptq.tflite"
+            if "error" in row and "ptq done" in row.get("stages", ()) and ptq_file.exists():
+                # Stopped after PTQ: the PTQ file is complete, the chain is what failed.
+                row = {"ptq_path": str(ptq_file), "pcqat_error": row["error"], "stages": row["stages"]}
+            row = measure_files(row)
             row.setdefault("model", name)
             results["tfmot"][name] = dict(row, date=today)
             print(f"[coverage] TFMOT {json.dumps(row)}", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -245,6 +246,7 @@ def coverage(args):
     except Exception as error:  # recorded, not raised: the table shows it
         row["ptq_error"] = _error("convert", error)
     row["ptq_seconds"] = round(time.perf_counter() - start, 1)
+    print("[stage] ptq done", file=sys.stderr, flush=True)
 
     def train(m, steps, callbacks=()):
         m.compile(optimizer=keras.optimizers.SGD(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
@@ -257,20 +259,26 @@ def coverage(args):
 
     start = time.perf_counter()
     stage = "prune_low_magnitude"
+
+    def entering(name):
+        print(f"[stage] {name}", file=sys.stderr, flush=True)  # the parent names the stage if this process is stopped
+        return name
+
     try:
+        entering(stage)
         pruned = train(sp.prune_low_magnitude(model, pruning_schedule=sp.ConstantSparsity(0.5, 0, frequency=1)), 2, [sp.UpdatePruningStep()])
-        stage = "cluster_weights"
+        stage = entering("cluster_weights")
         pruned = sp.strip_pruning(pruned)
         init = cl.CentroidInitialization.LINEAR
         clustered = cl.strip_clustering(
             train(cl.cluster_weights(pruned, number_of_clusters=16, cluster_centroids_init=init, preserve_sparsity=True), 1)
         )
-        stage = "quantize_model"
+        stage = entering("quantize_model")
         annotated = qz.quantize_annotate_model(clustered)
         qat = train(qz.quantize_apply(annotated, cps.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)), 2)
-        stage = "convert"
+        stage = entering("convert")
         row["pcqat_path"] = _int8_file(qat, os.path.join(args.out, f"{args.model}_pcqat.tflite"))
-        stage = "convert with representative data"
+        stage = entering("convert with representative data")
         row["pcqat_calibrated_path"] = _int8_file(qat, os.path.join(args.out, f"{args.model}_pcqat_calibrated.tflite"), x)
     except Exception as error:
         row["pcqat_error"] = _error(stage, error)
