@@ -260,8 +260,10 @@ def write(rows, path, tfmot_rows=None):
         "`verified` is the per-weight check of `verify()`; `kernels "
         "kept` reads the file alone and counts every kernel-shaped int8 constant, also ones the chain does not own "
         "(the transformer's 11 against its 8 optimized weights). — : not measured (a row kept from an earlier "
-        "run with a different count). A model missing from the TFMOT table has not been run on that side yet: "
-        "TFMOT's prune → cluster → QAT took 6 minutes for MobileNet and over 30 for InceptionV3 on this machine.",
+        "run with a different count). A model missing from the TFMOT table has no completed run on that side: "
+        "TFMOT's prune → cluster → QAT took 6 minutes for MobileNet and over 30 for InceptionV3 on this machine, "
+        "and ResNet50's run grew past 21 GiB of resident memory on this 24 GiB machine (2026-11-25) and was "
+        "stopped by hand; `--memory-limit-gib` (default 16) now stops such a run and its row names the stage.",
         "",
     ]
     path.write_text("\n".join(lines))
