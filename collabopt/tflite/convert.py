@@ -211,7 +211,8 @@ def _traced_converter(model: keras.Model):
     (``experimental_lower_to_saved_model = False``: lowering to a SavedModel
     first would drop the weights of a Keras 3 model, and writing one with
     ``keras.export.ExportArchive`` traces the model three times and walks
-    every trackable; on MobileNetV2 with QAT that took 3x as long as this).
+    every trackable; on MobileNetV2 with QAT the whole conversion took about
+    2.5x as long that way).
     A tracing error is raised as :class:`ConversionError` naming the layers
     involved, instead of the converter's fallback message.
     """
