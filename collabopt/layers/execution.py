@@ -272,7 +272,7 @@ _INTERNAL = {
 
 def _layer_norm_identities(layer):
     tensors = []
-    if layer.scale and not np.any(np.asarray(keras.ops.convert_to_numpy(layer.gamma)) != 1):
+    if layer.scale and not _nonzero(keras.ops.convert_to_numpy(layer.gamma) - 1):
         tensors.append("normalized")  # then * gamma, all ones
     if layer.scale and layer.center and not _nonzero(layer.beta):
         tensors.append("scaled")  # then + beta, all zeros

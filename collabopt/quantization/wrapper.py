@@ -84,6 +84,7 @@ class QuantizeWrapper(OptimizationWrapper):
         if any(self.quantize_inputs) and input_quantizer is None:
             raise InvalidArgumentError(f"layer '{self.base_layer.name}': quantize_inputs needs an input_quantizer.")
         self.export_mode = export_mode
+        self._export_identity_indices = ()  # set by export_layer
         self.weight_quantizers = quantize_config.weight_quantizers(self.base_layer)
         self.quantize_outputs = bool(quantize_outputs)
         self.output_quantizers = quantize_config.output_quantizers(self.base_layer) if quantize_outputs else []
@@ -182,7 +183,7 @@ class QuantizeWrapper(OptimizationWrapper):
     def transform_internal(self, training):
         if not self.internal_quantizers:
             return None
-        skipped = getattr(self, "_export_identity_indices", ()) if self.export_mode else ()
+        skipped = self._export_identity_indices if self.export_mode else ()
         return lambda x, i: x if i in skipped else self._quantize(self.internal_quantizers[i], x, self._states[f"mid:{i}"], training)
 
     def transform_outputs(self, outputs, training):
