@@ -35,7 +35,9 @@ import tempfile
 import time
 
 HERE = pathlib.Path(__file__).parent
-SEQUENCE_MODELS = ("conv1d", "lstm", "bigru", "transformer")
+SEQUENCE_MODELS = ("conv1d", "lstm", "lstm_fused", "bilstm_fused", "bigru", "transformer")
+#: Rows exported with ``convert(..., fused_lstm=True)``: TFLite's fused LSTM op, its gates calibrated.
+FUSED_LSTM_MODELS = ("lstm_fused", "bilstm_fused")
 
 
 def build(name):
@@ -46,6 +48,8 @@ def build(name):
     return {
         "conv1d": zoo.conv1d_kws,
         "lstm": lambda: zoo.recurrent_kws("lstm"),
+        "lstm_fused": lambda: zoo.recurrent_kws("lstm"),
+        "bilstm_fused": lambda: zoo.recurrent_kws("lstm", bidirectional=True),
         "bigru": lambda: zoo.recurrent_kws("gru", bidirectional=True),
         "transformer": zoo.tiny_transformer,
     }[name]()
@@ -75,9 +79,10 @@ def measure(name) -> dict:
     def float_ops(tflite):
         return sorted({i["op"] for i in tflite.float_islands()})
 
+    options = {"fused_lstm": True} if name in FUSED_LSTM_MODELS else {}
     start = time.perf_counter()
     try:
-        row["ptq"] = float_ops(ct.convert(model, "int8", x, allow_float_islands=True))
+        row["ptq"] = float_ops(ct.convert(model, "int8", x, allow_float_islands=True, **options))
     except Exception as error:  # recorded, not raised: the table shows it
         row["ptq"] = f"error: {type(error).__name__}: {str(error)[:160]}"
     row["ptq_seconds"] = round(time.perf_counter() - start, 1)
@@ -99,9 +104,14 @@ def measure(name) -> dict:
         pruned = train(co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1)))
         clustered = train(co.cluster_weights(pruned, number_of_clusters=16, preserve_sparsity=True), 1)
         qat = train(co.quantize_model(clustered))
-        trained = ct.convert(qat, "int8", allow_float_islands=True)
-        row["pcqat"] = float_ops(trained)
-        mixed = trained if not row["pcqat"] else ct.convert(qat, "int8", x, allow_float_islands=True)
+        if options:  # the fused op's gates are calibrated: no file from trained ranges alone
+            row["pcqat"] = "n/a (fused LSTM gates need representative data)"
+            mixed = ct.convert(qat, "int8", x, allow_float_islands=True, **options)
+        else:
+            trained = ct.convert(qat, "int8", allow_float_islands=True)
+            row["pcqat"] = float_ops(trained)
+            mixed = trained if not row["pcqat"] else ct.convert(qat, "int8", x, allow_float_islands=True)
+        row["fused_lstm_ops"] = mixed.ops().count("UNIDIRECTIONAL_SEQUENCE_LSTM")
         row["pcqat_calibrated"] = float_ops(mixed)
         row["kept"] = kept_kernels(mixed)
         report = ct.verify(qat, mixed)
@@ -210,6 +220,10 @@ def write(rows, path, tfmot_rows=None):
         "* **kernels kept**: kernels of the final file (int8/int4 constants with two or more dimensions above 1) that "
         "still have ≥ 45% zeros and "
         "≤ 16 values per channel, read from the file alone by the same code for both libraries.",
+        "* **lstm_fused**, **bilstm_fused**: the lstm model and its Bidirectional form exported with "
+        "`convert(..., fused_lstm=True)`: one TFLite UNIDIRECTIONAL_SEQUENCE_LSTM per direction (the other rows "
+        "export recurrent layers unrolled); the fused op's gates are calibrated, so there is no file from trained "
+        "ranges alone.",
         "",
         f"Machine: {machine()}. Command: `python benchmarks/coverage.py --models {','.join(r['model'] for r in rows)}"
         f"{' --tfmot-python PATH' if tfmot_rows else ''}` (rows kept in `benchmarks/coverage.json`, each with its date; "

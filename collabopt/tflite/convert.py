@@ -6,6 +6,7 @@ import contextlib
 import functools
 import io
 import re
+import tempfile
 import warnings
 
 import keras
@@ -15,6 +16,7 @@ from collabopt.datasets.batches import samples
 from collabopt.errors import ConversionError, InvalidArgumentError, InvalidTypeError
 from collabopt.layers import base_layer
 from collabopt.layers.execution import TFLiteForm, needs_ptq_form, needs_unrolling, unrolled_copy
+from collabopt.layers.fused_lstm import FusedLSTM, fusion_problems, is_lstm
 from collabopt.tflite import flatbuffer
 from collabopt.tflite.int4 import check_int4_storage, low_bit_weights
 from collabopt.layers.checks import check_finite_weights
@@ -30,26 +32,60 @@ def has_trained_ranges(model) -> bool:
     return any(getattr(layer, "collabopt_quantized", False) for layer in iter_layers(model))
 
 
-def export_model(model: keras.Model, mode: str | None = None) -> keras.Model:
+def _exportable(layer) -> bool:
+    return callable(getattr(layer, "export_layer", None))
+
+
+def fused_lstm_layers(model) -> list[str]:
+    """Names of the LSTM and Bidirectional(LSTM) layers that ``fused_lstm=True`` fuses.
+
+    Raises:
+        InvalidArgumentError: an LSTM that the fused op cannot compute
+            (another activation, ``stateful=True``); the message names it.
+    """
+    names, refused = [], []
+    for layer in iter_layers(model):
+        base = base_layer(layer)
+        if isinstance(base, (keras.layers.RNN, keras.layers.Bidirectional)) and is_lstm(base):
+            problems = fusion_problems(base)
+            (refused.append(f"'{base.name}': {', '.join(problems)}") if problems else names.append(base.name))
+    if refused:
+        raise InvalidArgumentError(
+            f"fused_lstm=True: TFLite's fused LSTM op cannot compute {'; '.join(refused)}. It computes "
+            "tanh and sigmoid gates from a zero initial state; pass fused_lstm=False to export these "
+            "layers unrolled."
+        )
+    return names
+
+
+def export_model(model: keras.Model, mode: str | None = None, *, fused_lstm: bool = False) -> keras.Model:
     """The model the converter sees: every collabopt wrapper replaced by its export form.
 
     Wrappers are duck-typed by their ``export_layer()`` method: pruning and
     clustering wrappers become plain layers holding their final weights;
     quantization wrappers keep their fake-quant ops. For int8, a plain
     layer whose Keras form has an op without an integer kernel
-    (LayerNormalization's NEG) runs as :class:`TFLiteForm`. The input model is
-    not modified.
+    (LayerNormalization's NEG) runs as :class:`TFLiteForm`. Recurrent layers
+    run unrolled, or, with ``fused_lstm``, every LSTM runs as
+    :class:`FusedLSTM` holding its final (for QAT: fake-quantized) weights.
+    The input model is not modified.
     """
-    def exportable(layer):
-        return callable(getattr(layer, "export_layer", None))
-
+    exportable = _exportable
     integer_export = mode == "int8"
+
+    def fuses(layer):
+        base = base_layer(layer)
+        return fused_lstm and isinstance(base, (keras.layers.RNN, keras.layers.Bidirectional)) and is_lstm(base)
 
     def needs_change(layer):
         plain_form = integer_export and needs_ptq_form(layer)
-        return exportable(layer) or needs_unrolling(base_layer(layer)) or plain_form
+        return exportable(layer) or needs_unrolling(base_layer(layer)) or plain_form or fuses(layer)
 
     def export_form(layer):
+        if fuses(layer):
+            # The fused op's weights and gates are quantized by the converter
+            # from calibration; QAT's fake-quantized weights keep their grid.
+            return FusedLSTM(layer.stripped() if exportable(layer) else layer)
         if exportable(layer):
             layer = layer.export_layer(mode=mode)
         if integer_export and needs_ptq_form(layer):
@@ -100,6 +136,7 @@ def convert(
     calibration_samples: int = 200,
     allow_float_islands: bool = False,
     sparse: bool = False,
+    fused_lstm: bool = False,
 ) -> TFLiteModel:
     """Converts a Keras model to TFLite.
 
@@ -131,6 +168,17 @@ def convert(
             cannot read the sparse layout, the file holds a DENSIFY op that
             expands the weight once when the interpreter is prepared. Not
             with INT4 weights (the converter cannot encode them sparse).
+        fused_lstm: Export every LSTM (plain or in ``Bidirectional``) as
+            TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM, one op per direction,
+            instead of unrolled per time step (GRU and SimpleRNN stay
+            unrolled: TFLite has no fused op for them). The fused op needs a
+            static batch size: the file takes one sample per invocation.
+            It keeps its state in variable tensors that persist between
+            invocations: reset them per sequence
+            (``interpreter.reset_all_variables()``; :meth:`TFLiteModel.predict`
+            does). For ``int8`` its gates are calibrated, so
+            ``representative_data`` is needed also for a QAT model; the
+            converter has no ``int16x8`` form of it.
 
     Returns:
         A :class:`TFLiteModel`.
@@ -138,7 +186,9 @@ def convert(
     Raises:
         ValueError: unknown mode; missing or ill-shaped representative data.
         InvalidArgumentError: ``sparse=True`` on a model with weights
-            trained at 4 bits or fewer in ``int8`` mode.
+            trained at 4 bits or fewer in ``int8`` mode; ``fused_lstm=True``
+            with an LSTM the fused op cannot compute, with ``int16x8``, or
+            with ``int8`` and no ``representative_data``.
         ConversionError: the converter rejected the model, (int8) left
             float islands, or did not store 4-bit weights as INT4; the
             message names the layers and ops.
@@ -159,6 +209,17 @@ def convert(
     if calibration_samples < 1:
         raise InvalidArgumentError(f"calibration_samples must be >= 1; received {calibration_samples}.")
     trained_ranges = has_trained_ranges(model)
+    fused = fused_lstm_layers(model) if fused_lstm else []
+    if fused and mode == "int16x8":
+        raise InvalidArgumentError(
+            f"fused_lstm=True cannot export mode='int16x8': TF's converter has no 16x8 form of the fused "
+            f"LSTM op (layers {fused}). Use mode='int8', or fused_lstm=False (unrolled, all 16x8)."
+        )
+    if fused and mode == "int8" and representative_data is None:
+        raise InvalidArgumentError(
+            f"fused_lstm=True with mode={mode!r} needs representative_data: the converter calibrates the "
+            f"gates of the fused LSTM ops ({fused}), which QAT does not reach."
+        )
     calibration = None
     if mode in ("int8", "int16x8") and not (trained_ranges and mode == "int8"):
         if representative_data is None:
@@ -179,9 +240,13 @@ def convert(
             )
 
     check_finite_weights(model)
-    exported = export_model(model, mode)
-    converter, graph = _traced_converter(exported)
-    result = _convert(converter, exported, graph, mode, trained_ranges, calibration, int8_io, allow_float_islands, sparse)
+    exported = export_model(model, mode, fused_lstm=bool(fused))
+    with tempfile.TemporaryDirectory(prefix="collabopt_export_") as directory:
+        if fused:
+            converter, graph = _saved_model_converter(exported, directory, batch_size=1), None
+        else:
+            converter, graph = _traced_converter(exported)
+        result = _convert(converter, exported, graph, mode, trained_ranges, calibration, int8_io, allow_float_islands, sparse)
     if mode == "int8" and trained_ranges:
         check_int4_storage(flatbuffer.parse(result.content), model)
     return result
@@ -216,9 +281,7 @@ def _traced_converter(model: keras.Model):
     A tracing error is raised as :class:`ConversionError` naming the layers
     involved, instead of the converter's fallback message.
     """
-    signature = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
-    if len(signature) > 1:
-        signature = [signature]
+    signature = _signature(model)
     function = tf.function(functools.partial(model.__call__, training=False))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -228,6 +291,39 @@ def _traced_converter(model: keras.Model):
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], _NamedLocations(model))
     converter.experimental_lower_to_saved_model = False
     return converter, concrete.graph
+
+
+def _signature(model: keras.Model, batch_size: int | None = None):
+    """Input specs of ``model``; ``batch_size`` replaces the batch dimension if given."""
+    specs = [
+        tf.TensorSpec((batch_size if batch_size else t.shape[0],) + tuple(t.shape[1:]), t.dtype, name=t.name)
+        for t in model.inputs
+    ]
+    return [specs] if len(specs) > 1 else specs
+
+
+def _saved_model_converter(model: keras.Model, directory: str, batch_size: int):
+    """A converter over ``model`` written as a SavedModel, with a static batch size.
+
+    The fused LSTM's function attribute survives only this path (freezing a
+    traced function inlines the function); it is slower than
+    :func:`_traced_converter` (the archive traces the model several times).
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    logger = tf.get_logger()
+    level = logger.level
+    try:
+        # write_out prints "Saved artifact at ..." and logs "Assets written to".
+        logger.setLevel("ERROR")
+        archive.add_endpoint("serve", functools.partial(model.__call__, training=False), _signature(model, batch_size))
+        with contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
+            archive.write_out(directory)
+    except Exception as error:  # tracing user layers raises any type
+        raise ConversionError(_explain(error, model)) from error
+    finally:
+        logger.setLevel(level)
+    return tf.lite.TFLiteConverter.from_saved_model(directory)
 
 
 def _convert(converter, exported, graph, mode, trained_ranges, calibration, int8_io, allow_float_islands, sparse=False):

@@ -318,7 +318,9 @@ class TFLiteModel:
 
         Float inputs are quantized with the input tensors' scale and zero point
         for integer-I/O models, and integer outputs are dequantized (unless
-        ``dequantize=False``). Any number of samples; run in batches.
+        ``dequantize=False``). Any number of samples; run in batches (of
+        the file's batch size if it is static, e.g. 1 with a fused LSTM).
+        Variable tensors (a fused LSTM's state) are reset before every batch.
 
         Returns:
             One array, or a list of arrays for several outputs.
@@ -336,20 +338,31 @@ class TFLiteModel:
                     f"received {tuple(a.shape[1:])}."
                 )
         n = len(xs[0])
+        # A file with a static batch (a fused LSTM's) runs in batches of that
+        # size, the last one padded; resizing it would break its state tensors.
+        static_batch = int(ins[0]["shape_signature"][0]) if len(ins[0]["shape_signature"]) else -1
+        if static_batch > 0:
+            batch_size = static_batch
         results = None
         for start in range(0, n, batch_size):
             chunk = [a[start : start + batch_size] for a in xs]
+            size = len(chunk[0])
             ins = interp.get_input_details()
-            if ins[0]["shape"][0] != len(chunk[0]):
+            if static_batch > 0 and size < static_batch:
+                chunk = [np.concatenate([a, np.zeros((static_batch - size,) + a.shape[1:], a.dtype)]) for a in chunk]
+            elif ins[0]["shape"][0] != size:
                 for a, d in zip(chunk, ins):
                     self._run(interp, lambda a=a, d=d: interp.resize_tensor_input(d["index"], [len(a)] + list(d["shape"][1:])))
                 self._run(interp, interp.allocate_tensors)
                 ins = interp.get_input_details()
             for a, d in zip(chunk, ins):
                 interp.set_tensor(d["index"], _quantize(a, d))
+            # Variable tensors (a fused LSTM's state) persist between
+            # invocations; every batch starts from the initial state.
+            interp.reset_all_variables()
             self._run(interp, interp.invoke)
             outs = interp.get_output_details()
-            values = [interp.get_tensor(d["index"]) for d in outs]
+            values = [interp.get_tensor(d["index"])[:size] for d in outs]
             if dequantize:
                 values = [_dequantize(v, d) for v, d in zip(values, outs)]
             results = [[v] for v in values] if results is None else [r + [v] for r, v in zip(results, values)]

@@ -20,7 +20,8 @@ EfficientNetV2B0, VGG16) or are the slowest (NASNetMobile). Measured
 2026-11-25 on 2 cores: the six earlier CI families 397 s, the other eight
 824 s (NASNetMobile 191 s, DenseNet121 119 s, VGG16 98 s, ResNet50V2 95 s,
 Xception 95 s, ResNet50 88 s, EfficientNetV2B0 85 s, MobileNetV3Large 52 s),
-the six sequence cases about 50 s.
+the six sequence cases about 50 s. Two more cases export the LSTMs as
+TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM (``fused_lstm=True``).
 """
 
 import os
@@ -55,7 +56,7 @@ CI_FAMILIES = (
 FAMILIES = sorted(zoo.APPLICATIONS) if os.environ.get("COLLABOPT_ZOO") == "all" else CI_FAMILIES
 
 
-def pcqat_int8(model, calibrate=False):
+def pcqat_int8(model, calibrate=False, **convert_options):
     x, y = _data(model)
     pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
     train_steps(pruned, x, y)
@@ -65,7 +66,8 @@ def pcqat_int8(model, calibrate=False):
     train_steps(clustered, x, y, 1)
     qat = co.quantize_model(clustered)
     train_steps(qat, x, y)
-    tflite = ct.convert(qat, "int8", representative_data=x if calibrate else None)  # raises on any float op
+    # raises on any float op
+    tflite = ct.convert(qat, "int8", representative_data=x if calibrate else None, **convert_options)
     assert tflite.float_islands() == []
     report = ct.verify(qat, tflite)
     assert report.all_hold, str(report)
@@ -100,3 +102,10 @@ def test_application(name):
 def test_sequence(build):
     model = build()
     pcqat_int8(model, calibrate=model.name != "conv1d_kws")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["lstm", "bilstm"])
+def test_fused_lstm(bidirectional):
+    # TFLite's fused sequence op, one per direction, int8 with calibrated gates.
+    _, tflite = pcqat_int8(zoo.recurrent_kws("lstm", bidirectional=bidirectional), calibrate=True, fused_lstm=True)
+    assert tflite.ops().count("UNIDIRECTIONAL_SEQUENCE_LSTM") == (2 if bidirectional else 1)
