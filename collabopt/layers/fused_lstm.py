@@ -63,7 +63,17 @@ def fusion_problems(layer) -> list[str]:
                 problems.append(f"{name}={actual!r} (the fused op computes {expected})")
         if inner.stateful:
             problems.append("stateful=True")
+        if inner.return_state:
+            problems.append("return_state=True (the converter fuses only a loop whose cell state is unused)")
+    shape = (layer.get_build_config() or {}).get("input_shape")
+    if shape is not None and (len(shape) < 3 or shape[1] is None):
+        problems.append(f"no fixed sequence length (input shape {tuple(shape)}; give the model Input a time dimension)")
     return sorted(set(problems))
+
+
+def fused_directions(layer) -> int:
+    """How many fused ops ``layer`` becomes: 2 for a Bidirectional LSTM, else 1."""
+    return len(_lstm_layers(layer))
 
 
 def _direction_function(go_backwards: bool):

@@ -16,7 +16,7 @@ from collabopt.datasets.batches import samples
 from collabopt.errors import ConversionError, InvalidArgumentError, InvalidTypeError
 from collabopt.layers import base_layer
 from collabopt.layers.execution import TFLiteForm, needs_ptq_form, needs_unrolling, unrolled_copy
-from collabopt.layers.fused_lstm import FusedLSTM, fusion_problems, is_lstm
+from collabopt.layers.fused_lstm import FusedLSTM, fused_directions, fusion_problems, is_lstm
 from collabopt.tflite import flatbuffer
 from collabopt.tflite.int4 import check_int4_storage, low_bit_weights
 from collabopt.layers.checks import check_finite_weights
@@ -43,17 +43,25 @@ def fused_lstm_layers(model) -> list[str]:
         InvalidArgumentError: an LSTM that the fused op cannot compute
             (another activation, ``stateful=True``); the message names it.
     """
+    return [name for name, _ in _fused_lstm_directions(model)]
+
+
+def _fused_lstm_directions(model) -> list[tuple[str, int]]:
+    """``[(layer name, fused ops it becomes)]``; raises as :func:`fused_lstm_layers`."""
     names, refused = [], []
     for layer in iter_layers(model):
         base = base_layer(layer)
         if isinstance(base, (keras.layers.RNN, keras.layers.Bidirectional)) and is_lstm(base):
             problems = fusion_problems(base)
-            (refused.append(f"'{base.name}': {', '.join(problems)}") if problems else names.append(base.name))
+            if problems:
+                refused.append(f"'{base.name}': {', '.join(problems)}")
+            else:
+                names.append((base.name, fused_directions(base)))
     if refused:
         raise InvalidArgumentError(
             f"fused_lstm=True: TFLite's fused LSTM op cannot compute {'; '.join(refused)}. It computes "
-            "tanh and sigmoid gates from a zero initial state; pass fused_lstm=False to export these "
-            "layers unrolled."
+            "tanh and sigmoid gates from a zero initial state over a fixed number of steps and outputs the "
+            "sequence or its last step; pass fused_lstm=False to export these layers unrolled."
         )
     return names
 
@@ -209,7 +217,8 @@ def convert(
     if calibration_samples < 1:
         raise InvalidArgumentError(f"calibration_samples must be >= 1; received {calibration_samples}.")
     trained_ranges = has_trained_ranges(model)
-    fused = fused_lstm_layers(model) if fused_lstm else []
+    directions = _fused_lstm_directions(model) if fused_lstm else []
+    fused = [name for name, _ in directions]
     if fused and mode == "int16x8":
         raise InvalidArgumentError(
             f"fused_lstm=True cannot export mode='int16x8': TF's converter has no 16x8 form of the fused "
@@ -247,6 +256,12 @@ def convert(
         else:
             converter, graph = _traced_converter(exported)
         result = _convert(converter, exported, graph, mode, trained_ranges, calibration, int8_io, allow_float_islands, sparse)
+    found = result.ops().count("UNIDIRECTIONAL_SEQUENCE_LSTM")
+    if found != sum(n for _, n in directions):
+        raise ConversionError(
+            f"fused_lstm=True: the converter fused {found} of the {sum(n for _, n in directions)} LSTM "
+            f"directions of layers {fused}. Pass fused_lstm=False to export them unrolled."
+        )
     if mode == "int8" and trained_ranges:
         check_int4_storage(flatbuffer.parse(result.content), model)
     return result

@@ -118,6 +118,18 @@ def test_an_lstm_the_fused_op_cannot_compute_is_refused_by_name():
     assert _lstm_ops(ct.convert(model, "float32")) == []  # unrolled, as before
 
 
+def test_return_state_and_free_sequence_length_are_refused_by_name():
+    # The converter keeps a loop whose cell state is used unfused, silently;
+    # collabopt refuses it instead.
+    inputs = keras.Input((7, 3))
+    outputs = L.Concatenate()(L.LSTM(4, return_state=True, name="stateful_out")(inputs))
+    with pytest.raises(InvalidArgumentError, match=r"'stateful_out': return_state=True"):
+        ct.convert(keras.Model(inputs, outputs), "float32", fused_lstm=True)
+    free = keras.Sequential([keras.Input((None, 3)), L.LSTM(4, name="free_length"), L.Dense(2)])
+    with pytest.raises(InvalidArgumentError, match=r"'free_length': no fixed sequence length"):
+        ct.convert(free, "float32", fused_lstm=True)
+
+
 @pytest.mark.parametrize("mode", ["float16", "dynamic"])
 def test_float16_and_dynamic_files_fuse_and_run_one_sample_per_invocation(mode):
     model = keras.Sequential([keras.Input((7, 3), batch_size=4), L.LSTM(6, name="lstm"), L.Dense(3)])
