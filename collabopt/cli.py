@@ -108,7 +108,7 @@ def cmd_export(args) -> int:
         )
     data = _load_data(args) if args.data else None
     rep = data[0][0] if data else None
-    tfl = ct.convert(model, args.mode, rep)
+    tfl = ct.convert(model, args.mode, rep, fused_lstm=args.fused_lstm)
     out = pathlib.Path(args.out or pathlib.Path(args.model).with_suffix(f".{args.mode}.tflite"))
     tfl.save(out)
     baseline = ct.convert(model, "float32") if args.mode != "float32" else None
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="int8", help="float32 | float16 | dynamic | int8 | int16x8 (default int8)")
     p.add_argument("--data", help="representative/evaluation data: " + DATA_HELP)
     p.add_argument("--out")
+    p.add_argument("--fused-lstm", action="store_true", help="export LSTMs as TFLite's fused "
+                   "UNIDIRECTIONAL_SEQUENCE_LSTM (one sample per invocation; int8 needs --data)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("tree", help="walk the deployment tree (prune / cluster / QAT and their combinations)", parents=[common, data])

@@ -161,3 +161,20 @@ def test_cli_is_quiet_by_default_and_verbose_shows_tensorflow_logs(tiny_files, t
     loud = _run_cli(*args, "--verbose")
     assert loud.returncode == 0, loud.stderr
     assert "fully_quantize" in loud.stderr or "absl" in loud.stderr
+
+
+def test_export_fused_lstm(tmp_path, capsys):
+    import keras
+
+    import collabopt.tflite as ct
+
+    model = keras.Sequential([keras.Input((6, 4)), keras.layers.LSTM(5, name="lstm"), keras.layers.Dense(3)])
+    path = tmp_path / "lstm.keras"
+    model.save(path)
+    out = tmp_path / "lstm.tflite"
+    assert main(["export", str(path), "--mode", "float32", "--fused-lstm", "--out", str(out)]) == 0
+    assert ct.load(out).ops().count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 1
+    capsys.readouterr()
+    # int8 calibrates the fused gates: without data the error says so, on one line.
+    assert main(["export", str(path), "--mode", "int8", "--fused-lstm"]) == 2
+    assert "--data" in _one_line_error(capsys, "export")
