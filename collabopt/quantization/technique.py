@@ -100,7 +100,12 @@ class QuantizationConfig(TechniqueConfig):
                     f"{what}: the scheme cannot quantize {names}; give each a QuantizeConfig "
                     "(quantize_annotate_layer(layer, quantize_config=...)) or pass strict=False to leave them float."
                 )
-            warnings.warn(f"{what}: left in float (the scheme cannot quantize them): {names}.", stacklevel=4)
+            warnings.warn(
+                f"{what}: left in float (the scheme cannot quantize them): {names}. They train without "
+                "fake-quant ops; int8 export still quantizes such a layer from the ranges around it (or "
+                "representative_data) where TFLite has an integer kernel, and names any op that stays float.",
+                stacklevel=4,
+            )
         skipped = {a.name for a in unsupported}
         preserve = self.preserve if self.preserve is not None else self.scheme.preserve
         the_graph = graph.plan(model, lambda l: isinstance(l, QuantizeAnnotate) and l.name not in skipped)
