@@ -15,6 +15,7 @@ import tensorflow as tf
 from collabopt.datasets.batches import samples
 from collabopt.errors import ConversionError, InvalidArgumentError, InvalidTypeError
 from collabopt.layers import base_layer
+from collabopt.layers.copy import copy_layer, copy_layer_or_share
 from collabopt.layers.execution import TFLiteForm, needs_ptq_form, needs_unrolling, unrolled_copy
 from collabopt.layers.fused_lstm import FusedLSTM, fused_directions, fusion_problems, is_lstm
 from collabopt.tflite import flatbuffer
@@ -90,12 +91,14 @@ def export_model(model: keras.Model, mode: str | None = None, *, fused_lstm: boo
         return exportable(layer) or needs_unrolling(base_layer(layer)) or plain_form or fuses(layer)
 
     def export_form(layer):
+        # ``layer`` is the input model's own (map_layers(replaces=...)): every
+        # branch builds new layers from it (wrappers' export forms are new
+        # layers holding copies of the final weights) and leaves it unchanged.
         if fuses(layer):
             # The fused op's weights and gates are quantized by the converter
             # from calibration; QAT's fake-quantized weights keep their grid.
-            return FusedLSTM(layer.stripped() if exportable(layer) else layer)
-        if exportable(layer):
-            layer = layer.export_layer(mode=mode)
+            return FusedLSTM(layer.stripped() if exportable(layer) else copy_layer(layer))
+        layer = layer.export_layer(mode=mode) if exportable(layer) else copy_layer_or_share(layer)
         if integer_export and needs_ptq_form(layer):
             # A layer outside any QAT wrapper, calibrated by the converter.
             return TFLiteForm(layer, name=layer.name)
@@ -108,7 +111,7 @@ def export_model(model: keras.Model, mode: str | None = None, *, fused_lstm: boo
 
     if not any(needs_change(layer) for layer in iter_layers(model)):
         return model  # nothing to replace: convert the model as it is
-    return map_layers(model, export_form, what="export")
+    return map_layers(model, export_form, what="export", replaces=needs_change)
 
 
 def _layers_mentioned(text: str, model) -> list[str]:

@@ -37,11 +37,15 @@ def is_opaque_model(layer) -> bool:
     return isinstance(layer, keras.Model) and not is_graph_model(layer)
 
 
-def map_layers(model, fn: LayerFn, *, what: str = "rewrite", merge_ops_as_layers: bool = False):
+def map_layers(model, fn: LayerFn, *, what: str = "rewrite", merge_ops_as_layers: bool = False, replaces=None):
     """Returns a copy of ``model`` with ``fn`` applied to every layer.
 
     ``fn`` receives a *copy* of each layer (weights included) and returns its
-    replacement, or ``None`` to keep the copy. Sequential, Functional (any
+    replacement, or ``None`` to keep the copy. With ``replaces``, a predicate
+    on the original layer, ``fn`` receives the *original* of each layer for
+    which it is true and must return a new layer built from it without
+    changing it (copying such a layer first would be wasted); other layers
+    are copied and kept. Sequential, Functional (any
     number of inputs and outputs, residual connections, layers shared between
     call sites — ``fn`` is called once per shared layer) and nested models (a
     Sequential or Functional used as a layer, rewritten recursively) are
@@ -77,6 +81,8 @@ def map_layers(model, fn: LayerFn, *, what: str = "rewrite", merge_ops_as_layers
     """
     if not isinstance(model, keras.Model):
         if isinstance(model, keras.layers.Layer):
+            if replaces is not None:
+                return fn(model) if replaces(model) else copy_layer(model)
             copy = copy_layer(model)
             result = fn(copy)
             return copy if result is None else result
@@ -102,6 +108,8 @@ def map_layers(model, fn: LayerFn, *, what: str = "rewrite", merge_ops_as_layers
             if merge_ops_as_layers and merge_layer_for(layer) is not None:
                 return merge_call(layer, lambda merge: fn(merge) or merge)
             return layer
+        if replaces is not None:
+            return fn(layer) if replaces(layer) else copy_layer_or_share(layer)
         copy = copy_layer_or_share(layer)
         result = fn(copy)
         return copy if result is None else result
