@@ -441,6 +441,29 @@ def unrolled_copy(layer, input_shape=None):
     return copy
 
 
+def output_range_calibrated(layer) -> bool:
+    """True when int8 export of a QAT ``layer`` must leave its outputs to calibration.
+
+    An unrolled GRU (plain or in ``Bidirectional``) that returns its sequence
+    ends every step in an ADD whose result is both that step's output (packed
+    into the sequence, which must share the sequence's scale) and the next
+    step's state; given the trained range of the sequence as well, the
+    converter left those ADDs in float (measured, TF 2.21). Without it, the
+    calibrated ranges give an all-int8 file. LSTM and SimpleRNN end their
+    steps in a MUL or TANH and keep the trained range.
+
+    Example:
+
+    >>> import keras
+    >>> output_range_calibrated(keras.layers.GRU(4, return_sequences=True))
+    True
+    >>> output_range_calibrated(keras.layers.GRU(4))
+    False
+    """
+    inners = [layer.forward_layer, layer.backward_layer] if isinstance(layer, keras.layers.Bidirectional) else [layer]
+    return all(isinstance(inner, keras.layers.GRU) and inner.return_sequences for inner in inners)
+
+
 #: Plain layers that post-training integer export runs in their TFLite form:
 #: Keras' LayerNormalization goes through a NEG op that TFLite keeps in float.
 _PTQ_FORMS = (keras.layers.LayerNormalization,)

@@ -9,7 +9,12 @@ from keras import ops
 from collabopt.errors import InvalidArgumentError
 from collabopt.layers import OptimizationWrapper, base_layer, get_variable, layer_roles, spec_for, weight_specs
 from collabopt.layers.copy import copy_layer_or_share
-from collabopt.layers.execution import identity_followed_tensors, internal_tensors, to_execution_form
+from collabopt.layers.execution import (
+    identity_followed_tensors,
+    internal_tensors,
+    output_range_calibrated,
+    to_execution_form,
+)
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import Quantizer
 
@@ -189,7 +194,7 @@ class QuantizeWrapper(OptimizationWrapper):
     def transform_outputs(self, outputs, training):
         if self.folded_batchnorm is not None:
             outputs = outputs + self._bias_correction()
-        if not self.output_quantizers:
+        if not self.output_quantizers or (self.export_mode and output_range_calibrated(self.base_layer)):
             return outputs
         flat = [
             self._quantize(q, x, self._states[f"out:{i}"], training)

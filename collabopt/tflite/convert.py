@@ -37,18 +37,14 @@ def _exportable(layer) -> bool:
     return callable(getattr(layer, "export_layer", None))
 
 
-def fused_lstm_layers(model) -> list[str]:
-    """Names of the LSTM and Bidirectional(LSTM) layers that ``fused_lstm=True`` fuses.
+def _fused_lstm_directions(model) -> list[tuple[str, int]]:
+    """``[(layer name, fused ops it becomes)]`` for the LSTMs that ``fused_lstm=True`` fuses.
 
     Raises:
         InvalidArgumentError: an LSTM that the fused op cannot compute
-            (another activation, ``stateful=True``); the message names it.
+            (another activation, ``return_state=True``, no fixed sequence
+            length, ...); the message names it.
     """
-    return [name for name, _ in _fused_lstm_directions(model)]
-
-
-def _fused_lstm_directions(model) -> list[tuple[str, int]]:
-    """``[(layer name, fused ops it becomes)]``; raises as :func:`fused_lstm_layers`."""
     names, refused = [], []
     for layer in iter_layers(model):
         base = base_layer(layer)
