@@ -110,6 +110,19 @@ def train_steps(model, x, y, steps=2, learning_rate=1e-3):
         optimizer.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
 
 
+def pcqat_trained(model, x, y, number_of_clusters=8, learning_rate=1e-3, **cluster_options):
+    """prune 50% -> sparsity-preserving cluster -> QAT, trained 2, 1 and 2 eager steps: the QAT model."""
+    import collabopt.keras as co
+
+    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
+    train_steps(pruned, x, y, 2, learning_rate)
+    clustered = co.cluster_weights(pruned, number_of_clusters=number_of_clusters, preserve_sparsity=True, **cluster_options)
+    train_steps(clustered, x, y, 1, learning_rate)
+    qat = co.quantize_model(clustered)
+    train_steps(qat, x, y, 2, learning_rate)
+    return qat
+
+
 def rand(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 

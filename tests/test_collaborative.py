@@ -157,7 +157,7 @@ def test_sparse_clustering_warns_when_zeros_are_ambiguous():
 
 def test_time_distributed_layers_go_through_the_whole_chain(tmp_path):
     """TimeDistributed(Dense / Conv2D): the wrapped layer's kernel is pruned, clustered and quantized."""
-    from tests.conftest import rand, train_steps
+    from tests.conftest import pcqat_trained, rand
 
     L = keras.layers
     i = keras.Input((4, 6, 6, 2))
@@ -165,13 +165,8 @@ def test_time_distributed_layers_go_through_the_whole_chain(tmp_path):
     h = L.TimeDistributed(L.GlobalAveragePooling2D(), name="td_pool")(h)
     h = L.TimeDistributed(L.Dense(8, activation="relu", name="fc"), name="td_fc")(h)
     model = keras.Model(i, L.Dense(3, name="head")(L.Flatten()(h)))
-    x, y = rand(8, 4, 6, 6, 2), np.arange(8) % 3
-    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
-    train_steps(pruned, x, y)
-    clustered = co.cluster_weights(pruned, number_of_clusters=8, preserve_sparsity=True)
-    train_steps(clustered, x, y, 1)
-    qat = co.quantize_model(clustered)
-    train_steps(qat, x, y)
+    x = rand(8, 4, 6, 6, 2)
+    qat = pcqat_trained(model, x, np.arange(8) % 3)
     path = tmp_path / "td.keras"
     qat.save(path)
     reloaded = keras.models.load_model(path)

@@ -39,7 +39,7 @@ def _lstm_layers(layer):
 
 
 def is_lstm(layer) -> bool:
-    """True for a ``keras.layers.LSTM`` or a ``Bidirectional`` around one."""
+    """True for a ``keras.layers.LSTM`` (exactly that class) or a ``Bidirectional`` around one; False for any other layer."""
     return all(type(inner) is keras.layers.LSTM for inner in _lstm_layers(layer))
 
 

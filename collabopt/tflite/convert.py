@@ -48,7 +48,7 @@ def _fused_lstm_directions(model) -> list[tuple[str, int]]:
     names, refused = [], []
     for layer in iter_layers(model):
         base = base_layer(layer)
-        if isinstance(base, (keras.layers.RNN, keras.layers.Bidirectional)) and is_lstm(base):
+        if is_lstm(base):
             problems = fusion_problems(base)
             if problems:
                 refused.append(f"'{base.name}': {', '.join(problems)}")
@@ -79,8 +79,7 @@ def export_model(model: keras.Model, mode: str | None = None, *, fused_lstm: boo
     integer_export = mode == "int8"
 
     def fuses(layer):
-        base = base_layer(layer)
-        return fused_lstm and isinstance(base, (keras.layers.RNN, keras.layers.Bidirectional)) and is_lstm(base)
+        return fused_lstm and is_lstm(base_layer(layer))
 
     def needs_change(layer):
         plain_form = integer_export and needs_ptq_form(layer)
@@ -249,7 +248,7 @@ def convert(
 
     check_finite_weights(model)
     exported = export_model(model, mode, fused_lstm=bool(fused))
-    with tempfile.TemporaryDirectory(prefix="collabopt_export_") as directory:
+    with tempfile.TemporaryDirectory(prefix="collabopt_export_") if fused else contextlib.nullcontext() as directory:
         if fused:
             converter, graph = _saved_model_converter(exported, directory, batch_size=1), None
         else:

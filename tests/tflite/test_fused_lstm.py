@@ -4,12 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-import collabopt.keras as co
 import collabopt.tflite as ct
 from collabopt.errors import ConversionError, InvalidArgumentError
 from collabopt.layers.fused_lstm import FusedLSTM
 from collabopt.tflite import flatbuffer
-from tests.conftest import train_steps
+from tests.conftest import pcqat_trained
 
 L = keras.layers
 
@@ -95,13 +94,8 @@ def test_pcqat_chain_exports_fused_and_keeps_every_constraint():
     inputs = keras.Input((7, 3))
     x = L.Bidirectional(L.LSTM(8, name="lstm"), name="bi")(inputs)
     model = keras.Model(inputs, L.Dense(3, name="head")(x))
-    x, y = _x(n=16), np.arange(16) % 3
-    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
-    train_steps(pruned, x, y)
-    clustered = co.cluster_weights(pruned, number_of_clusters=8, preserve_sparsity=True)
-    train_steps(clustered, x, y, 1)
-    qat = co.quantize_model(clustered)
-    train_steps(qat, x, y)
+    x = _x(n=16)
+    qat = pcqat_trained(model, x, np.arange(16) % 3)
     with pytest.raises(InvalidArgumentError, match=r"representative_data.*\['bi'\]"):
         ct.convert(qat, "int8", fused_lstm=True)
     tflite = ct.convert(qat, "int8", representative_data=x, fused_lstm=True)

@@ -4,7 +4,7 @@ import pytest
 
 import collabopt.keras as co
 import collabopt.tflite as ct
-from tests.conftest import train_steps
+from tests.conftest import pcqat_trained
 from collabopt.errors import InvalidFileError, InvalidTypeError
 
 
@@ -67,12 +67,7 @@ def _recurrent(cell, bidirectional):
 
 def _pcqat_int8(model, x, y):
     """prune 50% -> sparsity-preserving cluster 8 -> QAT, a couple of steps each, then int8 with representative data."""
-    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
-    train_steps(pruned, x, y, 2, learning_rate=1e-2)
-    clustered = co.cluster_weights(pruned, number_of_clusters=8, preserve_sparsity=True, cluster_centroids_init=co.CentroidInitialization.LINEAR)
-    train_steps(clustered, x, y, 1, learning_rate=1e-2)
-    qat = co.quantize_model(clustered)
-    train_steps(qat, x, y, 2, learning_rate=1e-2)
+    qat = pcqat_trained(model, x, y, 8, 1e-2, cluster_centroids_init=co.CentroidInitialization.LINEAR)
     return qat, ct.convert(qat, "int8", representative_data=x)
 
 

@@ -33,7 +33,7 @@ import pytest
 import collabopt.keras as co
 import collabopt.tflite as ct
 from collabopt import reference_models as zoo
-from tests.conftest import train_steps
+from tests.conftest import pcqat_trained
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +58,7 @@ FAMILIES = sorted(zoo.APPLICATIONS) if os.environ.get("COLLABOPT_ZOO") == "all" 
 
 def pcqat_int8(model, calibrate=False, **convert_options):
     x, y = _data(model)
-    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
-    train_steps(pruned, x, y)
-    clustered = co.cluster_weights(
-        pruned, number_of_clusters=16, preserve_sparsity=True, cluster_centroids_init=co.CentroidInitialization.LINEAR
-    )
-    train_steps(clustered, x, y, 1)
-    qat = co.quantize_model(clustered)
-    train_steps(qat, x, y)
+    qat = pcqat_trained(model, x, y, 16, cluster_centroids_init=co.CentroidInitialization.LINEAR)
     # raises on any float op
     tflite = ct.convert(qat, "int8", representative_data=x if calibrate else None, **convert_options)
     assert tflite.float_islands() == []
