@@ -149,3 +149,11 @@ def test_inspect_table_keeps_full_names():
 
 def test_errors_are_collabopt_errors_and_value_errors():
     assert issubclass(InvalidFileError, CollaboptError) and issubclass(InvalidFileError, ValueError)
+
+
+def test_predict_runs_a_static_batch_file_in_padded_batches_of_its_size():
+    model = keras.Sequential([keras.Input((5,), batch_size=4), keras.layers.Dense(3)])
+    tflite = ct.convert(model, "float32")
+    assert list(tflite.input_details[0]["shape"]) == [4, 5]
+    x = np.random.default_rng(0).normal(size=(10, 5)).astype("float32")  # 4 + 4 + 2 (padded)
+    np.testing.assert_allclose(tflite.predict(x, batch_size=3), model.predict(x, verbose=0), atol=1e-5)
