@@ -42,14 +42,30 @@ def _float32_exact(lo, hi, num_bits: int, narrow_range: bool):
     )
 
 
-def fake_quant(x, lo, hi, num_bits: int, narrow_range: bool):
-    """Per-tensor fake quantization of ``x`` to ``num_bits`` on ``[lo, hi]``."""
+def quantization_range(lo, hi, num_bits: int, narrow_range: bool, per_channel: bool = False):
+    """The ``(lo, hi)`` the fake-quant op receives for a tensor observed on ``[lo, hi]``.
+
+    The range is widened to hold 0; a per-tensor range is also moved onto a
+    grid the converter reads back exactly (see :func:`_float32_exact`).
+    """
     lo, hi = _nudge_range(ops.stop_gradient(lo), ops.stop_gradient(hi))
-    lo, hi = _float32_exact(lo, hi, num_bits, narrow_range)
+    if not per_channel:
+        lo, hi = _float32_exact(lo, hi, num_bits, narrow_range)
+    return lo, hi
+
+
+def fake_quant(x, lo, hi, num_bits: int, narrow_range: bool, final_range: bool = False):
+    """Per-tensor fake quantization of ``x`` to ``num_bits`` on ``[lo, hi]``.
+
+    ``final_range``: ``lo`` and ``hi`` already come from
+    :func:`quantization_range` (e.g. constants frozen for export).
+    """
+    if not final_range:
+        lo, hi = quantization_range(lo, hi, num_bits, narrow_range)
     return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
 
 
-def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range: bool):
+def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range: bool, final_range: bool = False):
     """Per-channel fake quantization along ``channel_axes`` (``lo``/``hi``: one value per channel).
 
     Channels on the last axis are quantized in place; the two trailing axes

@@ -14,7 +14,7 @@ from keras import ops
 
 from collabopt.errors import InvalidArgumentError
 from collabopt.layers import to_channel_rows
-from collabopt.quantization.fake_quant import fake_quant, fake_quant_per_channel
+from collabopt.quantization.fake_quant import fake_quant, fake_quant_per_channel, quantization_range
 
 
 class Quantizer(abc.ABC):
@@ -26,6 +26,10 @@ class Quantizer(abc.ABC):
         symmetric: Range ``[-m, m]`` (zero point 0) instead of ``[min, max]``.
         narrow_range: Use ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (TFLite int8 weights).
     """
+
+    #: The inference range depends on this quantizer's state alone, not on
+    #: the tensor (so export can read it once, eagerly).
+    range_from_state: bool = False
 
     def __init__(self, num_bits=8, per_axis=False, symmetric=False, narrow_range=False):
         if not isinstance(num_bits, int) or not 2 <= num_bits <= 16:
@@ -49,19 +53,40 @@ class Quantizer(abc.ABC):
         """Widens a stateful range to include ``x`` (calibration); no-op for stateless quantizers."""
 
     def __call__(self, x, state: dict, training=False, spec=None, export=False):
-        lo, hi = self.range(x, state, training, spec)
-        if self.symmetric:
-            m = ops.maximum(ops.abs(lo), ops.abs(hi))
-            lo, hi = -m, m
-        if self.per_axis:
-            q = fake_quant_per_channel(x, lo, hi, spec.channel_axes, self.num_bits, self.narrow_range)
-        else:
-            q = fake_quant(x, lo, hi, self.num_bits, self.narrow_range)
+        lo, hi = self._symmetric(*self.range(x, state, training, spec))
+        q = self._fake_quant(x, lo, hi, spec, final_range=False)
         if export or training:
             return q
         # Before the range is known (a fresh QAT model that has seen no data),
         # inference passes values through, so the model predicts as the float one.
         return ops.where(self.is_initialized(state), q, x)
+
+    def export_range(self, x, state: dict, spec=None):
+        """The inference ``(lo, hi)`` exactly as the fake-quant op receives it, as numpy arrays.
+
+        Read once, eagerly, when a model is exported: :meth:`apply_range`
+        then quantizes with these constants, so the exported graph holds no
+        range arithmetic (``x`` matters only to quantizers whose range is
+        the tensor's own, i.e. weights).
+        """
+        lo, hi = self._symmetric(*self.range(x, state, False, spec))
+        lo, hi = quantization_range(lo, hi, self.num_bits, self.narrow_range, per_channel=self.per_axis)
+        return ops.convert_to_numpy(lo), ops.convert_to_numpy(hi)
+
+    def apply_range(self, x, lo, hi, spec=None):
+        """Fake-quantizes ``x`` on a range from :meth:`export_range`."""
+        return self._fake_quant(x, ops.convert_to_tensor(lo), ops.convert_to_tensor(hi), spec, final_range=True)
+
+    def _symmetric(self, lo, hi):
+        if self.symmetric:
+            m = ops.maximum(ops.abs(lo), ops.abs(hi))
+            return -m, m
+        return lo, hi
+
+    def _fake_quant(self, x, lo, hi, spec, final_range):
+        if self.per_axis:
+            return fake_quant_per_channel(x, lo, hi, spec.channel_axes, self.num_bits, self.narrow_range, final_range=final_range)
+        return fake_quant(x, lo, hi, self.num_bits, self.narrow_range, final_range=final_range)
 
     def get_config(self) -> dict:
         return {
@@ -105,6 +130,8 @@ class LastValueQuantizer(Quantizer):
 
 class _RangeQuantizer(Quantizer):
     """A quantizer that keeps a per-tensor range in variables."""
+
+    range_from_state = True
 
     def __init__(self, num_bits=8, per_axis=False, symmetric=False, narrow_range=False):
         if per_axis:
@@ -181,6 +208,8 @@ class AllValuesQuantizer(_RangeQuantizer):
 @keras.saving.register_keras_serializable(package="collabopt")
 class FixedQuantizer(Quantizer):
     """A fixed range ``[init_min, init_max]`` (e.g. for bounded activations)."""
+
+    range_from_state = True
 
     def __init__(self, num_bits=8, init_min=-6.0, init_max=6.0, narrow_range=False, symmetric=False, per_axis=False):
         super().__init__(num_bits, False, symmetric, narrow_range)

@@ -90,6 +90,7 @@ class QuantizeWrapper(OptimizationWrapper):
             raise InvalidArgumentError(f"layer '{self.base_layer.name}': quantize_inputs needs an input_quantizer.")
         self.export_mode = export_mode
         self._export_identity_indices = ()  # set by export_layer
+        self._export_constants = None  # set by export_layer: frozen weights and ranges
         self.weight_quantizers = quantize_config.weight_quantizers(self.base_layer)
         self.quantize_outputs = bool(quantize_outputs)
         self.output_quantizers = quantize_config.output_quantizers(self.base_layer) if quantize_outputs else []
@@ -154,19 +155,33 @@ class QuantizeWrapper(OptimizationWrapper):
         return correction
 
     # --- the pipeline --------------------------------------------------------
-    def transform_weights(self, weights, training):
+    def _prepared_weights(self, weights):
+        """The weights as the fake-quant ops see them: BN folded, in the TFLite kernel's shape."""
         out = dict(weights)
         if self.folded_batchnorm is not None:
             target = self._fold_target()
             out[target] = self._fold(ops.convert_to_tensor(out[target]), target)
         # Quantize each weight in the shape the TFLite kernel consumes (a
         # 1-D conv kernel expanded to rank 4), so the per-channel axis survives.
-        out = to_execution_form(self.base_layer, out)
+        return to_execution_form(self.base_layer, out)
+
+    def transform_weights(self, weights, training):
+        frozen = self._export_constants
+        if frozen is not None:
+            out = {**weights, **{name: ops.convert_to_tensor(value) for name, value in frozen["weights"].items()}}
+            for name, quantizer in self.weight_quantizers.items():
+                out[name] = quantizer.apply_range(out[name], *frozen["ranges"][f"w:{name}"], self.spec(name))
+            return out
+        out = self._prepared_weights(weights)
         for name, quantizer in self.weight_quantizers.items():
             out[name] = quantizer(ops.convert_to_tensor(out[name]), self._states[f"w:{name}"], training, self.spec(name), export=bool(self.export_mode))
         return out
 
-    def _quantize(self, quantizer, x, state, training):
+    def _quantize(self, key, quantizer, x, training):
+        frozen = self._export_constants
+        if frozen is not None and key in frozen["ranges"]:
+            return quantizer.apply_range(x, *frozen["ranges"][key])
+        state = self._states[key]
         if self.calibrating:  # calibrate(): widen the range to what is seen, compute in float
             quantizer.observe(x, state)
             return x
@@ -178,7 +193,7 @@ class QuantizeWrapper(OptimizationWrapper):
         # Integer inputs (token ids of an Embedding) are indices, not values
         # to quantize.
         flat = [
-            self._quantize(self.input_quantizer, x, self._states[f"in:{i}"], training)
+            self._quantize(f"in:{i}", self.input_quantizer, x, training)
             if i < len(self.quantize_inputs) and self.quantize_inputs[i] and _is_float(x)
             else x
             for i, x in enumerate(_flatten(inputs))
@@ -189,15 +204,16 @@ class QuantizeWrapper(OptimizationWrapper):
         if not self.internal_quantizers:
             return None
         skipped = self._export_identity_indices if self.export_mode else ()
-        return lambda x, i: x if i in skipped else self._quantize(self.internal_quantizers[i], x, self._states[f"mid:{i}"], training)
+        return lambda x, i: x if i in skipped else self._quantize(f"mid:{i}", self.internal_quantizers[i], x, training)
 
     def transform_outputs(self, outputs, training):
         if self.folded_batchnorm is not None:
-            outputs = outputs + self._bias_correction()
+            frozen = self._export_constants
+            outputs = outputs + (frozen["bias_correction"] if frozen is not None else self._bias_correction())
         if not self.output_quantizers or (self.export_mode and output_range_calibrated(self.base_layer)):
             return outputs
         flat = [
-            self._quantize(q, x, self._states[f"out:{i}"], training)
+            self._quantize(f"out:{i}", q, x, training)
             for i, (q, x) in enumerate(zip(self.output_quantizers, _flatten(outputs)))
         ]
         return flat if isinstance(outputs, (list, tuple)) else flat[0]
@@ -239,14 +255,52 @@ class QuantizeWrapper(OptimizationWrapper):
                 f"layer '{self.base_layer.name}': quantization ranges {missing} have seen no data. Train the "
                 "QAT model, or call collabopt.keras.calibrate(model, data), before converting to int8."
             )
-        exported = self.with_inner_stripped()
+        # The export form runs the input model's own base layer (read, never
+        # written): every weight the chain transforms, every range and the
+        # folded bias come in as constants read now from this chain, so no
+        # copy of the layer or of the chain's final weights is needed.
+        exported = self.rewrap(self.base_layer)
         exported.export_mode = mode
+        exported._export_constants = self._frozen_for_export()
         # A tensor that the next op leaves unchanged (the converter folds
         # ``* 1`` and ``+ 0``) takes the following range instead of its own;
-        # read from the weights now, eagerly, not while tracing.
+        # read from the weights now, eagerly, not while tracing. (The layers
+        # with such tensors, LayerNormalization, have no chain-transformed weight.)
         names = internal_tensors(exported.base_layer)
         exported._export_identity_indices = tuple(names.index(t) for t in identity_followed_tensors(exported.base_layer))
         return exported
+
+    def _frozen_for_export(self) -> dict:
+        """Every value the exported graph needs that training computes from variables, as numpy.
+
+        The fake-quant ops then take constants (weights after folding, ranges
+        after nudging) instead of the arithmetic that derives them, so the
+        traced graph is several times smaller and converts faster; the
+        converter folds that arithmetic to the same constants anyway.
+        A range a quantizer reads from the tensor itself (not from its state)
+        stays computed in the graph.
+        """
+        weights = {name: ops.convert_to_numpy(value) for name, value in self._prepared_weights(self.inner_weights(False)).items()}
+        ranges = {
+            f"w:{name}": quantizer.export_range(ops.convert_to_tensor(weights[name]), self._states[f"w:{name}"], self.spec(name))
+            for name, quantizer in self.weight_quantizers.items()
+        }
+        keyed = [(f"out:{i}", q) for i, q in enumerate(self.output_quantizers)]
+        keyed += [(f"in:{i}", self.input_quantizer) for i, flag in enumerate(self.quantize_inputs) if flag]
+        keyed += [(f"mid:{i}", q) for i, q in enumerate(self.internal_quantizers)]
+        for key, quantizer in keyed:
+            if quantizer.range_from_state:
+                ranges[key] = quantizer.export_range(None, self._states[key])
+        correction = ops.convert_to_numpy(self._bias_correction()) if self.folded_batchnorm is not None else None
+        return {"weights": weights, "ranges": ranges, "bias_correction": correction}
+
+    def rewrap(self, new_inner) -> "QuantizeWrapper":
+        # An export form keeps its frozen constants around a new inner layer
+        # (e.g. the unrolled copy of a recurrent layer).
+        new = super().rewrap(new_inner)
+        new._export_constants = self._export_constants
+        new._export_identity_indices = self._export_identity_indices
+        return new
 
     def with_inner_stripped(self) -> "QuantizeWrapper":
         """This wrapper (config and state) around the inner chain's final weights as a plain layer."""

@@ -9,17 +9,38 @@ weights (ranking breaks ties), so a kernel's sparsity equals the target.
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 POOLING_TYPES = ("AVG", "MAX")
 
 
 def _rank_mask(scores, sparsity):
-    """1 for all but the ``round(sparsity * n)`` smallest scores of a flat tensor."""
+    """1 for all but the ``round(sparsity * n)`` smallest scores of a flat tensor.
+
+    Ties at the threshold are zeroed lowest index first, so exactly
+    ``round(sparsity * n)`` entries are 0. Linear time: the threshold is the
+    k-th smallest score (a selection, not a sort; sorting ResNet50's kernels
+    twice per step was most of a pruned training step).
+
+    >>> import numpy as np
+    >>> np.asarray(_rank_mask(np.array([3.0, 1.0, 1.0, 2.0, 1.0], "float32"), 0.4)).tolist()
+    [1.0, 0.0, 0.0, 1.0, 1.0]
+    """
     n = int(scores.shape[0])
     k = ops.cast(ops.round(ops.cast(sparsity, "float32") * n), "int32")
-    ranks = ops.argsort(ops.argsort(scores))  # 0 = smallest
-    return ops.cast(ops.greater_equal(ops.cast(ranks, "int32"), k), "float32")
+    k = ops.clip(k, 0, n)
+    # ``NthElement`` (std::nth_element) has no keras.ops counterpart; the
+    # library exports through TensorFlow, so the TF op is always there.
+    threshold = tf.raw_ops.NthElement(input=scores, n=ops.maximum(k - 1, 0))
+    below = ops.less(scores, threshold)
+    tied = ops.equal(scores, threshold)
+    # Of the scores equal to the threshold, zero the first ``k - #below``.
+    needed = k - ops.sum(ops.cast(below, "int32"))
+    tie_rank = ops.cumsum(ops.cast(tied, "int32"))
+    zeroed = ops.logical_or(below, ops.logical_and(tied, ops.less_equal(tie_rank, needed)))
+    zeroed = ops.logical_and(zeroed, ops.greater(k, 0))
+    return ops.cast(ops.logical_not(zeroed), "float32")
 
 
 def magnitude_mask(weight, sparsity):

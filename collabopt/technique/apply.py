@@ -80,7 +80,11 @@ def apply(target, config: TechniqueConfig, *, what: str | None = None, **handler
     technique = get_technique(config.technique)
     what = what or technique.function
     config.validate()
-    target = config.prepare(target, what)
+    prepared = config.prepare(target, what)
+    # A model that ``prepare`` rebuilt (quantize_model's annotated copy) is
+    # this call's own: its layers move into the result instead of being copied again.
+    reuse_layers = isinstance(target, keras.Model) and prepared is not target
+    target = prepared
     plan = config.plan(target, what) if isinstance(target, keras.Model) else None
 
     def classify(layer):
@@ -98,6 +102,7 @@ def apply(target, config: TechniqueConfig, *, what: str | None = None, **handler
         wrap=wrap,
         replace=lambda layer: config.replace(layer, plan),
         what=what,
+        reuse_layers=reuse_layers,
         accepted=f"layers with weights to {technique.name} (Dense, Conv*, DepthwiseConv*, SeparableConv*, "
         f"Conv*Transpose, Embedding, or a custom layer declaring them)",
     )

@@ -73,7 +73,11 @@ def export_model(model: keras.Model, mode: str | None = None, *, fused_lstm: boo
     (LayerNormalization's NEG) runs as :class:`TFLiteForm`. Recurrent layers
     run unrolled, or, with ``fused_lstm``, every LSTM runs as
     :class:`FusedLSTM` holding its final (for QAT: fake-quantized) weights.
-    The input model is not modified.
+    The input model is not modified. For int8, a quantization wrapper's
+    export form runs the input's own base layer, with the chain's final
+    weights, the ranges and any folded bias as constants read once here, so
+    the result shares those layers with ``model``: it is for conversion, not
+    for training.
     """
     exportable = _exportable
     integer_export = mode == "int8"

@@ -22,6 +22,7 @@ def apply_per_layer(
     replace: Callable[[keras.layers.Layer], keras.layers.Layer | None] | None = None,
     what: str,
     accepted: str,
+    reuse_layers: bool = False,
 ):
     """Wraps the layers of ``target`` that ``classify`` accepts.
 
@@ -36,6 +37,8 @@ def apply_per_layer(
             that are not wrapped (default: all kept).
         what: The public function's name, for messages.
         accepted: What would be accepted, for the error on an explicit layer.
+        reuse_layers: ``target`` is a model the caller built and drops; its
+            layers go into the result uncopied (see :func:`map_layers`).
 
     Returns:
         The wrapped layer, list, or new model. Unsupported layers of a model
@@ -76,7 +79,7 @@ def apply_per_layer(
                 skipped.append(f"{layer.name} ({type(layer).__name__})")
             return replace(layer) if replace is not None else None
 
-        result = map_layers(target, fn, what=what)
+        result = map_layers(target, fn, what=what, reuse_layers=reuse_layers)
         if skipped:
             warnings.warn(
                 f"{what}: left unchanged {len(skipped)} layer(s) it does not support: {', '.join(skipped)}.",

@@ -37,7 +37,9 @@ def is_opaque_model(layer) -> bool:
     return isinstance(layer, keras.Model) and not is_graph_model(layer)
 
 
-def map_layers(model, fn: LayerFn, *, what: str = "rewrite", merge_ops_as_layers: bool = False, replaces=None):
+def map_layers(
+    model, fn: LayerFn, *, what: str = "rewrite", merge_ops_as_layers: bool = False, replaces=None, reuse_layers: bool = False
+):
     """Returns a copy of ``model`` with ``fn`` applied to every layer.
 
     ``fn`` receives a *copy* of each layer (weights included) and returns its
@@ -61,6 +63,11 @@ def map_layers(model, fn: LayerFn, *, what: str = "rewrite", merge_ops_as_layers
             of a Functional graph (``a + b``, ``a * b``, ``keras.ops.maximum``)
             as the equivalent ``keras.layers`` merge layer (named as the
             operation), which ``fn`` then receives like any other layer.
+        replaces: See above.
+        reuse_layers: ``fn`` receives, and the result keeps, ``model``'s own
+            layers instead of copies. Only for a model the caller built
+            itself and then drops (an intermediate of a multi-pass rewrite):
+            copying every layer, variables and all, is most of a pass.
 
     Returns:
         The rewritten model (or layer).
@@ -109,8 +116,8 @@ def map_layers(model, fn: LayerFn, *, what: str = "rewrite", merge_ops_as_layers
                 return merge_call(layer, lambda merge: fn(merge) or merge)
             return layer
         if replaces is not None:
-            return fn(layer) if replaces(layer) else copy_layer_or_share(layer)
-        copy = copy_layer_or_share(layer)
+            return fn(layer) if replaces(layer) else (layer if reuse_layers else copy_layer_or_share(layer))
+        copy = layer if reuse_layers else copy_layer_or_share(layer)
         result = fn(copy)
         return copy if result is None else result
 
