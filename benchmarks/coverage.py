@@ -160,20 +160,22 @@ def _rss_gib(pid: int) -> float:
         return 0.0
 
 
-def run_isolated(args, python=sys.executable, memory_limit_gib: float | None = None) -> dict:
+def run_isolated(args, python=sys.executable, memory_limit_gib: float | None = None, time_limit_min: float | None = None) -> dict:
     """Runs a measuring process; returns its last JSON line, or an error row.
 
     With ``memory_limit_gib``, the process is stopped once its resident memory
     passes the limit (instead of pushing a shared machine into swap-less
-    thrashing), and the row says so with the last stage it reported.
+    thrashing); with ``time_limit_min``, once it has run that long. Either
+    way the row says so, with the last stage the process reported.
     """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(HERE.parent))
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([python, *args], stdout=out, stderr=err, text=True, env=env)
-        peak = 0.0
+        peak, start, timed_out = 0.0, time.monotonic(), False
         while proc.poll() is None:
             peak = max(peak, _rss_gib(proc.pid))
-            if memory_limit_gib and peak > memory_limit_gib:
+            timed_out = bool(time_limit_min) and time.monotonic() - start > 60 * time_limit_min
+            if (memory_limit_gib and peak > memory_limit_gib) or timed_out:
                 proc.kill()
                 proc.wait()
                 break
@@ -185,9 +187,11 @@ def run_isolated(args, python=sys.executable, memory_limit_gib: float | None = N
         if line.startswith("{"):
             return dict(json.loads(line), peak_rss_gib=round(peak, 1))
     stages = [line.split("] ", 1)[1] for line in stderr.splitlines() if line.startswith("[stage] ")]
+    where = f" during {stages[-1]}" if stages else ""
     if memory_limit_gib and peak > memory_limit_gib:
-        where = f" during {stages[-1]}" if stages else ""
         return {"error": f"stopped: resident memory passed {memory_limit_gib:g} GiB{where}", "stages": stages}
+    if timed_out:
+        return {"error": f"stopped: still running after {time_limit_min:g} min{where}", "stages": stages}
     return {"error": (stderr.strip().splitlines() or ["no output"])[-1][:200], "stages": stages}
 
 
@@ -298,6 +302,10 @@ def main():
         "--memory-limit-gib", type=float, default=16.0,
         help="stop a TFMOT process whose resident memory passes this (GiB); its row records where",
     )
+    parser.add_argument(
+        "--time-limit-min", type=float, default=40.0,
+        help="stop a TFMOT process still running after this many minutes; its row records where",
+    )
     parser.add_argument("--write-only", action="store_true", help="measure nothing; write the table from --results")
     args = parser.parse_args()
     if args.one:
@@ -315,7 +323,7 @@ def main():
             print(f"[coverage] {json.dumps(row)}", flush=True)
         if args.tfmot_python:
             peer = [str(HERE / "peer_tfmot.py"), "coverage", "--model", name, "--out", args.files]
-            row = run_isolated(peer, args.tfmot_python, args.memory_limit_gib)
+            row = run_isolated(peer, args.tfmot_python, args.memory_limit_gib, args.time_limit_min)
             ptq_file = pathlib.Path(args.files) / f"{name}_ptq.tflite"
             if "error" in row and "ptq done" in row.get("stages", ()) and ptq_file.exists():
                 # Stopped after PTQ: the PTQ file is complete, the chain is what failed.

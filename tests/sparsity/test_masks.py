@@ -44,3 +44,25 @@ def test_block_mask_zeroes_whole_blocks_by_pooled_magnitude():
     # the two blocks of the top rows have the smallest average magnitudes
     np.testing.assert_array_equal(mask[:2], 0)
     np.testing.assert_array_equal(mask[2:], 1)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77, 1.0])
+def test_magnitude_mask_zeroes_exactly_the_k_smallest_with_ties_lowest_index_first(sparsity):
+    # The linear-time selection must zero the same weights as a stable sort:
+    # exactly round(s * n) of them, the smallest, and among equal magnitudes
+    # the lowest indices first (quantized or clustered weights tie a lot).
+    rng = np.random.default_rng(1)
+    for weight in (rng.integers(-3, 4, (7, 9)).astype("float32"), rand(5, 4, 3), np.zeros((4, 4), "float32")):
+        mask = np.asarray(masks.magnitude_mask(weight, sparsity)).reshape(-1)
+        n = weight.size
+        k = int(np.round(np.float32(sparsity) * n))
+        ranks = np.empty(n, int)
+        ranks[np.argsort(np.abs(weight).reshape(-1), kind="stable")] = np.arange(n)
+        np.testing.assert_array_equal(mask, (ranks >= k).astype("float32"))
+
+
+def test_magnitude_mask_of_a_large_kernel_is_exact():
+    weight = rand(3, 3, 256, 512)
+    mask = np.asarray(masks.magnitude_mask(weight, 0.5))
+    assert mask.sum() == weight.size // 2
+    assert np.abs(weight)[mask == 0].max() <= np.abs(weight)[mask == 1].min()
