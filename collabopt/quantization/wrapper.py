@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.layers import OptimizationWrapper, base_layer, get_variable, layer_roles, spec_for, weight_specs
+from collabopt.layers import OptimizationWrapper, base_layer, get_variable, layer_roles, spec_for, weight_specs, wrapper_chain
 from collabopt.layers.copy import copy_layer_or_share
 from collabopt.layers.execution import (
     identity_followed_tensors,
@@ -258,8 +258,11 @@ class QuantizeWrapper(OptimizationWrapper):
         # The export form runs the input model's own base layer (read, never
         # written): every weight the chain transforms, every range and the
         # folded bias come in as constants read now from this chain, so no
-        # copy of the layer or of the chain's final weights is needed.
-        exported = self.rewrap(self.base_layer)
+        # copy of the layer or of the chain's final weights is needed. A
+        # wrapper inside whose stripped form changes more than those weights
+        # (filter pruning zeroes the bias of its pruned channels) is stripped.
+        shares_base = all(type(w).stripped is OptimizationWrapper.stripped for w in wrapper_chain(self.layer))
+        exported = self.rewrap(self.base_layer) if shares_base else self.with_inner_stripped()
         exported.export_mode = mode
         exported._export_constants = self._frozen_for_export()
         # A tensor that the next op leaves unchanged (the converter folds

@@ -6,6 +6,7 @@ import pytest
 
 import collabopt.keras as co
 import collabopt.tflite as ct
+from collabopt.layers import wrapper_chain
 from collabopt.preserve import CHANNELS, constraints_on
 from collabopt.tflite.flatbuffer import parse
 from tests.conftest import rand
@@ -55,6 +56,11 @@ def test_prune_then_quantize_without_strip_keeps_zero_channels_in_the_file():
     kernel = next(t for t in graph.tensors if t.data is not None and t.data.shape == (8, 3, 3, 1))
     holds, found = CHANNELS.check(state, kernel)
     assert holds and found == 4
+    # The pruned channels output exact zeros: their bias is zero in the file too.
+    op = next(o for o in graph.operators if kernel.index in o.inputs)
+    bias = graph.tensors[op.inputs[2]].data
+    pruned_channels = next(w for w in wrapper_chain(conv) if hasattr(w, "pruned_output_channels")).pruned_output_channels()
+    assert np.all(bias[pruned_channels] == 0) and np.any(bias[~pruned_channels] != 0)
     assert not tfl.float_islands()
 
 
@@ -79,3 +85,23 @@ def test_stripped_model_converts_to_every_mode(mode):
     tfl = ct.convert(small, mode, representative_data=x if mode in ("int8", "int16x8") else None)
     tol = 1e-4 if mode == "float32" else 0.5
     np.testing.assert_allclose(tfl.predict(x[:4]), small.predict(x[:4], verbose=0), atol=tol)
+
+
+@pytest.mark.slow
+def test_pruned_channels_of_a_conv_without_batchnorm_export_zero_bias_after_qat():
+    # No BN to fold: the pruned channels' zero output comes from their bias
+    # alone, which the filter-pruning strip zeroes; int8 export must keep that.
+    x_in = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(x_in)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    model = keras.Model(x_in, keras.layers.Dense(3, name="logits")(h))
+    model.get_layer("conv").bias.assign(np.linspace(0.1, 0.8, 8).astype("float32"))
+    x, y = _data(model)
+    qat = _fit(co.quantize_model(_fit(co.prune_filters(model, 0.5), x, y)), x, y)
+    conv = qat.get_layer("quant_conv")
+    pruned_channels = next(w for w in wrapper_chain(conv) if hasattr(w, "pruned_output_channels")).pruned_output_channels()
+    assert pruned_channels.sum() == 4
+    graph = parse(ct.convert(qat, "int8").content)
+    op = next(o for o in graph.operators if o.op == "CONV_2D")
+    bias = graph.tensors[op.inputs[2]].data
+    assert np.all(bias[pruned_channels] == 0) and np.all(bias[~pruned_channels] != 0)
