@@ -71,9 +71,10 @@ def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range:
     Channels on the last axis are quantized in place; the two trailing axes
     of a depthwise kernel (in, multiplier) are merged by a reshape; any other
     axis is moved last and back. These are the forms the TFLite converter
-    folds into per-channel int8 weights.
+    folds into per-channel int8 weights. ``final_range`` as in :func:`fake_quant`.
     """
-    lo, hi = _nudge_range(ops.stop_gradient(lo), ops.stop_gradient(hi))
+    if not final_range:
+        lo, hi = quantization_range(lo, hi, num_bits, narrow_range, per_channel=True)
     rank = len(x.shape)
     axes = tuple(sorted(a % rank for a in channel_axes))
     fq = tf.quantization.fake_quant_with_min_max_vars_per_channel
