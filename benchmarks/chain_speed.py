@@ -103,6 +103,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="MobileNetV2,ResNet50,NASNetMobile")
     parser.add_argument("--section", default="chain on real models: seconds per stage")
+    parser.add_argument("--note", default="", help="a line to add above the table (e.g. which commit was measured)")
     args = parser.parse_args()
     rows = []
     for name in args.models.split(","):
@@ -111,7 +112,9 @@ def main():
         print(rows[-1], flush=True)
     body = (
         "Eager steps on a batch of 4 at the family's smallest input; a step is the mean of 2 after one untimed "
-        "step. Ratios are ours over plain Keras in the same run.\n\n" + table(rows)
+        "step. Ratios are ours over plain Keras in the same run.\n\n"
+        + (args.note + "\n\n" if args.note else "")
+        + table(rows)
     )
     write_section(args.section, body)
 

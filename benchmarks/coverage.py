@@ -204,6 +204,13 @@ def cell(value) -> str:
     return (text[:110] + " …" if len(text) > 110 else text).replace("|", "/")
 
 
+def _seconds(row) -> str:
+    """PTQ + chain seconds; — for a run that was stopped (it reported none)."""
+    if "ptq_seconds" not in row and "pcqat_seconds" not in row:
+        return "—"
+    return f"{row.get('ptq_seconds', 0) + row.get('pcqat_seconds', 0):.0f}"
+
+
 def write(rows, path, tfmot_rows=None):
     from results_file import machine
 
@@ -263,8 +270,7 @@ def write(rows, path, tfmot_rows=None):
         for row in tfmot_rows:
             lines.append(
                 f"| {row.get('model')} | {cell(row.get('ptq', row.get('error')))} | {cell(row.get('pcqat'))} | "
-                f"{cell(row.get('pcqat_calibrated'))} | {row.get('kept', '—')} | "
-                f"{row.get('ptq_seconds', 0) + row.get('pcqat_seconds', 0):.0f} |"
+                f"{cell(row.get('pcqat_calibrated'))} | {row.get('kept', '—')} | {_seconds(row)} |"
             )
     lines += [
         "",
@@ -278,10 +284,14 @@ def write(rows, path, tfmot_rows=None):
         "`verified` is the per-weight check of `verify()`; `kernels "
         "kept` reads the file alone and counts every kernel-shaped int8 constant, also ones the chain does not own "
         "(the transformer's 11 against its 8 optimized weights). — : not measured (a row kept from an earlier "
-        "run with a different count). A model missing from the TFMOT table has no completed run on that side: "
-        "TFMOT's prune → cluster → QAT took 6 minutes for MobileNet and over 30 for InceptionV3 on this machine, "
-        "and ResNet50's run grew past 21 GiB of resident memory on this 24 GiB machine (2026-11-25) and was "
-        "stopped by hand; `--memory-limit-gib` (default 16) now stops such a run and its row names the stage.",
+        "run with a different count). `seconds` is as measured on the row's date (kept in benchmarks/coverage.json): "
+        "collabopt rows measured before 2026-12-03 predate linear-time pruning masks, one layer copy per "
+        "`quantize_model` and constant-frozen int8 export, which made the chain about 1.5-2x faster on these "
+        "models (benchmarks/RESULTS.md, 'chain on real models'). A TFMOT run is stopped once its resident memory "
+        "passes `--memory-limit-gib` (default 16) or it has run `--time-limit-min` (default 40; the rows of "
+        "2026-12-03 ran with 15), and its row names the stage it was in; ResNet50's run grew past 21 GiB on this "
+        "24 GiB machine (2026-11-25) before either limit existed. A model missing from the TFMOT table has no "
+        "run on that side yet.",
         "",
     ]
     path.write_text("\n".join(lines))
