@@ -110,6 +110,9 @@ def _cases():
         "GroupNormalization": image(lambda: L.GroupNormalization(2)),
         "UnitNormalization": vector(L.UnitNormalization),
         "Rescaling": image(lambda: L.Rescaling(0.5, offset=0.1), before=False),
+        "RandomFlip + RandomRotation + RandomZoom": image(
+            lambda: keras.Sequential([L.RandomFlip(), L.RandomRotation(0.1), L.RandomZoom(0.1)]), before=False
+        ),
         "Resizing (bilinear)": image(lambda: L.Resizing(4, 4)),
         "UpSampling2D (nearest)": image(L.UpSampling2D),
         "UpSampling2D (bilinear)": image(lambda: L.UpSampling2D(interpolation="bilinear")),

@@ -60,10 +60,27 @@ def _rebuildable(layer) -> bool:
     return True
 
 
+def held_classes_in_scope(wrapper):
+    """A custom-object scope with the classes of the configurable objects ``wrapper`` holds.
+
+    A wrapper rebuilt in memory from its own config (a copy, or the same
+    state around a new inner layer) deserializes the objects it holds, e.g.
+    a user's QuantizeConfig subclass; their live classes are in scope, so
+    they need not be registered (only loading a file needs that).
+    """
+    held = {
+        type(v).__name__: type(v)
+        for v in vars(wrapper).values()
+        if hasattr(v, "get_config") and not isinstance(v, (keras.layers.Layer, keras.Variable))
+    }
+    return keras.saving.custom_object_scope(held)
+
+
 def _copy_wrapper(wrapper):
     config = wrapper.get_config()
     config.pop("layer")
-    new = type(wrapper).from_config_with_layer(config, copy_layer_or_share(wrapper.layer))
+    with held_classes_in_scope(wrapper):
+        new = type(wrapper).from_config_with_layer(config, copy_layer_or_share(wrapper.layer))
     if wrapper.built:
         build_config = wrapper.get_build_config()
         if build_config and not new.built:

@@ -163,12 +163,28 @@ def _reshape_channels(layer):
 
 
 L = keras.layers
+#: keras.layers classes that return their input unchanged at inference
+#: (checked with ``training=False``); a name this Keras lacks is skipped.
+_AUGMENTATION_LAYERS = tuple(
+    getattr(L, name)
+    for name in (
+        "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast", "RandomBrightness",
+        "RandomColorDegeneration", "RandomColorJitter", "RandomElasticTransform", "RandomErasing",
+        "RandomGaussianBlur", "RandomGrayscale", "RandomHue", "RandomInvert", "RandomPerspective",
+        "RandomPosterization", "RandomSaturation", "RandomSharpness", "RandomShear", "AugMix", "RandAugment",
+        "CutMix", "MixUp",
+    )
+    if hasattr(L, name)
+)  # fmt: skip
 _BUILT_IN: list[tuple[tuple, LayerRoles]] = [
     # Weightless; outputs are values of the input (TFLite keeps its scale).
     ((L.InputLayer, L.Permute), LayerRoles(passthrough=True, same_scale=True)),
     ((L.Flatten,), LayerRoles(passthrough=True, same_scale=True, channels=FLATTENS)),
     ((L.Reshape,), LayerRoles(passthrough=True, same_scale=True, channels=_reshape_channels)),
     ((L.Dropout, L.GaussianNoise, L.Identity), LayerRoles(passthrough=True, same_scale=True, channels=ELEMENTWISE)),
+    # Data augmentation: random in training, the identity at inference (so
+    # in the exported file), where a scale of its own would leave a requantize.
+    (_AUGMENTATION_LAYERS, LayerRoles(passthrough=True, same_scale=True, channels=ELEMENTWISE)),
     (
         (
             L.SpatialDropout1D, L.SpatialDropout2D, L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.layers.copy import copy_layer
+from collabopt.layers.copy import copy_layer, held_classes_in_scope
 from collabopt.layers.registry import call_with_weights, declared_specs, get_variable, optimizable_variables, spec_for
 
 
@@ -181,7 +181,8 @@ class OptimizationWrapper(RewrappingWrapper):
         """A copy of this wrapper (config and own state) around ``new_inner``."""
         config = self.get_config()
         config.pop("layer")
-        new = type(self).from_config_with_layer(config, new_inner)
+        with held_classes_in_scope(self):
+            new = type(self).from_config_with_layer(config, new_inner)
         build_config = self.get_build_config()
         if build_config:
             new.build_from_config(build_config)

@@ -77,7 +77,14 @@ def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range:
         lo, hi = quantization_range(lo, hi, num_bits, narrow_range, per_channel=True)
     rank = len(x.shape)
     axes = tuple(sorted(a % rank for a in channel_axes))
-    fq = tf.quantization.fake_quant_with_min_max_vars_per_channel
+
+    def fq(x, lo, hi, num_bits, narrow_range):
+        if len(x.shape) <= 4 or final_range:
+            return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                x, lo, hi, num_bits=num_bits, narrow_range=narrow_range
+            )
+        return _per_channel_any_rank(x, lo, hi, num_bits, narrow_range)
+
     if axes == (rank - 1,):
         return fq(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
     if axes == (rank - 2, rank - 1):
@@ -90,3 +97,35 @@ def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range:
         moved = ops.transpose(x, perm)
         return ops.transpose(fq(moved, lo, hi, num_bits=num_bits, narrow_range=narrow_range), inverse)
     raise InvalidArgumentError(f"per-channel quantization over axes {channel_axes} of a rank-{rank} weight is not supported.")
+
+
+def _per_channel_any_rank(x, lo, hi, num_bits: int, narrow_range: bool):
+    """Per-channel fake quantization (last axis) of a weight of rank > 4, e.g. a Conv3D kernel.
+
+    TF's per-channel op runs at any rank, but its gradient takes rank <= 4:
+    the gradient is computed on the weight viewed as ``(-1, channels)``,
+    the same per-channel grid. (An exported graph, ``final_range``, keeps
+    the plain op: the converter reads it, and needs no gradient.)
+    """
+    channels = x.shape[-1]
+
+    @tf.custom_gradient
+    def quantize(x, lo, hi):
+        y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            x, lo, hi, num_bits=num_bits, narrow_range=narrow_range
+        )
+
+        def gradient(dy):
+            dx, dlo, dhi = tf.quantization.fake_quant_with_min_max_vars_per_channel_gradient(
+                tf.reshape(dy, (-1, channels)),
+                tf.reshape(x, (-1, channels)),
+                lo,
+                hi,
+                num_bits=num_bits,
+                narrow_range=narrow_range,
+            )
+            return tf.reshape(dx, tf.shape(x)), dlo, dhi
+
+        return y, gradient
+
+    return quantize(x, lo, hi)

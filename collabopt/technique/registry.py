@@ -20,7 +20,7 @@ import dataclasses
 
 import keras
 
-from collabopt.errors import InvalidArgumentError
+from collabopt.errors import InvalidArgumentError, InvalidTypeError
 from collabopt.layers import OptimizationWrapper
 
 #: Chain positions of the built-in techniques (a new technique may take one of
@@ -136,16 +136,37 @@ def chain_techniques(layer) -> list[tuple[keras.layers.Layer, Technique]]:
 
 
 @contextlib.contextmanager
-def tfmot_scope(*args, **kwargs):
-    """Accepted for TFMOT compatibility (``prune_scope``, ``cluster_scope``, ``quantize_scope``).
+def tfmot_scope(*custom_objects: dict):
+    """TFMOT's ``prune_scope`` / ``cluster_scope`` / ``quantize_scope``: custom classes for loading.
 
-    collabopt's wrappers are registered Keras serializables, so loading a model
-    needs no scope; this one does nothing.
+    collabopt's own wrappers are registered Keras serializables, so loading a
+    model needs no scope. As in TFMOT, each argument is a dict of the user's
+    own classes (a custom layer, a ``QuantizeConfig`` subclass), made visible
+    to ``keras.models.load_model`` and deserialization inside the scope.
+
+    Args:
+        *custom_objects: dicts ``{"ClassName": Class}``.
+
+    Raises:
+        InvalidTypeError: an argument is not a dict.
 
     Example:
 
-    >>> import collabopt.keras as co
-    >>> with co.prune_scope():
-    ...     pass
+    >>> import keras, collabopt.keras as co
+    >>> class Twice(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return 2 * x
+    >>> with co.quantize_scope({"Twice": Twice}):
+    ...     layer = keras.saving.deserialize_keras_object({"class_name": "Twice", "config": {}})
+    >>> type(layer).__name__
+    'Twice'
     """
-    yield
+    merged = {}
+    for i, objects in enumerate(custom_objects):
+        if not isinstance(objects, dict):
+            raise InvalidTypeError(
+                f"scope argument {i}: expected a dict of custom objects {{'Name': Class}}; received {objects!r}."
+            )
+        merged.update(objects)
+    with keras.saving.custom_object_scope(merged):
+        yield

@@ -4,6 +4,7 @@ import pytest
 
 import collabopt.keras as co
 import collabopt.tflite as ct
+from collabopt.errors import ConversionError
 from collabopt.quantization import quantize_wrappers
 from collabopt.reference_models import compile_for_classification
 from tests.conftest import MatMul, rand, train_steps
@@ -399,3 +400,49 @@ def test_gru_returning_sequences_exports_full_int8_after_qat(bidirectional):
     assert tflite.float_islands() == []
     agree = (tflite.predict(x).argmax(1) == qat.predict(x, verbose=0).argmax(1)).mean()
     assert agree >= 0.75, agree
+
+
+def test_conv3d_trains_with_per_channel_weights_and_stays_a_named_float_op():
+    """TF's per-channel fake-quant gradient takes rank <= 4; a Conv3D kernel is rank 5.
+
+    LiteRT has no int8 CONV_3D (post-training int8 leaves it float too), so
+    the file keeps it float: by default convert names it, and with
+    ``allow_float_islands`` the rest of the model is int8.
+    """
+    i = keras.Input((4, 6, 6, 2))
+    h = L.Conv3D(4, 3, padding="same", activation="relu", name="c3")(i)
+    model = keras.Model(i, L.Dense(3, name="fc")(L.GlobalAveragePooling3D()(h)))
+    clustered = co.cluster_weights(model, number_of_clusters=4)
+    qat = co.quantize_model(co.strip_clustering(clustered))
+    qat.compile(optimizer="adam", loss="mse")
+    trained = [w for w in qat.get_layer("quant_c3").trainable_weights if "centroids" in w.path]
+    before = [w.numpy().copy() for w in trained]
+    qat.fit(rand(8, 4, 6, 6, 2), rand(8, 3), verbose=0)
+    # the gradient reached the clusters through the rank-5 fake quant
+    assert trained and all(not np.array_equal(b, w.numpy()) for b, w in zip(before, trained))
+    with pytest.raises(ConversionError, match="CONV_3D"):
+        ct.convert(qat, "int8")
+    tflite = ct.convert(qat, "int8", allow_float_islands=True)
+    islands = tflite.float_islands()
+    assert "CONV_3D" in {island["op"] for island in islands}
+    assert all("c3" in name for island in islands for name in island["float_tensors"]), islands  # only the Conv3D
+    report = ct.verify(qat, tflite)
+    assert report.all_hold and "c3" in {c.layer for c in report}, str(report)
+
+
+@pytest.mark.parametrize(
+    "augmentation",
+    [L.RandomFlip, lambda: L.RandomRotation(0.1), lambda: L.RandomZoom(0.1), lambda: L.RandomContrast(0.2)],
+    ids=["flip", "rotation", "zoom", "contrast"],
+)
+def test_augmentation_layers_export_full_int8_after_qat(augmentation):
+    """Random augmentation is the identity at inference: no scale of its own, so no requantize in the file."""
+    i = keras.Input((8, 8, 3))
+    h = augmentation()(i)
+    h = L.Conv2D(4, 3, activation="relu", name="c")(h)
+    model = keras.Model(i, L.Dense(3, name="fc")(L.GlobalAveragePooling2D()(h)))
+    qat = co.quantize_model(model)
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(rand(8, 8, 8, 3), rand(8, 3), verbose=0)
+    tflite = ct.convert(qat, "int8")
+    assert tflite.float_islands() == [] and "DEQUANTIZE" not in tflite.ops()
