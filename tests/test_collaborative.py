@@ -177,3 +177,37 @@ def test_time_distributed_layers_go_through_the_whole_chain(tmp_path):
     assert report.all_hold, str(report)
     assert {"td_conv", "td_fc"} <= {c.layer for c in report}
     assert {c.kind for c in report} >= {"sparsity", "clusters"}
+
+
+def test_tfmot_conversion_recipe_on_the_pcqat_model_gives_the_same_int8_file():
+    """TFMOT's recipe, ``TFLiteConverter.from_keras_model(qat)`` with ``Optimize.DEFAULT``, on our PCQAT model.
+
+    The converter must fold every fake-quantized weight of the training
+    graph (a select around a weight's fake quant kept the Conv2D filter from
+    folding: 'tfl.transpose op has mismatched quantized axes').
+    """
+    import tensorflow as tf
+
+    from tests.conftest import pcqat_trained, rand
+
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            L.Conv2D(8, 3, use_bias=False, name="conv"),
+            L.BatchNormalization(name="bn"),
+            L.ReLU(),
+            L.DepthwiseConv2D(3, name="dw"),
+            L.MaxPooling2D(),
+            L.Flatten(),
+            L.Dense(10, name="fc"),
+        ]
+    )
+    x, y = rand(8, 12, 12, 1), np.arange(8) % 10
+    qat = pcqat_trained(model, x, y, 8)
+    converter = tf.lite.TFLiteConverter.from_keras_model(qat)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    direct = ct.TFLiteModel(converter.convert(), mode="int8")
+    assert direct.float_islands() == [] and {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(direct.ops())
+    assert ct.verify(qat, direct).all_hold
+    np.testing.assert_array_equal(direct.predict(x), ct.convert(qat, "int8").predict(x))

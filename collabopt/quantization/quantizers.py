@@ -55,7 +55,10 @@ class Quantizer(abc.ABC):
     def __call__(self, x, state: dict, training=False, spec=None, export=False):
         lo, hi = self._symmetric(*self.range(x, state, training, spec))
         q = self._fake_quant(x, lo, hi, spec, final_range=False)
-        if export or training:
+        if export or training or type(self).is_initialized is Quantizer.is_initialized:
+            # (A stateless range, e.g. a weight's own min/max, is always known:
+            # no select, which would also keep the TFLite converter from
+            # folding the weight when it converts the QAT model directly.)
             return q
         # Before the range is known (a fresh QAT model that has seen no data),
         # inference passes values through, so the model predicts as the float one.
