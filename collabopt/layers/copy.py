@@ -6,8 +6,12 @@ import keras
 from collabopt.errors import InvalidArgumentError
 
 
-def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+def copy_layer(layer: keras.layers.Layer, dtype: str | None = None) -> keras.layers.Layer:
     """A new layer of the same class, config, name and weight values.
+
+    ``dtype``: a dtype policy name for the copy (and any layer it wraps)
+    instead of the layer's own, e.g. ``"float32"`` for a layer trained under
+    ``mixed_float16``, whose variables are float32 already.
 
     Uses only public serialization hooks: ``get_config``/``from_config`` for
     the structure, ``get_build_config``/``build_from_config`` to create the
@@ -16,7 +20,7 @@ def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     (``from_config_with_layer``), so a Lambda inside is never deserialized.
     """
     if isinstance(layer, keras.layers.Wrapper) and hasattr(type(layer), "from_config_with_layer"):
-        return _copy_wrapper(layer)
+        return _copy_wrapper(layer, dtype)
     # `from_config` of the live class (as keras.models.clone_model does), with
     # the classes of the layer and of any layers it wraps in scope, so custom
     # layers need not be registered to be copied in memory.
@@ -24,8 +28,11 @@ def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     while current is not None:
         classes[type(current).__name__] = type(current)
         current = getattr(current, "layer", None) if isinstance(current, keras.layers.Wrapper) else None
+    config = layer.get_config()
+    if dtype is not None:
+        config = _with_dtype(config, dtype)
     with keras.saving.custom_object_scope(classes):
-        new = type(layer).from_config(layer.get_config())
+        new = type(layer).from_config(config)
     if layer.built:
         build_config = layer.get_build_config()
         if build_config and not new.built:
@@ -39,7 +46,18 @@ def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     return new
 
 
-def copy_layer_or_share(layer: keras.layers.Layer) -> keras.layers.Layer:
+def _with_dtype(config: dict, dtype: str) -> dict:
+    """``config`` (and the configs of layers nested in it, e.g. a Keras Wrapper's) with dtype policy ``dtype``."""
+    config = dict(config)
+    if "dtype" in config:
+        config["dtype"] = dtype
+    nested = config.get("layer")
+    if isinstance(nested, dict) and isinstance(nested.get("config"), dict):
+        config["layer"] = {**nested, "config": _with_dtype(nested["config"], dtype)}
+    return config
+
+
+def copy_layer_or_share(layer: keras.layers.Layer, dtype: str | None = None) -> keras.layers.Layer:
     """A copy of ``layer``, or ``layer`` itself when it holds no weights and cannot be rebuilt from its config.
 
     A ``Lambda`` (or a custom weightless layer whose config holds Python code)
@@ -49,7 +67,7 @@ def copy_layer_or_share(layer: keras.layers.Layer) -> keras.layers.Layer:
     """
     if not layer.weights and (isinstance(layer, keras.layers.Lambda) or not _rebuildable(layer)):
         return layer
-    return copy_layer(layer)
+    return copy_layer(layer, dtype)
 
 
 def _rebuildable(layer) -> bool:
@@ -76,11 +94,13 @@ def held_classes_in_scope(wrapper):
     return keras.saving.custom_object_scope(held)
 
 
-def _copy_wrapper(wrapper):
+def _copy_wrapper(wrapper, dtype=None):
     config = wrapper.get_config()
     config.pop("layer")
+    if dtype is not None:
+        config["dtype"] = dtype
     with held_classes_in_scope(wrapper):
-        new = type(wrapper).from_config_with_layer(config, copy_layer_or_share(wrapper.layer))
+        new = type(wrapper).from_config_with_layer(config, copy_layer_or_share(wrapper.layer, dtype))
     if wrapper.built:
         build_config = wrapper.get_build_config()
         if build_config and not new.built:

@@ -57,6 +57,11 @@ class OptimizationWrapper(RewrappingWrapper):
             raise InvalidArgumentError(
                 f"{type(self).__name__} wraps a keras.layers.Layer; received {layer!r}."
             )
+        # The weight pipeline (masks, centroids, fake quant) computes in the
+        # variables' dtype: under a mixed precision policy the wrapper does
+        # not autocast, and the wrapped layer casts the final weights and its
+        # inputs to its own compute dtype, as it does with plain variables.
+        kwargs.setdefault("dtype", layer.dtype_policy.variable_dtype)
         super().__init__(layer, **kwargs)
 
     # --- the chain -----------------------------------------------------------

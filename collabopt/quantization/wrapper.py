@@ -178,6 +178,10 @@ class QuantizeWrapper(OptimizationWrapper):
         return out
 
     def _quantize(self, key, quantizer, x, training):
+        if x.dtype in ("float16", "bfloat16"):
+            # Mixed precision: TF's fake-quant ops and the ranges are float32;
+            # the int8 grid is what the layer after computes on either way.
+            return ops.cast(self._quantize(key, quantizer, ops.cast(x, "float32"), training), x.dtype)
         frozen = self._export_constants
         if frozen is not None and key in frozen["ranges"]:
             return quantizer.apply_range(x, *frozen["ranges"][key])
@@ -209,7 +213,8 @@ class QuantizeWrapper(OptimizationWrapper):
     def transform_outputs(self, outputs, training):
         if self.folded_batchnorm is not None:
             frozen = self._export_constants
-            outputs = outputs + (frozen["bias_correction"] if frozen is not None else self._bias_correction())
+            correction = frozen["bias_correction"] if frozen is not None else self._bias_correction()
+            outputs = outputs + ops.cast(correction, outputs.dtype)  # (float16 under mixed precision)
         if not self.output_quantizers or (self.export_mode and output_range_calibrated(self.base_layer)):
             return outputs
         flat = [

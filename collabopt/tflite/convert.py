@@ -113,6 +113,32 @@ def export_model(model: keras.Model, mode: str | None = None, *, fused_lstm: boo
     return map_layers(model, export_form, what="export", replaces=needs_change)
 
 
+def _mixed_precision(layer) -> bool:
+    """Whether ``layer`` (or a layer its wrappers wrap) computes in another dtype than its variables'."""
+    while layer is not None:
+        policy = layer.dtype_policy
+        if policy.compute_dtype != policy.variable_dtype:
+            return True
+        layer = layer.layer if isinstance(layer, keras.layers.Wrapper) else None
+    return False
+
+
+def in_variable_dtype(model: keras.Model) -> keras.Model:
+    """``model`` with every layer trained under mixed precision computing in its variables' dtype (float32).
+
+    The float16 compute of a ``mixed_float16`` model is a training speed-up;
+    TFLite's float16 and integer modes start from float32 ops (post-training
+    int8 of float16 ops does not convert), and the variables hold float32
+    values already. The input model is not modified.
+    """
+    if not any(_mixed_precision(layer) for layer in iter_layers(model)):
+        return model
+    return map_layers(
+        model, lambda layer: copy_layer(layer, dtype=base_layer(layer).dtype_policy.variable_dtype),
+        what="export", replaces=_mixed_precision,
+    )
+
+
 def _layers_mentioned(text: str, model) -> list[str]:
     # Converter locations and tensor names look like "model_1/layer_name_1/Op";
     # Keras appends "_<n>" to scope names, so accept that suffix.
@@ -251,7 +277,7 @@ def convert(
             )
 
     check_finite_weights(model)
-    exported = export_model(model, mode, fused_lstm=bool(fused))
+    exported = export_model(in_variable_dtype(model), mode, fused_lstm=bool(fused))
     with tempfile.TemporaryDirectory(prefix="collabopt_export_") if fused else contextlib.nullcontext() as directory:
         if fused:
             converter, graph = _saved_model_converter(exported, directory, batch_size=1), None
