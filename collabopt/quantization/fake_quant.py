@@ -128,4 +128,5 @@ def _per_channel_any_rank(x, lo, hi, num_bits: int, narrow_range: bool):
 
         return y, gradient
 
-    return quantize(x, lo, hi)
+    # A variable is read first: the gradient function takes tensors only.
+    return quantize(tf.identity(x), lo, hi)
