@@ -55,15 +55,15 @@ class QuantizeConfig:
     def weight_quantizers(self, layer) -> dict:
         """``{weight_name: Quantizer}`` for ``layer``."""
         if hasattr(self, "get_weights_and_quantizers"):
-            pairs = _tfmot_pairs(self, "get_weights_and_quantizers", layer)
+            pairs = _tfmot_items(self, "get_weights_and_quantizers", layer, pairs=True)
             return {_weight_name(self, layer, variable): quantizer for variable, quantizer in pairs}
         return dict(getattr(self, "weights", {}))
 
     def output_quantizers(self, layer) -> list:
         """One quantizer per output of ``layer`` (may be empty)."""
         if _TFMOT_OUTPUT_HOOKS & set(dir(self)):
-            outputs = [q for q in _tfmot_list(self, "get_output_quantizers", layer)]
-            activations = [q for _, q in _tfmot_pairs(self, "get_activations_and_quantizers", layer)]
+            outputs = _tfmot_items(self, "get_output_quantizers", layer, pairs=False)
+            activations = [q for _, q in _tfmot_items(self, "get_activations_and_quantizers", layer, pairs=True)]
             # TFMOT quantizes the activation's result, which is the layer's output.
             return outputs or activations[:1]
         return list(getattr(self, "outputs", []))
@@ -93,8 +93,8 @@ class QuantizeConfig:
 _TFMOT_OUTPUT_HOOKS = {"get_output_quantizers", "get_activations_and_quantizers"}
 
 
-def _tfmot_list(config, method: str, layer) -> list:
-    """What ``config.method(layer)`` returns (TFMOT's hook), checked to be a list of Quantizers or pairs."""
+def _tfmot_items(config, method: str, layer, pairs: bool) -> list:
+    """What ``config.method(layer)`` (a TFMOT hook) returns: ``(variable, Quantizer)`` pairs or Quantizers, checked."""
     if not hasattr(config, method):
         return []
     try:
@@ -105,19 +105,14 @@ def _tfmot_list(config, method: str, layer) -> list:
             "it is called on the built Keras layer (e.g. layer.kernel)."
         ) from error
     for item in items:
-        quantizer = item[1] if isinstance(item, (tuple, list)) and len(item) == 2 else item
-        if not isinstance(quantizer, Quantizer):
+        is_pair = isinstance(item, (tuple, list)) and len(item) == 2
+        if is_pair != pairs or not isinstance(item[1] if is_pair else item, Quantizer):
             raise InvalidArgumentError(
                 f"layer '{layer.name}': {type(config).__name__}.{method} returned {item!r}; expected "
-                f"{'(variable, Quantizer) pairs' if 'and_quantizers' in method else 'Quantizer objects'} with "
-                "collabopt's quantizers (co.LastValueQuantizer, co.MovingAverageQuantizer, co.AllValuesQuantizer, "
-                "co.FixedQuantizer)."
+                f"{'(variable, Quantizer) pairs' if pairs else 'Quantizer objects'} with collabopt's quantizers "
+                "(co.LastValueQuantizer, co.MovingAverageQuantizer, co.AllValuesQuantizer, co.FixedQuantizer)."
             )
-    return items
-
-
-def _tfmot_pairs(config, method: str, layer) -> list:
-    return [tuple(item) for item in _tfmot_list(config, method, layer)]
+    return [tuple(item) for item in items] if pairs else items
 
 
 def _weight_name(config, layer, variable) -> str:

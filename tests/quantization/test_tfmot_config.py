@@ -120,3 +120,14 @@ def test_scope_arguments_must_be_dicts():
     with pytest.raises(InvalidTypeError, match="scope argument 0: expected a dict"):
         with co.quantize_scope(DenseKernelPerTensorConfig):
             pass
+
+
+def test_a_tfmot_config_returning_a_quantizer_where_pairs_are_expected_is_refused():
+    class Unpaired(NoOpQuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return [co.LastValueQuantizer(8, symmetric=True, narrow_range=True, per_axis=False)]
+
+    i = keras.Input((4,))
+    model = keras.Model(i, co.quantize_annotate_layer(L.Dense(3, name="fc"), Unpaired())(i))
+    with pytest.raises(InvalidArgumentError, match=r"layer 'fc'.*Unpaired.get_weights_and_quantizers.*expected \(variable, Quantizer\) pairs"):
+        co.quantize_apply(model)
