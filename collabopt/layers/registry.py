@@ -311,13 +311,16 @@ def get_variable(layer: keras.layers.Layer, spec: WeightSpec) -> keras.Variable:
     value = getattr(layer, spec.name, None) if "/" not in spec.name else None
     if isinstance(value, keras.Variable):
         return value
-    matches = [v for v in layer.weights if v.path == spec.name or v.path.endswith("/" + spec.name)]
+    # An attribute computed from variables (LoRA's kernel + a @ b) is what
+    # the layer computes with: optimizing a variable under it would not reach it.
+    matches = [] if value is not None else [v for v in layer.weights if v.path == spec.name or v.path.endswith("/" + spec.name)]
     if len(matches) == 1:
         return matches[0]
     raise InvalidArgumentError(
         f"layer '{layer.name}' ({type(layer).__name__}): weight '{spec.name}' is not a "
         f"variable of this layer (got {type(value).__name__}). Optimizable weights must be "
-        "keras.Variable objects; e.g. disable LoRA before optimizing."
+        "keras.Variable objects. A layer with LoRA enabled computes kernel + lora_kernel_a @ lora_kernel_b: "
+        "optimize a copy built without enable_lora holding that merged kernel."
     )
 
 

@@ -156,3 +156,19 @@ def test_unknown_weight_name_is_named_in_the_error():
     layer.build((None, 3))
     with pytest.raises(ValueError, match=r"layer '.*' \(Dense\) has no optimizable weight 'bias'"):
         co_layers.call_with_weights(layer, rand(1, 3), {"bias": np.zeros(2, "float32")})
+
+
+@pytest.mark.parametrize("technique", ["prune", "cluster", "quantize"])
+def test_a_lora_enabled_kernel_is_refused_by_every_technique(technique):
+    """With LoRA, ``kernel`` is computed (kernel + a @ b): optimizing the variable under it would not reach it."""
+    import collabopt.keras as co
+
+    model = keras.Sequential([keras.Input((4,)), L.Dense(4, name="fc")])
+    model.get_layer("fc").enable_lora(2)
+    apply = {
+        "prune": lambda m: co.prune_low_magnitude(m, co.ConstantSparsity(0.5, 0)),
+        "cluster": lambda m: co.cluster_weights(m, number_of_clusters=2),
+        "quantize": co.quantize_model,
+    }[technique]
+    with pytest.raises(ValueError, match=r"layer 'fc' \(Dense\): weight 'kernel' is not a variable.*enable_lora"):
+        apply(model)
