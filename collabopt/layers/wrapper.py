@@ -141,8 +141,14 @@ class OptimizationWrapper(RewrappingWrapper):
         return outputs
 
     def call(self, inputs, *args, training=None, **kwargs):
-        # ``args``: further positional inputs (MultiHeadAttention's value).
-        inputs = self.transform_inputs(inputs, training)
+        # ``args``: further positional inputs (MultiHeadAttention's value and
+        # key); they are inputs i = 1, 2, ... of the layer's node, as its
+        # serialized inbound tensors list them.
+        if args and not isinstance(inputs, (list, tuple)) and all(keras.ops.is_tensor(a) for a in args):
+            transformed = self.transform_inputs([inputs, *args], training)
+            inputs, args = transformed[0], tuple(transformed[1:])
+        else:
+            inputs = self.transform_inputs(inputs, training)
         weights = self.effective_weights(training)
         between = self.transform_internal(training)
         outputs = call_with_weights(

@@ -159,6 +159,15 @@ def _explain(error: Exception, model, graph=None) -> str:
         parts.append(f"layers involved: {mentioned}")
     if ops:
         parts.append(f"ops: {ops}")
+    if not text.strip():
+        # Seen when calibrating a QAT model in which an op with no integer
+        # kernel (ZEROS_LIKE) sits between quantized tensors.
+        return (
+            f"TFLite conversion failed: the converter stopped with {type(error).__name__} and no message. "
+            "An op with no integer kernel between quantized tensors (e.g. ZEROS_LIKE from keras.ops.zeros_like) "
+            "can stop the converter while it calibrates; to see which ops stay float, convert a QAT model without "
+            "representative_data and with allow_float_islands=True."
+        )
     head = "; ".join(parts) or "see the converter message below"
     return f"TFLite conversion failed ({head}).\n" + "\n".join(lines or [text[:2000]])
 

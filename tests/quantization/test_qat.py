@@ -451,3 +451,42 @@ def test_augmentation_layers_export_full_int8_after_qat(augmentation):
     qat.fit(rand(8, 8, 8, 3), rand(8, 3), verbose=0)
     tflite = ct.convert(qat, "int8")
     assert tflite.float_islands() == [] and "DEQUANTIZE" not in tflite.ops()
+
+
+def _attention_over_an_op(cls_token):
+    """MultiHeadAttention(x, x) where x comes from plain ops (not layers), so both of its inputs need ranges."""
+    from keras import ops
+
+    i = keras.Input((6, 8))
+    h = L.Dense(8, name="embed")(i)
+    token = cls_token(h[:, :1, :])
+    x = ops.concatenate([token, h], axis=1)
+    a = L.MultiHeadAttention(2, 4, name="mha")(x, x)
+    return keras.Model(i, L.Dense(3, name="fc")(L.GlobalAveragePooling1D()(a)))
+
+
+def test_attention_value_given_positionally_gets_its_own_trained_range():
+    model = _attention_over_an_op(lambda t: t * 0.0)
+    qat = co.quantize_model(model)
+    wrapper = qat.get_layer("quant_mha")
+    assert wrapper.quantize_inputs == [True, True]  # query and value both come from an op
+    x = rand(16, 6, 8)
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(x, rand(16, 3), verbose=0)
+    assert all(bool(q.is_initialized(state)) for _, q, state in wrapper.range_states())
+    tflite = ct.convert(qat, "int8", representative_data=x)  # raises on any float op
+    assert tflite.float_islands() == []
+
+
+def test_a_converter_failure_without_a_message_is_explained():
+    """TF 2.21's converter stops with an empty RuntimeError when it calibrates a QAT model holding ZEROS_LIKE."""
+    from keras import ops
+
+    qat = co.quantize_model(_attention_over_an_op(ops.zeros_like))
+    x = rand(16, 6, 8)
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(x, rand(16, 3), verbose=0)
+    with pytest.raises(ConversionError, match=r"stopped with RuntimeError and no message.*ZEROS_LIKE"):
+        ct.convert(qat, "int8", representative_data=x, allow_float_islands=True)
+    islands = ct.convert(qat, "int8", allow_float_islands=True).float_islands()  # the route the message gives
+    assert "ZEROS_LIKE" in {island["op"] for island in islands}
