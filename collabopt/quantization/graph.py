@@ -51,10 +51,16 @@ def _histories(obj, out):
 
 
 def _edges(model):
-    """``(layers by name, producers: name -> [names], consumers: name -> [names])``."""
+    """``(layers by name, producers, consumers, calls)``.
+
+    ``producers``: name -> the names feeding it, over all its calls;
+    ``consumers``: name -> the names it feeds; ``calls``: name -> one list of
+    producers per call (a layer shared between call sites has several).
+    """
     # ``operations`` also holds plain ops of a Functional graph (``x + 3.0``).
     layers = {op.name: op for op in getattr(model, "operations", model.layers)}
     producers: dict[str, list[str]] = {}
+    calls: dict[str, list[list[str]]] = {}
     if isinstance(model, keras.Sequential):
         previous = _input_kind(model.layers[0]) if isinstance(model.layers[0], keras.layers.InputLayer) else MODEL_INPUT
         if model.inputs and not isinstance(model.layers[0], keras.layers.InputLayer):
@@ -63,19 +69,24 @@ def _edges(model):
             if isinstance(layer, keras.layers.InputLayer):
                 continue
             producers[layer.name] = [previous]
+            calls[layer.name] = [[previous]]
             previous = layer.name
     else:
         for entry in model.get_config()["layers"]:
             inbound = _histories(entry.get("inbound_nodes", []), [])
             if entry["class_name"] == "InputLayer" or not inbound:
                 continue
-            producers[entry["name"]] = [_input_kind(layers[p]) if isinstance(layers.get(p), keras.layers.InputLayer) else p for p in inbound]
+            def kind(p):
+                return _input_kind(layers[p]) if isinstance(layers.get(p), keras.layers.InputLayer) else p
+
+            producers[entry["name"]] = [kind(p) for p in inbound]
+            calls[entry["name"]] = [[kind(p) for p in _histories(node, [])] for node in entry["inbound_nodes"]]
     consumers: dict[str, list[str]] = {}
     for name, srcs in producers.items():
         for src in srcs:
             src = MODEL_INPUT if src == INTEGER_INPUT else src
             consumers.setdefault(src, []).append(name)
-    return layers, producers, consumers
+    return layers, producers, consumers, calls
 
 
 def _is_integer(dtype) -> bool:
@@ -134,7 +145,7 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
         inputs_quantized: Whether this (nested) model's inputs arrive quantized.
     """
     result = result or Plan()
-    layers, producers, consumers = _edges(model)
+    layers, producers, consumers, calls = _edges(model)
     outputs = _output_names(model)
 
     for name, layer in layers.items():
@@ -185,5 +196,11 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
             plan(layer, quantized, inputs_quantized=all(arrives_quantized(s) for s in srcs), result=result)
             continue
         if quantized(layer):
-            result.input_flags[name] = [not arrives_quantized(s) for s in srcs]
+            # One flag per input position; a layer shared between call sites
+            # quantizes input i if it arrives unquantized at any of them.
+            per_call = calls.get(name) or [srcs]
+            width = max(len(c) for c in per_call)
+            result.input_flags[name] = [
+                any(i < len(c) and not arrives_quantized(c[i]) for c in per_call) for i in range(width)
+            ]
     return result

@@ -490,3 +490,23 @@ def test_a_converter_failure_without_a_message_is_explained():
         ct.convert(qat, "int8", representative_data=x, allow_float_islands=True)
     islands = ct.convert(qat, "int8", allow_float_islands=True).float_islands()  # the route the message gives
     assert "ZEROS_LIKE" in {island["op"] for island in islands}
+
+
+@pytest.mark.parametrize("merge", ["op", "layer"])
+def test_a_layer_shared_between_call_sites_exports_full_int8(merge):
+    """A siamese encoder: one wrapper, two calls; each input position gets one trained range."""
+    from keras import ops
+
+    a, b = keras.Input((8,), name="a"), keras.Input((8,), name="b")
+    shared = L.Dense(8, activation="relu", name="shared")
+    ea, eb = shared(a), shared(b)
+    d = ops.abs(ea - eb) if merge == "op" else L.Subtract(name="sub")([ea, eb])
+    model = keras.Model([a, b], L.Dense(2, name="fc")(d))
+    qat = co.quantize_model(model)
+    assert qat.get_layer("quant_shared").quantize_inputs == [True]
+    x = [rand(16, 8, seed=1), rand(16, 8, seed=2)]
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(x, rand(16, 2), verbose=0)
+    tflite = ct.convert(qat, "int8", representative_data=x)  # raises on any float op
+    assert tflite.float_islands() == []
+    np.testing.assert_allclose(tflite.predict(x), qat.predict(x, verbose=0), atol=0.1)
