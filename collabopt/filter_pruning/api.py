@@ -48,7 +48,9 @@ def prune_filters(model, pruning_ratio: float = 0.5, criterion: str = "l2", prun
     Args:
         model: A built Sequential / Functional / nested model of plain
             layers (not modified).
-        pruning_ratio: Fraction of each group's channels to prune, in [0, 1).
+        pruning_ratio: Fraction of each group's channels to prune, in [0, 1),
+            or a :class:`RatioSchedule` (as ``pruning_schedule``; the
+            position ``prune_low_magnitude`` gives its schedule).
         criterion: ``"l2"`` (default), ``"l1"`` or ``"geometric_median"``.
         pruning_schedule: A :class:`RatioSchedule`, e.g.
             ``PolynomialRatio(0.0, 0.5, 0, 1000)`` to ramp the ratio over
@@ -76,6 +78,8 @@ def prune_filters(model, pruning_ratio: float = 0.5, criterion: str = "l2", prun
     >>> small.get_layer("conv").filters, tuple(small.get_layer("logits").kernel.shape)
     (4, (144, 2))
     """
+    if isinstance(pruning_ratio, RatioSchedule) and pruning_schedule is None:
+        pruning_ratio, pruning_schedule = 0.5, pruning_ratio
     config = FilterPruningConfig(as_schedule(pruning_ratio, pruning_schedule), check_criterion(criterion))
     return apply_filter_pruning(model, config)
 

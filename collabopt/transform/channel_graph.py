@@ -214,6 +214,12 @@ class _Analysis:
         self.consumers[name] = channels
 
     def apply(self, layer, inputs, input_shapes):
+        if not isinstance(layer, keras.layers.Layer):
+            # A plain op of a Functional graph (keras.ops.relu(x), x + y):
+            # the channels reaching it are left alone.
+            for c in inputs:
+                self.freeze(c, f"they reach operation '{layer.name}' (a keras.ops call, not a layer), which filter pruning does not handle")
+            return [None]
         base = base_layer(layer)
         name = base.name
         self.layers[name] = layer
@@ -330,7 +336,8 @@ class _Analysis:
                     shape = None
             return [x]
         config = model.get_config()
-        layers = {l.name: l for l in model.layers}
+        # ``operations`` also holds plain ops of a Functional graph (``x + y``).
+        layers = {l.name: l for l in getattr(model, "operations", model.layers)}
         values: dict[tuple, list] = {}
         for (name, node, _), x in zip(_refs(config["input_layers"]), inputs):
             values[(name, node)] = [x]

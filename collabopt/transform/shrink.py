@@ -184,6 +184,8 @@ def shrink_model(model, pruned: dict):
     pending = []
 
     def clone_function(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a plain op of a Functional graph (``x + y``): stateless, shared as it is
         if is_graph_model(layer):
             return clone(layer, graph.nested_inputs.get(layer.name))
         if layer.name in plan:

@@ -123,3 +123,25 @@ def test_count_macs_and_filter_groups():
     small = co.strip_pruning(co.prune_filters(model, 0.5))
     assert co.count_macs(small) == 6 * 6 * 9 * 4 + 36 * 8 + 8 * 3  # conv and fc halve; fc's rows follow the conv
     assert "prunable" in co.filter_groups(model).report()
+
+
+def test_plain_ops_of_a_functional_graph_are_left_alone_and_the_rest_shrinks():
+    """Channels reaching ``keras.ops`` calls (not layers) are frozen; others are pruned, stripped and exported."""
+    import collabopt.tflite as ct
+    from keras import ops
+
+    x = keras.Input((8, 8, 3))
+    a = L.Conv2D(8, 3, padding="same", name="free")(x)  # reaches only layers
+    a = L.Conv2D(8, 3, padding="same", name="touched")(L.ReLU()(a))
+    h = ops.relu(a) * 0.5 + 1.0  # plain ops: 'touched' keeps its channels
+    model = keras.Model(x, L.Dense(2, name="logits")(L.GlobalAveragePooling2D()(h)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruned = co.prune_filters(model, co.ConstantRatio(0.5))  # a schedule in the ratio's place
+    assert any("touched" in str(w.message) and "operation 'relu' (a keras.ops call" in str(w.message) for w in caught)
+    assert set(_masks(pruned)) == {"free"}
+    data = rand(4, 8, 8, 3)
+    small = co.strip_pruning(pruned)
+    assert small.get_layer("free").filters == 4 and small.get_layer("touched").filters == 8
+    np.testing.assert_allclose(small.predict(data, verbose=0), pruned.predict(data, verbose=0), atol=1e-5)
+    assert ct.convert(pruned, "int8", representative_data=data).float_islands() == []
