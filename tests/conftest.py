@@ -123,6 +123,24 @@ def pcqat_trained(model, x, y, number_of_clusters=8, learning_rate=1e-3, **clust
     return qat
 
 
+def conv_bn_depthwise_cnn(input_shape, classes, softmax=False):
+    """Conv (no bias) + BN + ReLU, DepthwiseConv, GAP, Dense: the layers whose folding and filters QAT export must get right.
+
+    ``softmax``: end in a float32 softmax (what a mixed precision model keeps in float32).
+    """
+    L = keras.layers
+    layers = [
+        keras.Input(input_shape),
+        L.Conv2D(8, 3, use_bias=False, name="conv"),
+        L.BatchNormalization(name="bn"),
+        L.ReLU(),
+        L.DepthwiseConv2D(3, name="dw"),
+        L.GlobalAveragePooling2D(),
+        L.Dense(classes, name="fc"),
+    ]
+    return keras.Sequential(layers + ([L.Activation("softmax", dtype="float32")] if softmax else []))
+
+
 def rand(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 

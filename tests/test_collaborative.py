@@ -188,21 +188,9 @@ def test_tfmot_conversion_recipe_on_the_pcqat_model_gives_the_same_int8_file():
     """
     import tensorflow as tf
 
-    from tests.conftest import pcqat_trained, rand
+    from tests.conftest import conv_bn_depthwise_cnn, pcqat_trained, rand
 
-    L = keras.layers
-    model = keras.Sequential(
-        [
-            keras.Input((12, 12, 1)),
-            L.Conv2D(8, 3, use_bias=False, name="conv"),
-            L.BatchNormalization(name="bn"),
-            L.ReLU(),
-            L.DepthwiseConv2D(3, name="dw"),
-            L.MaxPooling2D(),
-            L.Flatten(),
-            L.Dense(10, name="fc"),
-        ]
-    )
+    model = conv_bn_depthwise_cnn((12, 12, 1), 10)
     x, y = rand(8, 12, 12, 1), np.arange(8) % 10
     qat = pcqat_trained(model, x, y, 8)
     converter = tf.lite.TFLiteConverter.from_keras_model(qat)

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 
 import collabopt.tflite as ct
-from tests.conftest import pcqat_trained, rand
-
-L = keras.layers
+from tests.conftest import conv_bn_depthwise_cnn, pcqat_trained, rand
 
 
 @pytest.fixture
@@ -17,23 +15,8 @@ def mixed_float16():
     keras.mixed_precision.set_global_policy("float32")
 
 
-def _cnn():
-    return keras.Sequential(
-        [
-            keras.Input((10, 10, 1)),
-            L.Conv2D(8, 3, use_bias=False, name="conv"),
-            L.BatchNormalization(name="bn"),
-            L.ReLU(),
-            L.DepthwiseConv2D(3, name="dw"),
-            L.GlobalAveragePooling2D(),
-            L.Dense(4, name="fc"),
-            L.Activation("softmax", dtype="float32"),
-        ]
-    )
-
-
 def test_pcqat_chain_trains_saves_and_exports_full_int8_under_mixed_float16(mixed_float16, tmp_path):
-    model = _cnn()
+    model = conv_bn_depthwise_cnn((10, 10, 1), 4, softmax=True)
     assert model.get_layer("conv").compute_dtype == "float16"
     x, y = rand(16, 10, 10, 1), np.arange(16) % 4
     qat = pcqat_trained(model, x, y, 8)
@@ -55,7 +38,7 @@ def test_pcqat_chain_trains_saves_and_exports_full_int8_under_mixed_float16(mixe
 
 
 def test_plain_mixed_precision_model_converts_in_every_mode(mixed_float16):
-    model = _cnn()
+    model = conv_bn_depthwise_cnn((10, 10, 1), 4, softmax=True)
     x = rand(16, 10, 10, 1)
     reference = model.predict(x, verbose=0).astype("float32")
     np.testing.assert_allclose(ct.convert(model, "float32").predict(x), reference, atol=5e-3)

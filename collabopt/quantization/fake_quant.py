@@ -78,24 +78,22 @@ def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range:
     rank = len(x.shape)
     axes = tuple(sorted(a % rank for a in channel_axes))
 
-    def fq(x, lo, hi, num_bits, narrow_range):
-        if len(x.shape) <= 4 or final_range:
-            return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                x, lo, hi, num_bits=num_bits, narrow_range=narrow_range
-            )
-        return _per_channel_any_rank(x, lo, hi, num_bits, narrow_range)
+    def fq(t):
+        if len(t.shape) <= 4 or final_range:
+            return tf.quantization.fake_quant_with_min_max_vars_per_channel(t, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+        return _per_channel_any_rank(t, lo, hi, num_bits, narrow_range)
 
     if axes == (rank - 1,):
-        return fq(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+        return fq(x)
     if axes == (rank - 2, rank - 1):
         shape = tuple(x.shape)
         merged = ops.reshape(x, shape[:-2] + (shape[-2] * shape[-1],))
-        return ops.reshape(fq(merged, lo, hi, num_bits=num_bits, narrow_range=narrow_range), shape)
+        return ops.reshape(fq(merged), shape)
     if len(axes) == 1:
         perm = [a for a in range(rank) if a != axes[0]] + [axes[0]]
         inverse = [perm.index(a) for a in range(rank)]
         moved = ops.transpose(x, perm)
-        return ops.transpose(fq(moved, lo, hi, num_bits=num_bits, narrow_range=narrow_range), inverse)
+        return ops.transpose(fq(moved), inverse)
     raise InvalidArgumentError(f"per-channel quantization over axes {channel_axes} of a rank-{rank} weight is not supported.")
 
 

@@ -59,7 +59,6 @@ def _edges(model):
     """
     # ``operations`` also holds plain ops of a Functional graph (``x + 3.0``).
     layers = {op.name: op for op in getattr(model, "operations", model.layers)}
-    producers: dict[str, list[str]] = {}
     calls: dict[str, list[list[str]]] = {}
     if isinstance(model, keras.Sequential):
         previous = _input_kind(model.layers[0]) if isinstance(model.layers[0], keras.layers.InputLayer) else MODEL_INPUT
@@ -68,19 +67,19 @@ def _edges(model):
         for layer in model.layers:
             if isinstance(layer, keras.layers.InputLayer):
                 continue
-            producers[layer.name] = [previous]
             calls[layer.name] = [[previous]]
             previous = layer.name
     else:
-        for entry in model.get_config()["layers"]:
-            inbound = _histories(entry.get("inbound_nodes", []), [])
-            if entry["class_name"] == "InputLayer" or not inbound:
-                continue
-            def kind(p):
-                return _input_kind(layers[p]) if isinstance(layers.get(p), keras.layers.InputLayer) else p
 
-            producers[entry["name"]] = [kind(p) for p in inbound]
-            calls[entry["name"]] = [[kind(p) for p in _histories(node, [])] for node in entry["inbound_nodes"]]
+        def kind(p):
+            return _input_kind(layers[p]) if isinstance(layers.get(p), keras.layers.InputLayer) else p
+
+        for entry in model.get_config()["layers"]:
+            nodes = [[kind(p) for p in _histories(node, [])] for node in entry.get("inbound_nodes", [])]
+            if entry["class_name"] == "InputLayer" or not any(nodes):
+                continue
+            calls[entry["name"]] = nodes
+    producers = {name: [p for call in nodes for p in call] for name, nodes in calls.items()}
     consumers: dict[str, list[str]] = {}
     for name, srcs in producers.items():
         for src in srcs:
@@ -198,8 +197,8 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
         if quantized(layer):
             # One flag per input position; a layer shared between call sites
             # quantizes input i if it arrives unquantized at any of them.
-            per_call = calls.get(name) or [srcs]
-            width = max(len(c) for c in per_call)
+            per_call = calls.get(name, [])
+            width = max((len(c) for c in per_call), default=0)
             result.input_flags[name] = [
                 any(i < len(c) and not arrives_quantized(c[i]) for c in per_call) for i in range(width)
             ]

@@ -288,9 +288,10 @@ class QuantizeWrapper(OptimizationWrapper):
         A range a quantizer reads from the tensor itself (not from its state)
         stays computed in the graph.
         """
-        weights = {name: ops.convert_to_numpy(value) for name, value in self._prepared_weights(self.inner_weights(False)).items()}
+        prepared = self._prepared_weights(self.inner_weights(False))
+        weights = {name: ops.convert_to_numpy(value) for name, value in prepared.items()}
         ranges = {
-            f"w:{name}": quantizer.export_range(ops.convert_to_tensor(weights[name]), self._states[f"w:{name}"], self.spec(name))
+            f"w:{name}": quantizer.export_range(ops.convert_to_tensor(prepared[name]), self._states[f"w:{name}"], self.spec(name))
             for name, quantizer in self.weight_quantizers.items()
         }
         keyed = [(f"out:{i}", q) for i, q in enumerate(self.output_quantizers)]
