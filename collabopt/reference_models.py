@@ -183,3 +183,114 @@ def tiny_transformer(
     x = L.LayerNormalization(name="ln2")(L.Add(name="res2")([x, h]))
     x = L.GlobalAveragePooling1D(name="pool")(x)
     return K.Model(tokens, L.Dense(num_classes, name="logits")(x), name="tiny_transformer")
+
+
+# --- KerasHub backbones, built from their constructor arguments (random weights, nothing downloaded) ---
+
+_HUB_IMAGE_SIZE = 32
+_HUB_SEQUENCE_LENGTH = 16
+_HUB_VOCABULARY = 200
+
+#: KerasHub backbone class -> small constructor arguments (image backbones take ``image_shape``).
+KERAS_HUB_BACKBONES = {
+    "ResNetBackbone": dict(
+        input_conv_filters=[16], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 32],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="bottleneck_block",
+    ),
+    "MobileNetBackbone": dict(  # MobileNetV3-Small's block types at a quarter of its depth
+        stackwise_expansion=[[16], [72, 88], [96]], stackwise_num_blocks=[1, 2, 1],
+        stackwise_num_filters=[[16], [24, 24], [40]], stackwise_kernel_size=[[3], [3, 3], [5]],
+        stackwise_num_strides=[[2], [2, 1], [2]], stackwise_se_ratio=[[0.25], [None, None], [0.25]],
+        stackwise_activation=[["relu"], ["relu", "relu"], ["hard_swish"]], stackwise_padding=[[1], [1, 1], [2]],
+        output_num_filters=96, depthwise_filters=16, depthwise_stride=2, depthwise_residual=False,
+        last_layer_filter=96, squeeze_and_excite=0.5,
+    ),
+    "EfficientNetBackbone": dict(
+        stackwise_width_coefficients=[1.0] * 3, stackwise_depth_coefficients=[1.0] * 3,
+        stackwise_kernel_sizes=[3, 3, 3], stackwise_num_repeats=[1, 1, 1], stackwise_input_filters=[16, 16, 24],
+        stackwise_output_filters=[16, 24, 32], stackwise_expansion_ratios=[1, 4, 4],
+        stackwise_squeeze_and_excite_ratios=[0.0, 0.0, 0.25], stackwise_strides=[1, 2, 2],
+        stackwise_block_types=["fused", "fused", "unfused"], num_features=64,
+    ),
+    "DenseNetBackbone": dict(stackwise_num_repeats=[2, 2], growth_rate=8),
+    "ViTBackbone": dict(patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64),
+    "BertBackbone": dict(
+        vocabulary_size=_HUB_VOCABULARY, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=_HUB_SEQUENCE_LENGTH,
+    ),
+    "DistilBertBackbone": dict(
+        vocabulary_size=_HUB_VOCABULARY, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=_HUB_SEQUENCE_LENGTH,
+    ),
+    "GPT2Backbone": dict(
+        vocabulary_size=_HUB_VOCABULARY, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=_HUB_SEQUENCE_LENGTH,
+    ),
+}  # fmt: skip
+
+
+def keras_hub_backbone(name: str) -> keras.Model:
+    """A small KerasHub backbone of class ``name`` (a key of :data:`KERAS_HUB_BACKBONES`), random weights.
+
+    Needs ``keras-hub`` (a test extra); nothing is downloaded: backbones are
+    built from constructor arguments, never from a preset.
+    """
+    if name not in KERAS_HUB_BACKBONES:
+        raise InvalidArgumentError(f"KerasHub backbone {name!r} is not in the zoo; accepted: {sorted(KERAS_HUB_BACKBONES)}.")
+    import keras_hub
+
+    kwargs = dict(KERAS_HUB_BACKBONES[name])
+    if "vocabulary_size" not in kwargs:
+        key = "input_shape" if name == "EfficientNetBackbone" else "image_shape"
+        kwargs[key] = (_HUB_IMAGE_SIZE, _HUB_IMAGE_SIZE, 3)
+    return getattr(keras_hub.models, name)(**kwargs)
+
+
+def keras_hub_classifier(name: str, num_classes: int = 4) -> keras.Model:
+    """A Functional classifier around :func:`keras_hub_backbone`: fixed input shapes, a pooled Dense head.
+
+    Text backbones take a dict of ``token_ids`` (and ``segment_ids``,
+    ``padding_mask``) of :data:`_HUB_SEQUENCE_LENGTH` tokens; their dict
+    output's ``pooled_output`` (else the mean over the sequence) feeds the head.
+    Image backbones end in global average pooling.
+    """
+    backbone = keras_hub_backbone(name)
+    L = keras.layers
+    if isinstance(backbone.input, dict):
+        inputs = {
+            key: keras.Input((_HUB_SEQUENCE_LENGTH,), dtype="int32", name=key) for key in backbone.input
+        }
+        features = backbone(inputs)
+        if isinstance(features, dict):
+            features = features.get("pooled_output", features.get("sequence_output"))
+        if len(features.shape) == 3:
+            features = L.GlobalAveragePooling1D(name="pool")(features)
+    else:
+        inputs = keras.Input(backbone.input.shape[1:], name="image")
+        features = backbone(inputs)
+        if len(features.shape) == 4:
+            features = L.GlobalAveragePooling2D(name="pool")(features)
+        elif len(features.shape) == 3:  # ViT: the class token
+            features = L.Lambda(lambda t: t[:, 0], name="class_token")(features)
+    return keras.Model(inputs, L.Dense(num_classes, name="logits")(features), name=f"{name.removesuffix('Backbone').lower()}_classifier")
+
+
+def keras_hub_data(model: keras.Model, batch: int = 4, seed: int = 0):
+    """Random inputs for a :func:`keras_hub_classifier` (or backbone): images, or token ids with a full padding mask."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def one(spec):
+        shape = (batch,) + tuple(spec.shape[1:])
+        if "padding_mask" in spec.name:
+            return np.ones(shape, "int32")
+        if "segment" in spec.name:
+            return np.zeros(shape, "int32")
+        if "int" in str(spec.dtype):
+            return rng.integers(1, _HUB_VOCABULARY, shape).astype("int32")
+        return rng.random(shape).astype("float32")
+
+    if isinstance(model.input, dict):
+        return {key: one(spec) for key, spec in model.input.items()}
+    return one(model.input)

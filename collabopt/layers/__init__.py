@@ -1,5 +1,6 @@
 """Layer support: optimizable weights, their axes, layer roles, and running a layer on replacement weights."""
 
+from collabopt.layers.composite import is_composite, sublayer_items
 from collabopt.layers.copy import copy_layer
 from collabopt.layers.channels import from_channel_rows, num_channels, to_channel_rows
 from collabopt.layers.registry import (
@@ -7,6 +8,7 @@ from collabopt.layers.registry import (
     OptimizableLayer,
     WeightSpec,
     call_with_weights,
+    composite_specs,
     declared_specs,
     get_variable,
     is_passthrough,
@@ -15,6 +17,7 @@ from collabopt.layers.registry import (
     register_layer,
     register_weights_protocol,
     spec_for,
+    unreached_weights,
     weight_specs,
 )
 from collabopt.layers.roles import (
@@ -60,10 +63,12 @@ __all__ = [
     "base_layer",
     "call_with_weights",
     "channel_behaviour",
+    "composite_specs",
     "copy_layer",
     "declared_specs",
     "from_channel_rows",
     "get_variable",
+    "is_composite",
     "is_passthrough",
     "layer_roles",
     "num_channels",
@@ -73,8 +78,10 @@ __all__ = [
     "register_layer_roles",
     "register_weights_protocol",
     "spec_for",
+    "sublayer_items",
     "to_channel_rows",
     "transformable_weight_names",
+    "unreached_weights",
     "weight_specs",
     "remove_wrappers",
     "wrapper_chain",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+
 import keras
+
 from collabopt.errors import InvalidArgumentError
 
 
@@ -32,18 +35,120 @@ def copy_layer(layer: keras.layers.Layer, dtype: str | None = None) -> keras.lay
     if dtype is not None:
         config = _with_dtype(config, dtype)
     with keras.saving.custom_object_scope(classes):
-        new = type(layer).from_config(config)
+        new = _from_config(type(layer), config, layer)
     if layer.built:
-        build_config = layer.get_build_config()
-        if build_config and not new.built:
-            new.build_from_config(build_config)
-        if not new.built:
-            raise InvalidArgumentError(
-                f"layer '{layer.name}' ({type(layer).__name__}) could not be copied: it does "
-                "not record its build shape (get_build_config). Build it by calling it on an input."
-            )
-        new.set_weights(layer.get_weights())
+        _build_like(new, layer)
+        _copy_values(new, layer)
     return new
+
+
+def _from_config(cls, config: dict, layer):
+    """``cls.from_config(config)``; a config holding keys its ``__init__`` refuses is retried without them.
+
+    Some layers' ``get_config`` does not round-trip (KerasHub's ViT patching
+    layer returns derived values its constructor does not take); those keys
+    describe the layer, they do not configure it.
+    """
+    try:
+        return cls.from_config(config)
+    except TypeError as error:
+        refused = [key for key in config if key not in _init_arguments(cls)]
+        if not refused:
+            raise _not_copyable(layer, f"from_config failed ({error})") from error
+        try:
+            return cls.from_config({k: v for k, v in config.items() if k not in refused})
+        except Exception as retry_error:
+            raise _not_copyable(layer, f"from_config failed ({error})") from retry_error
+
+
+def _init_arguments(cls) -> set[str]:
+    """The keyword arguments ``cls(...)`` accepts: its and its bases' named ``__init__`` parameters."""
+    names = set()
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return names | {"input_shape", "input_dim"}
+
+
+def _build_like(new, layer) -> None:
+    """Creates ``new``'s variables as ``layer`` has them.
+
+    ``build_from_config`` where the layer has a ``build`` method; a layer
+    without one (a composite layer whose sublayers are created in
+    ``__init__`` and built by its first call) is called on fresh symbolic
+    inputs of the shapes and dtypes it was first called with.
+    """
+    if new.built and len(new.weights) == len(layer.weights):
+        return
+    builds_itself = type(layer).build is not keras.layers.Layer.build
+    build_config = layer.get_build_config()
+    if builds_itself and build_config and not new.built:
+        new.build_from_config(build_config)
+    if len(new.weights) != len(layer.weights):
+        _build_by_call(new, layer, build_config)
+    if not new.built:
+        new.built = True  # built by its call (a layer with no build method of its own)
+
+
+def _build_by_call(new, layer, build_config) -> None:
+    args, kwargs = _first_call_arguments(layer, build_config)
+    fresh = keras.tree.map_structure(
+        lambda t: keras.KerasTensor(t.shape, t.dtype, sparse=t.sparse) if isinstance(t, keras.KerasTensor) else t,
+        (args, kwargs),
+    )
+    try:
+        new(*fresh[0], **fresh[1])
+    except Exception as error:
+        raise _not_copyable(layer, f"calling a fresh copy on its input shapes failed ({type(error).__name__}: {error})") from error
+
+
+def _first_call_arguments(layer, build_config):
+    """The (symbolic) arguments ``layer`` was first called with in a model, else tensors of its build shape."""
+    # Keras records each call's arguments on the layer's inbound nodes and has
+    # no public accessor for them (``layer.input`` flattens away keyword
+    # arguments such as an attention mask).
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if nodes and hasattr(nodes[0], "arguments"):
+        return tuple(nodes[0].arguments.args), dict(nodes[0].arguments.kwargs)
+    if build_config and "input_shape" in build_config:
+        shape = build_config["input_shape"]
+        return (keras.tree.map_shape_structure(lambda s: keras.KerasTensor(s, layer.compute_dtype), shape),), {}
+    if build_config and "shapes_dict" in build_config:
+        kwargs = {
+            key.removesuffix("_shape"): keras.tree.map_shape_structure(lambda s: keras.KerasTensor(s, layer.compute_dtype), shape)
+            for key, shape in build_config["shapes_dict"].items()
+        }
+        return (), kwargs
+    raise _not_copyable(layer, "it records neither the inputs it was called on nor its build shape")
+
+
+def _copy_values(new, layer) -> None:
+    source = layer.weights
+    target = new.weights
+    mismatch = len(source) != len(target) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(source, target))
+    if mismatch:
+        raise _not_copyable(
+            layer,
+            f"the copy built {len(target)} variable(s) {[tuple(v.shape) for v in target][:6]} where the layer has "
+            f"{len(source)} {[tuple(v.shape) for v in source][:6]}",
+        )
+    for a, b in zip(target, source):
+        a.assign(b.value)
+
+
+def _not_copyable(layer, why: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"layer '{layer.name}' ({type(layer).__name__}) could not be copied: {why}. collabopt copies a layer from "
+        "its get_config() and builds it like the original (build_from_config, or a call on inputs of the recorded "
+        "shapes); make get_config() return the arguments of __init__, or give the layer a build(input_shape) "
+        "method that creates all its variables (calling build on each sublayer)."
+    )
 
 
 def _with_dtype(config: dict, dtype: str) -> dict:

@@ -12,10 +12,14 @@ computes.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+
+from collabopt.layers.composite import sublayer_items
 
 
 def _expand_inputs(layer, inputs):
@@ -472,6 +476,34 @@ _PTQ_FORMS = (keras.layers.LayerNormalization,)
 def needs_ptq_form(layer) -> bool:
     """True for a plain layer that int8 export runs as :class:`TFLiteForm`."""
     return type(layer) in _PTQ_FORMS
+
+
+def ptq_form_sublayers(layer) -> list:
+    """The layers inside composite ``layer`` (at any depth) that int8 export runs in their TFLite form."""
+    found = []
+    for _, sub in sublayer_items(layer):
+        if needs_ptq_form(sub):
+            found.append(sub)
+        else:
+            found.extend(ptq_form_sublayers(sub))
+    return found
+
+
+def run_sublayers_in_tflite_form(layer) -> None:
+    """Makes every sublayer of ``layer`` that :func:`needs_ptq_form` compute as the ops TFLite executes.
+
+    For export only, on a copy made for it: a composite layer calls its
+    sublayers itself, so they cannot be replaced in a graph; each such
+    sublayer's ``call`` is redirected on the instance (the same values,
+    e.g. LayerNormalization without the NEG op TFLite keeps in float).
+    """
+    for sub in ptq_form_sublayers(layer):
+        # An instance attribute: Keras' ``__call__`` runs ``self.call``.
+        object.__setattr__(sub, "call", functools.partial(_call_plain_in_tflite_form, sub))
+
+
+def _call_plain_in_tflite_form(layer, inputs, *args, **kwargs):
+    return call_in_tflite_form(layer, inputs, {})
 
 
 class TFLiteForm(keras.layers.Wrapper):

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import keras
 
 from collabopt.errors import InvalidArgumentError
+from collabopt.layers.composite import is_composite, resolve_sublayer, sublayer_items
 from collabopt.layers.execution import call_in_tflite_form, has_tflite_form
 from collabopt.layers.roles import LayerRoles, layer_roles, register_layer_roles, roles_classes
 
@@ -290,7 +291,69 @@ def weight_specs(layer: keras.layers.Layer) -> tuple[WeightSpec, ...] | None:
             return tuple(entry(layer)) if callable(entry) else entry
     if layer_roles(layer).passthrough:
         return ()
+    if is_composite(layer):
+        specs = composite_specs(layer)
+        return specs if specs or not layer.weights else None
     return None
+
+
+def composite_specs(layer) -> tuple[WeightSpec, ...]:
+    """The optimizable weights inside a composite layer, each named by its attribute path.
+
+    Every supported sublayer contributes its own specs (recursively: a
+    composite inside a composite, lists and dicts of sublayers) with its
+    attribute path in front: ``conv1/kernel``, ``convs/0/kernel``,
+    ``attention/query/kernel``. Sublayers that are unsupported contribute
+    nothing (:func:`unreached_weights` names their variables).
+
+    >>> import keras
+    >>> class Block(keras.layers.Layer):
+    ...     def __init__(self, **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self.conv = keras.layers.Conv2D(4, 3)
+    ...         self.norm = keras.layers.BatchNormalization()
+    ...         self.heads = [keras.layers.Dense(2), keras.layers.Dense(3)]
+    ...     def call(self, x):
+    ...         x = self.norm(self.conv(x))
+    ...         return [head(x) for head in self.heads]
+    >>> block = Block()
+    >>> _ = block(keras.ops.zeros((1, 5, 5, 1)))
+    >>> [spec.name for spec in weight_specs(block)]
+    ['conv/kernel', 'heads/0/kernel', 'heads/1/kernel']
+    """
+    specs = []
+    for path, sub in sublayer_items(layer):
+        if not sub.built:  # created but never called (EfficientNet's unused squeeze-excite): no weights
+            continue
+        for spec in weight_specs(sub) or ():
+            specs.append(dataclasses.replace(spec, name=f"{path}/{spec.name}"))
+    return tuple(specs)
+
+
+def unreached_weights(layer) -> list[str]:
+    """Paths of the variables of ``layer`` that no technique can reach (not optimizable, not statistics).
+
+    For a composite: variables of its unsupported sublayers and its own
+    variables outside any sublayer, e.g. ``position_embedding/embeddings``
+    of a user's PositionEmbedding. Empty for a supported or pass-through layer.
+    """
+    specs = weight_specs(layer)
+    if specs is None:
+        return [v.path for v in layer.weights]
+    if not is_composite(layer):
+        return []
+    out = []
+    covered = set()
+    for path, sub in sublayer_items(layer):
+        covered.update(id(v) for v in sub.weights)
+        out.extend(f"{path}/{name}" for name in _relative(sub, unreached_weights(sub)))
+    out.extend(_relative(layer, [v.path for v in layer.weights if id(v) not in covered and v.trainable]))
+    return out
+
+
+def _relative(layer, paths):
+    prefix = layer.name + "/"
+    return [p.split(prefix, 1)[1] if prefix in p else p.split("/")[-1] for p in paths]
 
 
 def is_passthrough(layer: keras.layers.Layer) -> bool:
@@ -311,6 +374,10 @@ def get_variable(layer: keras.layers.Layer, spec: WeightSpec) -> keras.Variable:
     value = getattr(layer, spec.name, None) if "/" not in spec.name else None
     if isinstance(value, keras.Variable):
         return value
+    if "/" in spec.name:
+        sub, rest = resolve_sublayer(layer, spec.name)
+        if sub is not None:  # an attribute path inside a composite layer
+            return get_variable(sub, dataclasses.replace(spec, name=rest))
     # An attribute computed from variables (LoRA's kernel + a @ b) is what
     # the layer computes with: optimizing a variable under it would not reach it.
     matches = [] if value is not None else [v for v in layer.weights if v.path == spec.name or v.path.endswith("/" + spec.name)]
@@ -392,8 +459,15 @@ def call_with_weights(
                 f"weight '{name}'; it has {sorted(specs)}."
             )
         mapping.append((get_variable(layer, specs[name]), value))
-    # StatelessScope also captures variable assignments made during the call;
-    # the supported layers make none, and layers that do (e.g. a custom layer
-    # with moving statistics) must not be run through here.
-    with keras.StatelessScope(state_mapping=mapping):
-        return layer(inputs, *args, **kwargs)
+    # StatelessScope also captures the variable assignments made during the
+    # call (a BatchNormalization's moving statistics inside a composite
+    # layer): they are applied once the scope is left.
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        outputs = layer(inputs, *args, **kwargs)
+    replaced = {id(variable) for variable, _ in mapping}
+    for variable in layer.weights:
+        if id(variable) not in replaced:
+            update = scope.get_current_value(variable)
+            if update is not None:
+                variable.assign(update)
+    return outputs

@@ -100,10 +100,19 @@ def _input_kind(input_layer) -> str:
 def _output_names(model) -> set:
     if isinstance(model, keras.Sequential):
         return {model.layers[-1].name}
-    outputs = model.get_config()["output_layers"]
-    if outputs and isinstance(outputs[0], str):  # a single output is stored unnested
-        outputs = [outputs]
-    return {o[0] for o in outputs}
+    return set(_history_layer_names(model.get_config()["output_layers"]))
+
+
+def _history_layer_names(structure) -> list:
+    """The layer names in a serialized output structure: one ``[layer, node, tensor]`` entry, or a list or dict of them.
+
+    >>> _history_layer_names({"pooled": ["dense", 0, 0], "sequence": ["ln", 0, 0]})
+    ['dense', 'ln']
+    """
+    if isinstance(structure, (list, tuple)) and len(structure) == 3 and isinstance(structure[0], str):
+        return [structure[0]]
+    values = structure.values() if isinstance(structure, dict) else structure
+    return [name for item in values for name in _history_layer_names(item)]
 
 
 def _foldable_bn(layer, bn) -> bool:

@@ -16,7 +16,14 @@ from collabopt.datasets.batches import samples
 from collabopt.errors import ConversionError, InvalidArgumentError, InvalidTypeError
 from collabopt.layers import base_layer
 from collabopt.layers.copy import copy_layer, copy_layer_or_share
-from collabopt.layers.execution import TFLiteForm, needs_ptq_form, needs_unrolling, unrolled_copy
+from collabopt.layers.execution import (
+    TFLiteForm,
+    needs_ptq_form,
+    needs_unrolling,
+    ptq_form_sublayers,
+    run_sublayers_in_tflite_form,
+    unrolled_copy,
+)
 from collabopt.layers.fused_lstm import FusedLSTM, fused_directions, fusion_problems, is_lstm
 from collabopt.tflite import flatbuffer
 from collabopt.tflite.int4 import check_int4_storage, low_bit_weights
@@ -86,7 +93,7 @@ def export_model(model: keras.Model, mode: str | None = None, *, fused_lstm: boo
         return fused_lstm and is_lstm(base_layer(layer))
 
     def needs_change(layer):
-        plain_form = integer_export and needs_ptq_form(layer)
+        plain_form = integer_export and (needs_ptq_form(layer) or bool(ptq_form_sublayers(base_layer(layer))))
         return exportable(layer) or needs_unrolling(base_layer(layer)) or plain_form or fuses(layer)
 
     def export_form(layer):
@@ -97,7 +104,14 @@ def export_model(model: keras.Model, mode: str | None = None, *, fused_lstm: boo
             # The fused op's weights and gates are quantized by the converter
             # from calibration; QAT's fake-quantized weights keep their grid.
             return FusedLSTM(layer.stripped() if exportable(layer) else copy_layer(layer))
+        original = base_layer(layer)
         layer = layer.export_layer(mode=mode) if exportable(layer) else copy_layer_or_share(layer)
+        if integer_export and ptq_form_sublayers(base_layer(layer)):
+            # A composite layer calling a LayerNormalization: its export copy
+            # (never the input's own layer) runs that sublayer in its TFLite form.
+            if base_layer(layer) is original:
+                layer = copy_layer(original) if layer is original else layer.rewrap(copy_layer(original))
+            run_sublayers_in_tflite_form(base_layer(layer))
         if integer_export and needs_ptq_form(layer):
             # A layer outside any QAT wrapper, calibrated by the converter.
             return TFLiteForm(layer, name=layer.name)
@@ -334,7 +348,18 @@ def _traced_converter(model: keras.Model):
     involved, instead of the converter's fallback message.
     """
     signature = _signature(model)
-    function = tf.function(functools.partial(model.__call__, training=False))
+    if isinstance(model.input, dict):
+        # Dict inputs (KerasHub's token_ids / padding_mask) are traced as flat
+        # arguments in ``model.inputs`` order, the order calibration and
+        # predict feed them in.
+        signature = signature[0]
+
+        def call(*flat):
+            return model(keras.tree.pack_sequence_as(model.input, list(flat)), training=False)
+
+        function = tf.function(call)
+    else:
+        function = tf.function(functools.partial(model.__call__, training=False))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             concrete = function.get_concrete_function(*signature)
