@@ -31,7 +31,10 @@ def copy_layer(layer: keras.layers.Layer, dtype: str | None = None) -> keras.lay
     while current is not None:
         classes[type(current).__name__] = type(current)
         current = getattr(current, "layer", None) if isinstance(current, keras.layers.Wrapper) else None
-    config = layer.get_config()
+    try:
+        config = layer.get_config()
+    except NotImplementedError as error:  # Keras: a constructor argument it cannot serialize
+        raise _not_copyable(layer, f"get_config() is not implemented ({error})") from error
     if dtype is not None:
         config = _with_dtype(config, dtype)
     with keras.saving.custom_object_scope(classes):
@@ -92,20 +95,73 @@ def _build_like(new, layer) -> None:
         new.build_from_config(build_config)
     if len(new.weights) != len(layer.weights):
         _build_by_call(new, layer, build_config)
-    if not new.built:
-        new.built = True  # built by its call (a layer with no build method of its own)
+    new.built = True
 
 
 def _build_by_call(new, layer, build_config) -> None:
     args, kwargs = _first_call_arguments(layer, build_config)
-    fresh = keras.tree.map_structure(
-        lambda t: keras.KerasTensor(t.shape, t.dtype, sparse=t.sparse) if isinstance(t, keras.KerasTensor) else t,
-        (args, kwargs),
-    )
+    build_by_call(new, serialize_call(args, kwargs), error_layer=layer)
+
+
+def builds_by_call(layer) -> bool:
+    """True for a layer without a ``build`` method of its own whose sublayers are built by its first call."""
+    from collabopt.layers.composite import is_composite
+
+    return type(layer).build is keras.layers.Layer.build and is_composite(layer)
+
+
+def call_signature(layer) -> dict | None:
+    """The inputs a built composite layer was first called with, as JSON data (shapes, dtypes, plain values).
+
+    Saved beside a wrapper of the layer, so that loading can build the
+    re-created layer (:func:`build_by_call`) before the wrapper reads its weights.
+    """
+    if not (layer.built and builds_by_call(layer)):
+        return None
+    args, kwargs = _first_call_arguments(layer, layer.get_build_config())
+    return serialize_call(args, kwargs)
+
+
+def serialize_call(args, kwargs) -> dict:
+    def encode(value):
+        if isinstance(value, keras.KerasTensor):  # the tensor a KerasTensor stands for: its shape and dtype
+            return {"keras_tensor": {"shape": list(value.shape), "dtype": str(value.dtype)}}
+        return value
+
+    return {"args": keras.tree.map_structure(encode, list(args)), "kwargs": keras.tree.map_structure(encode, dict(kwargs))}
+
+
+def build_by_call(layer, signature: dict, error_layer=None) -> None:
+    """Builds ``layer`` by calling it on fresh symbolic inputs described by ``signature`` (:func:`call_signature`)."""
+
+    def decode(value):
+        if isinstance(value, dict) and set(value) == {"keras_tensor"}:
+            spec = value["keras_tensor"]
+            return keras.KerasTensor(tuple(spec["shape"]), spec["dtype"])
+        return value
+
+    def is_leaf(value):
+        return isinstance(value, dict) and set(value) == {"keras_tensor"}
+
+    args = [_map(decode, a, is_leaf) for a in signature["args"]]
+    kwargs = {k: _map(decode, v, is_leaf) for k, v in signature["kwargs"].items()}
     try:
-        new(*fresh[0], **fresh[1])
+        layer(*args, **kwargs)
     except Exception as error:
-        raise _not_copyable(layer, f"calling a fresh copy on its input shapes failed ({type(error).__name__}: {error})") from error
+        raise _not_copyable(
+            error_layer or layer, f"calling a fresh copy on its input shapes failed ({type(error).__name__}: {error})"
+        ) from error
+    layer.built = True
+
+
+def _map(fn, value, is_leaf):
+    if is_leaf(value):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map(fn, v, is_leaf) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map(fn, v, is_leaf) for v in value)
+    return fn(value)
 
 
 def _first_call_arguments(layer, build_config):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.layers.copy import copy_layer, held_classes_in_scope
+from collabopt.layers.copy import build_by_call, call_signature, copy_layer, held_classes_in_scope
 from collabopt.layers.registry import call_with_weights, declared_specs, get_variable, optimizable_variables, spec_for
 
 
@@ -171,9 +171,23 @@ class OptimizationWrapper(RewrappingWrapper):
         (from a ``.keras`` file, or from the wrapper it copies), so building it
         may skip expensive initialisation (e.g. k-means of the centroids).
         """
-        wrapper = cls(layer, **cls.deserialize_config(dict(config)))
+        config = dict(config)
+        signature = config.pop("layer_inputs", None)
+        if signature is not None and not layer.weights:
+            # A composite layer re-created from its config (and marked built
+            # by Keras' default build): its sublayers' variables exist only
+            # once it is called, since it has no build method.
+            build_by_call(layer, signature)
+        wrapper = cls(layer, **cls.deserialize_config(config))
         wrapper.restoring = True
         return wrapper
+
+    def get_config(self):
+        config = super().get_config()
+        signature = call_signature(self.layer)
+        if signature is not None:
+            config["layer_inputs"] = signature
+        return config
 
     #: True when built from a config whose state is loaded next (see from_config_with_layer).
     restoring: bool = False

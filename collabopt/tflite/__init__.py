@@ -30,6 +30,7 @@ _LAZY = {
     "ConstraintCheck": "collabopt.tflite.verify",
     "VerifyReport": "collabopt.tflite.verify",
     "verify": "collabopt.tflite.verify",
+    "kernel_parameters": "collabopt.tflite.verify",
 }
 
 
@@ -67,6 +68,7 @@ __all__ = [
     "ConstraintCheck",
     "VerifyReport",
     "verify",
+    "kernel_parameters",
     "MODES",
     "ConversionError",
     "InspectionReport",

@@ -42,6 +42,8 @@ class ConstraintCheck:
     tensor: str | None
     holds: bool
     tensors: tuple[str, ...] = ()
+    #: Number of values of the weight.
+    size: int = 0
 
 
 class VerifyReport(list):
@@ -61,6 +63,37 @@ class VerifyReport(list):
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
+
+    def reached_parameters(self) -> int:
+        """How many weight values carry constraints that all hold in the file (each weight counted once)."""
+        weights: dict[tuple, tuple[int, bool]] = {}
+        for c in self:
+            size, holds = weights.get((c.layer, c.weight), (c.size, True))
+            weights[(c.layer, c.weight)] = (size, holds and c.holds)
+        return sum(size for size, holds in weights.values() if holds)
+
+    def reached_share(self, model) -> float:
+        """The share of ``model``'s kernel parameters (:func:`kernel_parameters`) whose constraints hold in the file.
+
+        ``model`` is the plain model the chain started from (or any model of
+        the same architecture): a wrapped model also holds centroids.
+        """
+        total = kernel_parameters(model)
+        return self.reached_parameters() / total if total else 0.0
+
+
+def kernel_parameters(model) -> int:
+    """Values of the trainable weights of rank >= 2 of ``model``: every kernel and embedding table.
+
+    Biases (an attention layer's are ``(heads, dim)``) and scales are not kernels.
+
+    >>> import keras
+    >>> kernel_parameters(keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)]))
+    12
+    """
+    return int(
+        sum(np.prod(v.shape) for v in model.trainable_weights if len(v.shape) >= 2 and not v.path.endswith("bias"))
+    )
 
 
 def _weight(key, layer, effective, base, weight_name, variable, names, folded) -> Weight:
@@ -137,7 +170,8 @@ def verify(model, tflite) -> VerifyReport:
             expected = constraint.kind.expected(state)
             report.append(
                 ConstraintCheck(
-                    layer_name, weight_name, kind, expected, found_value, tensor.name if tensor else None, holds, tensors
+                    layer_name, weight_name, kind, expected, found_value, tensor.name if tensor else None, holds, tensors,
+                    int(np.prod(weight.rows.shape)),
                 )
             )
     return report

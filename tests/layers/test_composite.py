@@ -1,0 +1,240 @@
+"""Models built from composite layers: user blocks holding Conv/BN/Dense/attention sublayers, optimized inside.
+
+The blocks are written as the Keras guides teach: sublayers created in
+``__init__`` (attributes, a list, a block inside a block), no ``build``
+method, nothing collabopt-specific. Each model goes through prune 50% ->
+sparsity-preserving clustering -> QAT, a ``.keras`` round trip, and full
+int8 with every constraint verified in the file, and the share of the
+model's kernel parameters the chain reached is asserted.
+"""
+
+import numpy as np
+import pytest
+
+import keras
+
+import collabopt.keras as co
+import collabopt.tflite as ct
+from collabopt.errors import InvalidArgumentError
+from collabopt.layers import copy_layer, weight_specs
+from tests.conftest import pcqat_trained, train_steps
+
+L = keras.layers
+
+
+@keras.saving.register_keras_serializable("collabopt_tests")
+class ResidualBlock(L.Layer):
+    """Two Conv2D + BatchNormalization sublayers and a residual add; no build method."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv1 = L.Conv2D(filters, 3, padding="same", use_bias=False)
+        self.bn1 = L.BatchNormalization(momentum=0.9)
+        self.conv2 = L.Conv2D(filters, 3, padding="same")
+        self.bn2 = L.BatchNormalization(momentum=0.9)
+
+    def call(self, x, training=None):
+        h = keras.ops.relu(self.bn1(self.conv1(x), training=training))
+        return keras.ops.relu(self.bn2(self.conv2(h), training=training) + x)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+@keras.saving.register_keras_serializable("collabopt_tests")
+class ConvStack(L.Layer):
+    """A list of sublayers."""
+
+    def __init__(self, widths, **kwargs):
+        super().__init__(**kwargs)
+        self.widths = list(widths)
+        self.convs = [L.Conv2D(w, 3, padding="same", activation="relu") for w in self.widths]
+
+    def call(self, x):
+        for conv in self.convs:
+            x = conv(x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "widths": self.widths}
+
+
+@keras.saving.register_keras_serializable("collabopt_tests")
+class ProjectedResidual(L.Layer):
+    """A block nested in a block."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.inner = ResidualBlock(filters)
+        self.proj = L.Conv2D(filters, 1)
+
+    def call(self, x, training=None):
+        return self.proj(self.inner(x, training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+@keras.saving.register_keras_serializable("collabopt_tests")
+class AttentionBlock(L.Layer):
+    """Pre-norm self-attention with a residual."""
+
+    def __init__(self, dim, heads=2, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.heads = dim, heads
+        self.norm = L.LayerNormalization()
+        self.attention = L.MultiHeadAttention(heads, dim // heads)
+
+    def call(self, x):
+        h = self.norm(x)
+        return x + self.attention(h, h)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "heads": self.heads}
+
+
+@keras.saving.register_keras_serializable("collabopt_tests")
+class MLPBlock(L.Layer):
+    """LayerNormalization + GELU Dense + Dense with a residual."""
+
+    def __init__(self, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.norm = L.LayerNormalization()
+        self.up = L.Dense(2 * dim, activation="gelu")
+        self.down = L.Dense(dim)
+
+    def call(self, x):
+        return x + self.down(self.up(self.norm(x)))
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim}
+
+
+def residual_cnn():
+    inputs = keras.Input((12, 12, 3))
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = ResidualBlock(8, name="res")(x)
+    x = ConvStack([8, 8], name="stack")(x)
+    x = ProjectedResidual(8, name="nested")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(4, name="head")(x))
+
+
+def block_transformer():
+    inputs = keras.Input((8, 16))
+    x = L.Dense(16, name="embed")(inputs)
+    x = AttentionBlock(16, name="attention_block")(x)
+    x = MLPBlock(16, name="mlp_block")(x)
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, L.Dense(4, name="head")(x))
+
+
+def _data(model, batch=8):
+    rng = np.random.default_rng(0)
+    x = rng.random((batch,) + tuple(model.input_shape[1:])).astype("float32")
+    return x, rng.integers(0, 4, batch)
+
+
+def test_a_composite_layer_offers_the_weights_of_its_sublayers_by_attribute_path():
+    model = residual_cnn()
+    names = {layer.name: [s.name for s in weight_specs(layer) or ()] for layer in model.layers}
+    assert names["res"] == ["conv1/kernel", "conv2/kernel"]
+    assert names["stack"] == ["convs/0/kernel", "convs/1/kernel"]
+    assert names["nested"] == ["inner/conv1/kernel", "inner/conv2/kernel", "proj/kernel"]
+    assert [s.name for s in weight_specs(block_transformer().get_layer("attention_block"))] == [
+        "attention/query/kernel", "attention/key/kernel", "attention/value/kernel", "attention/attention_output/kernel",
+    ]  # fmt: skip
+
+
+def test_copying_a_composite_builds_it_from_the_inputs_it_was_called_on():
+    model = residual_cnn()
+    block = model.get_layer("nested")
+    copy = copy_layer(block)
+    assert copy is not block and len(copy.weights) == len(block.weights) == 13
+    for a, b in zip(copy.weights, block.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    x = np.random.default_rng(1).random((2, 12, 12, 8)).astype("float32")
+    np.testing.assert_allclose(copy(x), block(x), atol=1e-6)
+
+
+class _WrongConfig(L.Layer):  # its config does not describe it
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = L.Dense(units)
+
+    def call(self, x):
+        return self.dense(x)
+
+    def get_config(self):
+        return {**super().get_config(), "units": 5}
+
+
+class _NoConfig(L.Layer):  # a constructor argument Keras cannot serialize
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activation
+        self.dense = L.Dense(3)
+
+    def call(self, x):
+        return self.activation(self.dense(x))
+
+
+@pytest.mark.parametrize(
+    "block", [lambda: _WrongConfig(3, name="fragile"), lambda: _NoConfig(lambda t: t * 2, name="fragile")],
+    ids=["wrong_config", "no_config"],
+)
+def test_a_layer_that_cannot_be_copied_is_refused_by_name_and_the_model_is_untouched(block):
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, L.Dense(2, name="head")(block()(inputs)))
+    with pytest.raises(InvalidArgumentError, match="'fragile' \\(_\\w+\\) could not be copied"):
+        co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0))
+    assert [type(layer).__name__ for layer in model.layers] == ["InputLayer", block().__class__.__name__, "Dense"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", [residual_cnn, block_transformer], ids=["residual_cnn", "transformer"])
+def test_chain_reaches_every_kernel_inside_blocks_and_exports_full_int8(build, tmp_path):
+    model = build()
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+    x, y = _data(model)
+    qat = pcqat_trained(model, x, y)
+    for a, b in zip(before, model.weights):  # the input model is not modified
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
+
+    path = str(tmp_path / "blocks.keras")
+    qat.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(qat.weights, loaded.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    np.testing.assert_array_equal(qat.predict(x, verbose=0), loaded.predict(x, verbose=0))
+
+    tflite = ct.convert(loaded, "int8", representative_data=x)  # raises on any float op
+    assert tflite.float_islands() == []
+    report = ct.verify(loaded, tflite)
+    assert report.all_hold, str(report)
+    assert {c.kind for c in report} == {"sparsity", "clusters"}
+    # Every kernel of the model, inside the blocks too, is pruned and clustered in the file.
+    assert report.reached_share(model) == pytest.approx(1.0), str(report)
+
+
+def test_batchnorm_statistics_inside_a_block_train_under_pruning():
+    model = residual_cnn()
+    x, y = _data(model)
+    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
+    block = co.strip_pruning(pruned).get_layer("res")  # a plain copy holding the current statistics
+    start = keras.ops.convert_to_numpy(block.bn1.moving_mean).copy()
+    train_steps(pruned, x, y, 2)
+    moved = co.strip_pruning(pruned).get_layer("res")
+    assert not np.allclose(keras.ops.convert_to_numpy(moved.bn1.moving_mean), start)
+    kernel = keras.ops.convert_to_numpy(moved.conv1.kernel)
+    assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01)
+
+
+def test_post_training_int8_of_blocks_with_layer_normalization_has_no_float_op():
+    model = block_transformer()
+    x, _ = _data(model)
+    tflite = ct.convert(model, "int8", representative_data=x)
+    assert tflite.float_islands() == [] and "NEG" not in tflite.ops()
