@@ -271,7 +271,8 @@ def keras_hub_classifier(name: str, num_classes: int = 4) -> keras.Model:
         if len(features.shape) == 4:
             features = L.GlobalAveragePooling2D(name="pool")(features)
         elif len(features.shape) == 3:  # ViT: the class token
-            features = L.Lambda(lambda t: t[:, 0], name="class_token")(features)
+            features = L.Cropping1D((0, features.shape[1] - 1), name="class_token")(features)
+            features = L.Flatten(name="flatten")(features)
     return keras.Model(inputs, L.Dense(num_classes, name="logits")(features), name=f"{name.removesuffix('Backbone').lower()}_classifier")
 
 

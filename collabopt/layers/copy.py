@@ -46,22 +46,47 @@ def copy_layer(layer: keras.layers.Layer, dtype: str | None = None) -> keras.lay
 
 
 def _from_config(cls, config: dict, layer):
-    """``cls.from_config(config)``; a config holding keys its ``__init__`` refuses is retried without them.
-
-    Some layers' ``get_config`` does not round-trip (KerasHub's ViT patching
-    layer returns derived values its constructor does not take); those keys
-    describe the layer, they do not configure it.
-    """
+    """``cls.from_config`` of ``config`` without the keys its ``__init__`` refuses (see :func:`rebuildable_config`)."""
     try:
-        return cls.from_config(config)
-    except TypeError as error:
-        refused = [key for key in config if key not in _init_arguments(cls)]
-        if not refused:
-            raise _not_copyable(layer, f"from_config failed ({error})") from error
-        try:
-            return cls.from_config({k: v for k, v in config.items() if k not in refused})
-        except Exception as retry_error:
-            raise _not_copyable(layer, f"from_config failed ({error})") from retry_error
+        return cls.from_config(rebuildable_config(layer, config))
+    except Exception as error:  # any failure of a user layer's from_config
+        raise _not_copyable(layer, f"from_config failed ({type(error).__name__}: {error})") from error
+
+
+def rebuildable_config(layer, config: dict | None = None) -> dict:
+    """``layer``'s config (or ``config``) without the keys its class's constructor refuses.
+
+    Some layers' ``get_config`` does not round-trip: KerasHub's ViT patching
+    layer returns derived values (``num_patches``) its constructor does not
+    take. Those keys describe the layer, they do not configure it; which
+    keys a class refuses is found once by trying, and remembered.
+    """
+    config = layer.get_config() if config is None else config
+    cls = type(layer)
+    key = (cls, frozenset(config))
+    if key not in _REFUSED_KEYS:
+        _REFUSED_KEYS[key] = _refused_keys(cls, config)
+    refused = _REFUSED_KEYS[key]
+    return {k: v for k, v in config.items() if k not in refused} if refused else config
+
+
+_REFUSED_KEYS: dict = {}
+
+
+def _refused_keys(cls, config: dict) -> frozenset:
+    try:
+        cls.from_config(config)
+    except (TypeError, ValueError):
+        refused = frozenset(k for k in config if k not in _init_arguments(cls))
+        if refused:
+            try:
+                cls.from_config({k: v for k, v in config.items() if k not in refused})
+            except Exception:  # not (only) the refused keys: leave the config as it is
+                return frozenset()
+        return refused
+    except Exception:  # any other failure is the caller's to report
+        return frozenset()
+    return frozenset()
 
 
 def _init_arguments(cls) -> set[str]:
@@ -113,10 +138,15 @@ def builds_by_call(layer) -> bool:
 def call_signature(layer) -> dict | None:
     """The inputs a built composite layer was first called with, as JSON data (shapes, dtypes, plain values).
 
+    For any composite: a ``build`` method of a user's (or KerasHub's) may
+    create its own variables and leave the sublayers to the first call.
+
     Saved beside a wrapper of the layer, so that loading can build the
     re-created layer (:func:`build_by_call`) before the wrapper reads its weights.
     """
-    if not (layer.built and builds_by_call(layer)):
+    from collabopt.layers.composite import is_composite
+
+    if not (layer.built and is_composite(layer)):
         return None
     args, kwargs = _first_call_arguments(layer, layer.get_build_config())
     return serialize_call(args, kwargs)
@@ -179,6 +209,7 @@ def _first_call_arguments(layer, build_config):
         kwargs = {
             key.removesuffix("_shape"): keras.tree.map_shape_structure(lambda s: keras.KerasTensor(s, layer.compute_dtype), shape)
             for key, shape in build_config["shapes_dict"].items()
+            if shape is not None  # an optional input the layer was built without
         }
         return (), kwargs
     raise _not_copyable(layer, "it records neither the inputs it was called on nor its build shape")

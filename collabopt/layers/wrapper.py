@@ -13,7 +13,8 @@ from __future__ import annotations
 import keras
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.layers.copy import build_by_call, call_signature, copy_layer, held_classes_in_scope
+from collabopt.layers.composite import sublayer_items
+from collabopt.layers.copy import build_by_call, call_signature, copy_layer, held_classes_in_scope, rebuildable_config
 from collabopt.layers.registry import call_with_weights, declared_specs, get_variable, optimizable_variables, spec_for
 
 
@@ -173,10 +174,10 @@ class OptimizationWrapper(RewrappingWrapper):
         """
         config = dict(config)
         signature = config.pop("layer_inputs", None)
-        if signature is not None and not layer.weights:
+        if signature is not None and (not layer.weights or not all(sub.built for _, sub in sublayer_items(layer))):
             # A composite layer re-created from its config (and marked built
-            # by Keras' default build): its sublayers' variables exist only
-            # once it is called, since it has no build method.
+            # by Keras' build_from_config): its sublayers' variables may
+            # exist only once it is called.
             build_by_call(layer, signature)
         wrapper = cls(layer, **cls.deserialize_config(config))
         wrapper.restoring = True
@@ -184,6 +185,10 @@ class OptimizationWrapper(RewrappingWrapper):
 
     def get_config(self):
         config = super().get_config()
+        if not isinstance(self.layer, OptimizationWrapper):
+            # Saved so that loading can re-create it (not every layer's
+            # get_config round-trips through its constructor).
+            config["layer"] = {**config["layer"], "config": rebuildable_config(self.layer, config["layer"]["config"])}
         signature = call_signature(self.layer)
         if signature is not None:
             config["layer_inputs"] = signature
