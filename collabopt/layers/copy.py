@@ -35,6 +35,8 @@ def copy_layer(layer: keras.layers.Layer, dtype: str | None = None) -> keras.lay
         config = layer.get_config()
     except NotImplementedError as error:  # Keras: a constructor argument it cannot serialize
         raise _not_copyable(layer, f"get_config() is not implemented ({error})") from error
+    if "name" not in config:  # Keras' automatic config of a layer without get_config leaves the name out
+        config = {**config, "name": layer.name}
     if dtype is not None:
         config = _with_dtype(config, dtype)
     with keras.saving.custom_object_scope(classes):

@@ -8,7 +8,7 @@ from typing import Callable
 import keras
 
 from collabopt.errors import InvalidArgumentError, UnsupportedLayerError
-from collabopt.layers import base_layer, weight_specs
+from collabopt.layers import base_layer, unreached_weights, weight_specs
 from collabopt.transform.clone import is_opaque_model, map_layers
 
 WRAP, PASS, UNSUPPORTED = "wrap", "pass", "unsupported"
@@ -61,6 +61,7 @@ def apply_per_layer(
         return [wrap(layer) for layer in layers]
     if isinstance(target, keras.Model):
         skipped: list[str] = []
+        partial: list[str] = []  # weights inside wrapped composite layers that no technique reaches
 
         def fn(layer):
             if is_opaque_model(layer):
@@ -74,6 +75,7 @@ def apply_per_layer(
                 return None
             status = classify(layer)
             if status == WRAP:
+                partial.extend(f"{base_layer(layer).name}/{path}" for path in unreached_weights(base_layer(layer)))
                 return wrap(layer)
             if status == UNSUPPORTED:
                 skipped.append(f"{layer.name} ({type(layer).__name__})")
@@ -83,6 +85,13 @@ def apply_per_layer(
         if skipped:
             warnings.warn(
                 f"{what}: left unchanged {len(skipped)} layer(s) it does not support: {', '.join(skipped)}.",
+                stacklevel=3,
+            )
+        if partial:
+            warnings.warn(
+                f"{what}: left unchanged {len(partial)} weight(s) inside composite layers that hold no layer it "
+                f"supports: {', '.join(partial[:10])}{' ...' if len(partial) > 10 else ''}. Register their layer "
+                "class (collabopt.layers.register_layer) to optimize them.",
                 stacklevel=3,
             )
         return result

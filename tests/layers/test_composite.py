@@ -238,3 +238,43 @@ def test_post_training_int8_of_blocks_with_layer_normalization_has_no_float_op()
     x, _ = _data(model)
     tflite = ct.convert(model, "int8", representative_data=x)
     assert tflite.float_islands() == [] and "NEG" not in tflite.ops()
+
+
+def test_filter_pruning_treats_a_block_as_a_boundary_named_in_its_warning():
+    inputs = keras.Input((12, 12, 3))
+    x = L.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = L.Conv2D(8, 3, padding="same", name="c2")(x)
+    x = ResidualBlock(8, name="res")(x)
+    model = keras.Model(inputs, L.Dense(4, name="head")(L.GlobalAveragePooling2D()(x)))
+    with pytest.warns(UserWarning, match="left alone c2 \\(they reach layer 'res' \\(ResidualBlock\\)"):
+        pruned = co.prune_filters(model, pruning_ratio=0.5)
+    stripped = co.strip_pruning(pruned)
+    assert stripped.get_layer("c1").kernel.shape[-1] == 4  # pruned: its channels reach c2 only
+    assert stripped.get_layer("c2").kernel.shape[-1] == 8  # kept: its channels enter the block
+
+
+class Scale(L.Layer):  # a weight no technique knows
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], shape[-1]), name="w")
+
+    def call(self, x):
+        return x @ self.w
+
+
+class PartlyKnown(L.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = L.Dense(4)
+        self.scale = Scale()
+        self.gain = self.add_weight(shape=(4, 4), name="gain")
+
+    def call(self, x):
+        return self.scale(self.dense(x)) @ self.gain
+
+
+def test_weights_inside_a_block_that_nothing_reaches_are_named():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, PartlyKnown(name="blk")(inputs))
+    with pytest.warns(UserWarning, match="left unchanged 2 weight\\(s\\) inside composite layers .*blk/scale/w, blk/gain"):
+        pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0))
+    assert [s.name for s in weight_specs(pruned.get_layer("prune_low_magnitude_blk").layer)] == ["dense/kernel"]
