@@ -334,19 +334,18 @@ def unreached_weights(layer) -> list[str]:
     """Paths of the variables of ``layer`` that no technique can reach (not optimizable, not statistics).
 
     For a composite: variables of its unsupported sublayers and its own
-    variables outside any sublayer, e.g. ``position_embedding/embeddings``
-    of a user's PositionEmbedding. Empty for a supported or pass-through layer.
+    trainable variables outside any sublayer, e.g. ``position_embedding/embeddings``
+    of a user's PositionEmbedding. Empty for any other layer (an unsupported
+    plain layer is named as a whole where it is left unchanged).
     """
-    specs = weight_specs(layer)
-    if specs is None:
-        return [v.path for v in layer.weights]
     if not is_composite(layer):
         return []
     out = []
     covered = set()
     for path, sub in sublayer_items(layer):
         covered.update(id(v) for v in sub.weights)
-        out.extend(f"{path}/{name}" for name in _relative(sub, unreached_weights(sub)))
+        below = unreached_weights(sub) if weight_specs(sub) is not None else [v.path for v in sub.weights if v.trainable]
+        out.extend(f"{path}/{name}" for name in _relative(sub, below))
     out.extend(_relative(layer, [v.path for v in layer.weights if id(v) not in covered and v.trainable]))
     return out
 

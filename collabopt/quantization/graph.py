@@ -115,6 +115,18 @@ def _history_layer_names(structure) -> list:
     return [name for item in values for name in _history_layer_names(item)]
 
 
+def _opaque_code(layer) -> bool:
+    """True for weightless code collabopt knows nothing of: a Lambda, or a custom layer with no weights and no roles."""
+    if isinstance(layer, keras.layers.Lambda):
+        return True
+    return (
+        not layer.weights
+        and not weight_specs(layer)
+        and layer_roles(layer) == type(layer_roles(layer))()
+        and not type(layer).__module__.startswith("keras.")
+    )
+
+
 def _foldable_bn(layer, bn) -> bool:
     bn = core(bn)
     if not isinstance(bn, keras.layers.BatchNormalization):
@@ -203,7 +215,13 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
         if is_graph_model(layer):
             plan(layer, quantized, inputs_quantized=all(arrives_quantized(s) for s in srcs), result=result)
             continue
-        if quantized(layer):
+        if quantized(layer) and _opaque_code(core(layer)):
+            # Weightless user code (a Lambda, a custom layer without weights):
+            # the ops inside it take their ranges from calibration, and a
+            # trained range on its input only adds a requantization before
+            # them (DEQUANTIZE / QUANTIZE around a MUL, measured on TF 2.21).
+            result.input_flags[name] = []
+        elif quantized(layer):
             # One flag per input position; a layer shared between call sites
             # quantizes input i if it arrives unquantized at any of them.
             per_call = calls.get(name, [])

@@ -510,3 +510,21 @@ def test_a_layer_shared_between_call_sites_exports_full_int8(merge):
     tflite = ct.convert(qat, "int8", representative_data=x)  # raises on any float op
     assert tflite.float_islands() == []
     np.testing.assert_allclose(tflite.predict(x), qat.predict(x, verbose=0), atol=0.1)
+
+
+def test_weightless_user_code_at_the_input_computes_in_int8_with_calibration():
+    # A Lambda's ops take their ranges from calibration; a trained range on
+    # its input only added a DEQUANTIZE / QUANTIZE pair before them.
+    from tests.conftest import pcqat_trained
+
+    L = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    x = L.Lambda(lambda t: t * 2.0 - 1.0, name="scale")(inputs)
+    x = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, activation="relu")(x))
+    model = keras.Model(inputs, L.Dense(4)(x))
+    x = np.random.default_rng(0).random((8, 8, 8, 1)).astype("float32")
+    qat = pcqat_trained(model, x, np.arange(8) % 4)
+    tflite = ct.convert(qat, "int8", representative_data=x)
+    assert tflite.float_islands() == []
+    assert tflite.ops()[:2] == ["MUL", "SUB"]
+    assert ct.verify(qat, tflite).all_hold
