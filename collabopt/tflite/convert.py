@@ -348,14 +348,14 @@ def _traced_converter(model: keras.Model):
     involved, instead of the converter's fallback message.
     """
     signature = _signature(model)
-    if isinstance(model.input, dict):
+    if isinstance(_input_structure(model), dict):
         # Dict inputs (KerasHub's token_ids / padding_mask) are traced as flat
         # arguments in ``model.inputs`` order, the order calibration and
         # predict feed them in.
         signature = signature[0]
 
         def call(*flat):
-            return model(keras.tree.pack_sequence_as(model.input, list(flat)), training=False)
+            return model(keras.tree.pack_sequence_as(_input_structure(model), list(flat)), training=False)
 
         function = tf.function(call)
     else:
@@ -368,6 +368,14 @@ def _traced_converter(model: keras.Model):
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], _NamedLocations(model))
     converter.experimental_lower_to_saved_model = False
     return converter, concrete.graph
+
+
+def _input_structure(model: keras.Model):
+    """``model.input`` (a tensor, list or dict), or None for a Sequential model never called."""
+    try:
+        return model.input
+    except AttributeError:
+        return None
 
 
 def _signature(model: keras.Model, batch_size: int | None = None):
