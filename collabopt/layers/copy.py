@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import keras
@@ -50,9 +51,15 @@ def copy_layer(layer: keras.layers.Layer, dtype: str | None = None) -> keras.lay
 def _from_config(cls, config: dict, layer):
     """``cls.from_config`` of ``config`` without the keys its ``__init__`` refuses (see :func:`rebuildable_config`)."""
     try:
-        return cls.from_config(rebuildable_config(layer, config))
+        return cls.from_config(copy.deepcopy(config))  # Keras' from_config may pop entries (a Wrapper's "layer")
     except Exception as error:  # any failure of a user layer's from_config
-        raise _not_copyable(layer, f"from_config failed ({type(error).__name__}: {error})") from error
+        rebuildable = rebuildable_config(layer, config)
+        if rebuildable is config:
+            raise _not_copyable(layer, f"from_config failed ({type(error).__name__}: {error})") from error
+        try:
+            return cls.from_config(rebuildable)
+        except Exception as retry_error:
+            raise _not_copyable(layer, f"from_config failed ({type(error).__name__}: {error})") from retry_error
 
 
 def rebuildable_config(layer, config: dict | None = None) -> dict:
@@ -77,12 +84,12 @@ _REFUSED_KEYS: dict = {}
 
 def _refused_keys(cls, config: dict) -> frozenset:
     try:
-        cls.from_config(config)
+        cls.from_config(copy.deepcopy(config))
     except (TypeError, ValueError):
         refused = frozenset(k for k in config if k not in _init_arguments(cls))
         if refused:
             try:
-                cls.from_config({k: v for k, v in config.items() if k not in refused})
+                cls.from_config(copy.deepcopy({k: v for k, v in config.items() if k not in refused}))
             except Exception:  # not (only) the refused keys: leave the config as it is
                 return frozenset()
         return refused
