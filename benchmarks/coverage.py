@@ -3,7 +3,8 @@
     python benchmarks/coverage.py [--models MobileNetV2,lstm]
 
 For every ``keras.applications`` family (``weights=None``, smallest input it
-builds at, 10 classes) and the sequence models of ``collabopt.reference_models``,
+builds at, 10 classes), the sequence models of ``collabopt.reference_models``
+and its KerasHub backbones (built offline from constructor arguments),
 each in its own process: post-training int8; then prune 50% -> sparsity-
 preserving cluster 16 -> QAT (a few eager steps each on random data) -> int8
 from the trained ranges alone, and again with representative data for the
@@ -45,6 +46,8 @@ def build(name):
 
     if name in zoo.APPLICATIONS:
         return zoo.application(name)
+    if name in zoo.KERAS_HUB_BACKBONES:
+        return zoo.keras_hub_classifier(name)
     return {
         "conv1d": zoo.conv1d_kws,
         "lstm": lambda: zoo.recurrent_kws("lstm"),
@@ -68,11 +71,16 @@ def measure(name) -> dict:
     import collabopt.keras as co
     import collabopt.tflite as ct
 
+    from collabopt import reference_models as zoo
+
     model = build(name)
     rng = np.random.default_rng(0)
     spec = model.inputs[0]
     shape = (8,) + tuple(spec.shape[1:])
-    x = rng.integers(0, 100, shape).astype("int32") if "int" in str(spec.dtype) else rng.random(shape).astype("float32")
+    if name in zoo.KERAS_HUB_BACKBONES:
+        x = zoo.keras_hub_data(model, batch=8)
+    else:
+        x = rng.integers(0, 100, shape).astype("int32") if "int" in str(spec.dtype) else rng.random(shape).astype("float32")
     y = rng.integers(0, model.outputs[0].shape[-1], 8)
     row = {"model": name, "params": int(model.count_params())}
 
@@ -116,6 +124,7 @@ def measure(name) -> dict:
         row["kept"] = kept_kernels(mixed)
         report = ct.verify(qat, mixed)
         row["verified"] = f"{sum(c.holds for c in report)}/{len(report)}"
+        row["reached"] = round(report.reached_share(model), 4)
     except Exception as error:
         row["pcqat"] = f"error: {type(error).__name__}: {str(error)[:160]}"
     row["pcqat_seconds"] = round(time.perf_counter() - start, 1)
@@ -245,6 +254,8 @@ def write(rows, path, tfmot_rows=None):
         "| model | params | PTQ int8 | PCQAT int8 (trained ranges) | PCQAT int8 (+ calibration) | verified | kernels kept | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    hub_rows = [r for r in rows if r.get("model", "").endswith("Backbone")]
+    rows = [r for r in rows if r not in hub_rows]
     for row in rows:
         name = row.get("model")
         line = (
@@ -253,6 +264,32 @@ def write(rows, path, tfmot_rows=None):
             f"{row.get('ptq_seconds', 0) + row.get('pcqat_seconds', 0):.0f} |"
         )
         lines.append(line)
+    if hub_rows:
+        lines += [
+            "",
+            "## KerasHub backbones",
+            "",
+            "KerasHub backbones built from constructor arguments (random weights; presets would download), small "
+            "configurations of each family (`collabopt.reference_models.KERAS_HUB_BACKBONES`), under a classifier "
+            "head with fixed input shapes (`keras_hub_classifier`): images 32×32, text 16 tokens with a full padding "
+            "mask. Their layers are KerasHub's composite layers (`TransformerEncoder`, `InvertedResidualBlock`, "
+            "`ViTPatchingAndEmbedding`, ...), optimized inside (docs/composite.md). **kernel parameters reached**: "
+            "the share of the model's kernel parameters (trainable weights of rank ≥ 2, no bias) whose recorded "
+            "zeros and clusters `verify()` finds in the int8 file (target ≥ 95%); what is left is named in the "
+            "apply warning (KerasHub's `PositionEmbedding` tables). TFMOT has no row: `tf_keras` cannot build "
+            "KerasHub models (KerasHub is Keras 3 only).",
+            "",
+            "| backbone | params | PTQ int8 | PCQAT int8 (trained ranges) | PCQAT int8 (+ calibration) | verified | "
+            "kernel parameters reached | seconds |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in hub_rows:
+            reached = f"{100 * row['reached']:.1f}%" if "reached" in row else "—"
+            lines.append(
+                f"| {row.get('model')} | {row.get('params', '—'):,} | {cell(row.get('ptq', row.get('error')))} | "
+                f"{cell(row.get('pcqat'))} | {cell(row.get('pcqat_calibrated'))} | {row.get('verified', '—')} | "
+                f"{reached} | {_seconds(row)} |"
+            )
     if tfmot_rows:
         version = next((r["tfmot_version"] for r in tfmot_rows if "tfmot_version" in r), "?")
         lines += [
@@ -303,7 +340,9 @@ def main():
     from collabopt import reference_models as zoo
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(list(zoo.APPLICATIONS) + list(SEQUENCE_MODELS)))
+    parser.add_argument(
+        "--models", default=",".join(list(zoo.APPLICATIONS) + list(SEQUENCE_MODELS) + list(zoo.KERAS_HUB_BACKBONES))
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "coverage.md"))
     parser.add_argument("--tfmot-python", default=os.environ.get("COLLABOPT_TFMOT_PYTHON"), help="a Python with TFMOT 0.8.1 and tf_keras")
@@ -333,7 +372,7 @@ def main():
             row.setdefault("model", name)
             results["collabopt"][name] = dict(row, date=today)
             print(f"[coverage] {json.dumps(row)}", flush=True)
-        if args.tfmot_python:
+        if args.tfmot_python and name not in zoo.KERAS_HUB_BACKBONES:  # tf_keras cannot build them
             peer = [str(HERE / "peer_tfmot.py"), "coverage", "--model", name, "--out", args.files]
             row = run_isolated(peer, args.tfmot_python, args.memory_limit_gib, args.time_limit_min)
             ptq_file = pathlib.Path(args.files) / f"{name}_ptq.tflite"
@@ -345,7 +384,7 @@ def main():
             results["tfmot"][name] = dict(row, date=today)
             print(f"[coverage] TFMOT {json.dumps(row)}", flush=True)
         results_path.write_text(json.dumps(results, indent=1) + "\n")
-    order = list(zoo.APPLICATIONS) + list(SEQUENCE_MODELS)
+    order = list(zoo.APPLICATIONS) + list(SEQUENCE_MODELS) + list(zoo.KERAS_HUB_BACKBONES)
     rows = [results["collabopt"][m] for m in order if m in results["collabopt"]]
     tfmot_rows = [results["tfmot"][m] for m in order if m in results["tfmot"]]
     write(rows, pathlib.Path(args.out), tfmot_rows)

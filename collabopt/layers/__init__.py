@@ -1,6 +1,6 @@
 """Layer support: optimizable weights, their axes, layer roles, and running a layer on replacement weights."""
 
-from collabopt.layers.composite import is_composite, sublayer_items
+from collabopt.layers.composite import is_composite, sublayer_at, sublayer_items
 from collabopt.layers.copy import copy_layer
 from collabopt.layers.channels import from_channel_rows, num_channels, to_channel_rows
 from collabopt.layers.registry import (
@@ -10,6 +10,7 @@ from collabopt.layers.registry import (
     call_with_weights,
     composite_specs,
     declared_specs,
+    handled_as_composite,
     get_variable,
     is_passthrough,
     optimizable_variables,
@@ -68,6 +69,7 @@ __all__ = [
     "declared_specs",
     "from_channel_rows",
     "get_variable",
+    "handled_as_composite",
     "is_composite",
     "is_passthrough",
     "layer_roles",
@@ -78,6 +80,7 @@ __all__ = [
     "register_layer_roles",
     "register_weights_protocol",
     "spec_for",
+    "sublayer_at",
     "sublayer_items",
     "to_channel_rows",
     "transformable_weight_names",

@@ -23,6 +23,7 @@ and dicts), since Keras exposes no public list of a layer's sublayers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import keras
@@ -96,3 +97,114 @@ def resolve_sublayer(layer, path: str):
         if path.startswith(prefix + "/"):
             return sub, path[len(prefix) + 1 :]
     return None, path
+
+
+def leaf_sublayers(layer, is_leaf) -> list[tuple[str, keras.layers.Layer]]:
+    """Every sublayer of ``layer`` for which ``is_leaf`` holds, found through the ones it does not hold for, with paths."""
+    found = []
+    for path, sub in sublayer_items(layer):
+        if is_leaf(sub):
+            found.append((path, sub))
+        else:
+            found.extend((f"{path}/{inner}", leaf) for inner, leaf in leaf_sublayers(sub, is_leaf))
+    return found
+
+
+@contextlib.contextmanager
+def sublayer_output_hooks(layer, hooks: dict):
+    """While inside, each sublayer of ``layer`` at path ``p`` (from :func:`leaf_sublayers`) returns ``hooks[p](outputs)``.
+
+    A sublayer's ``call`` is redirected on the instance for the duration (Keras'
+    ``__call__`` runs ``self.call``; a composite calls its sublayers itself,
+    so there is no graph edge to rewrite) and restored on exit, also after an error.
+    """
+    saved = []
+    try:
+        for path, fn in hooks.items():
+            sub = sublayer_at(layer, path)
+            previous = sub.__dict__.get("call", _MISSING)
+            inner = previous if previous is not _MISSING else type(sub).call.__get__(sub)
+            object.__setattr__(sub, "call", _hooked(inner, fn))
+            saved.append((sub, previous))
+        yield
+    finally:
+        for sub, previous in reversed(saved):
+            if previous is _MISSING:
+                object.__delattr__(sub, "call")
+            else:
+                object.__setattr__(sub, "call", previous)
+
+
+_MISSING = object()
+
+
+def _hooked(call, fn):
+    @functools.wraps(call)
+    def hooked(*args, **kwargs):
+        return fn(call(*args, **kwargs))
+
+    return hooked
+
+
+def sublayer_at(layer, path: str):
+    """The sublayer of ``layer`` at attribute path ``path`` (as :func:`leaf_sublayers` gives it); KeyError if none."""
+    current, rest = layer, path
+    while True:
+        for prefix, sub in sublayer_items(current):
+            if rest == prefix:
+                return sub
+            if rest.startswith(prefix + "/"):
+                current, rest = sub, rest[len(prefix) + 1 :]
+                break
+        else:
+            raise KeyError(f"layer '{layer.name}' has no sublayer at '{path}'")
+
+
+def trace_sublayer_calls(layer, args, kwargs, is_leaf):
+    """The calls ``layer`` makes to its leaf sublayers when called on ``args``/``kwargs`` (symbolic inputs).
+
+    Returns ``(calls, output_ids)``: ``calls`` is a list of ``(path, sublayer,
+    input ids, output ids)`` in call order, ids being ``id()`` of the traced
+    tensors, and ``output_ids`` the ids of the tensors ``layer`` returns;
+    a sublayer whose output is another's input consumes it.
+    """
+    calls = []
+    leaves = leaf_sublayers(layer, is_leaf)
+
+    def ids(structure):
+        return {id(t) for t in keras.tree.flatten(structure) if t is not None and hasattr(t, "shape")}
+
+    def recorder(path, sub, call):
+        def record(*a, **k):
+            out = call(*a, **k)
+            calls.append((path, sub, ids((a, k)), ids(out)))
+            return out
+
+        return record
+
+    outputs = {}
+
+    def record_outputs(call):
+        def run(*a, **k):
+            out = call(*a, **k)
+            outputs["ids"] = ids(out)
+            return out
+
+        return run
+
+    saved = []
+    try:
+        for path, sub in leaves + [("", layer)]:
+            previous = sub.__dict__.get("call", _MISSING)
+            inner = previous if previous is not _MISSING else type(sub).call.__get__(sub)
+            hooked = record_outputs(inner) if sub is layer else recorder(path, sub, inner)
+            object.__setattr__(sub, "call", hooked)
+            saved.append((sub, previous))
+        layer(*args, **kwargs)
+    finally:
+        for sub, previous in reversed(saved):
+            if previous is _MISSING:
+                object.__delattr__(sub, "call")
+            else:
+                object.__setattr__(sub, "call", previous)
+    return calls, outputs.get("ids", set())

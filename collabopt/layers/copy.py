@@ -203,6 +203,15 @@ def _map(fn, value, is_leaf):
     return fn(value)
 
 
+def fresh_call_arguments(layer):
+    """Fresh symbolic ``(args, kwargs)`` like those ``layer`` was first called with (for tracing it again)."""
+    args, kwargs = _first_call_arguments(layer, layer.get_build_config())
+    return keras.tree.map_structure(
+        lambda t: keras.KerasTensor(t.shape, t.dtype, sparse=t.sparse) if isinstance(t, keras.KerasTensor) else t,
+        (tuple(args), dict(kwargs)),
+    )
+
+
 def _first_call_arguments(layer, build_config):
     """The (symbolic) arguments ``layer`` was first called with in a model, else tensors of its build shape."""
     # Keras records each call's arguments on the layer's inbound nodes and has

@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from collabopt.layers.composite import sublayer_items
+from collabopt.layers.composite import sublayer_items, trace_sublayer_calls
+from collabopt.layers.roles import layer_roles
 
 
 def _expand_inputs(layer, inputs):
@@ -337,8 +338,75 @@ def internal_tensors(layer) -> tuple[str, ...]:
     >>> internal_tensors(keras.layers.SeparableConv2D(4, 3)), internal_tensors(keras.layers.Dense(4, "softmax"))
     (('depthwise_output',), ('activation_input',))
     """
+    if type(layer) not in _TFLITE_FORMS and type(layer) not in _INTERNAL and _is_handled_as_composite(layer):
+        return composite_internal_tensors(layer)
     tags = _INTERNAL[type(layer)](layer) if type(layer) in _INTERNAL else ()
     return tuple(tags) + (("activation_input",) if _splits_activation(layer) else ())
+
+
+def _is_handled_as_composite(layer) -> bool:
+    from collabopt.layers.registry import handled_as_composite  # the registry imports this module
+
+    return handled_as_composite(layer)
+
+
+def composite_internal_tensors(layer) -> tuple[str, ...]:
+    """The sublayer outputs inside composite ``layer`` that QAT fake-quantizes, by attribute path.
+
+    Read once from a symbolic call of the layer (which sublayer's output
+    feeds which): every sublayer's single output is an int8 tensor of the
+    exported file, except the layer's own output (its output quantizer
+    covers it), outputs of same-scale layers (pooling, dropout, reshapes),
+    and a conv / dense output that only a BatchNormalization or a fused
+    ReLU consumes (TFLite folds them into one op: their output is the tensor).
+
+    Example:
+
+    >>> import keras
+    >>> class Block(keras.layers.Layer):
+    ...     def __init__(self, **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self.conv = keras.layers.Conv2D(4, 3, use_bias=False)
+    ...         self.bn = keras.layers.BatchNormalization()
+    ...         self.proj = keras.layers.Conv2D(4, 1)
+    ...     def call(self, x):
+    ...         return self.proj(keras.ops.relu(self.bn(self.conv(x))))
+    >>> block = Block()
+    >>> _ = block(keras.KerasTensor((None, 8, 8, 3)))
+    >>> composite_internal_tensors(block)
+    ('bn',)
+    """
+    cached = layer.__dict__.get("_collabopt_internal_tensors")
+    if cached is not None:
+        return cached
+    if not layer.built:
+        return ()
+    from collabopt.layers.copy import fresh_call_arguments
+    from collabopt.layers.registry import handled_as_composite
+
+    args, kwargs = fresh_call_arguments(layer)
+    calls, layer_outputs = trace_sublayer_calls(layer, args, kwargs, is_leaf=lambda sub: not handled_as_composite(sub))
+    selected = []
+    for path, sub, _, outputs in calls:
+        if path in selected or len(outputs) != 1 or outputs & layer_outputs or layer_roles(sub).same_scale:
+            continue
+        after = [consumer for _, consumer, inputs, _ in calls if inputs & outputs]
+        folds = layer_roles(sub).output_weight is not None and _activation_name(sub) == "linear"
+        if after and folds and all(_absorbs_into_producer(consumer) for consumer in after):
+            continue
+        selected.append(path)
+    object.__setattr__(layer, "_collabopt_internal_tensors", tuple(selected))
+    return tuple(selected)
+
+
+def _absorbs_into_producer(layer) -> bool:
+    """A BatchNormalization or a ReLU / ReLU6, which TFLite folds into the conv or dense op before it."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return True
+    if isinstance(layer, keras.layers.ReLU):
+        config = layer.get_config()
+        return not config.get("negative_slope") and not config.get("threshold") and config.get("max_value") in (None, 6.0)
+    return isinstance(layer, keras.layers.Activation) and _activation_name(layer) in ("relu", "relu6")
 
 
 def _dense_over_sequence(layer) -> bool:

@@ -20,14 +20,16 @@ same-scale, BN-fold target, channel behaviour) is its
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 from typing import Protocol, runtime_checkable
 
 import keras
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.layers.composite import is_composite, resolve_sublayer, sublayer_items
-from collabopt.layers.execution import call_in_tflite_form, has_tflite_form
+from collabopt.layers.composite import is_composite, resolve_sublayer, sublayer_items, sublayer_output_hooks
+from collabopt.layers.execution import call_in_tflite_form, has_tflite_form, internal_tensors
 from collabopt.layers.roles import LayerRoles, layer_roles, register_layer_roles, roles_classes
 
 
@@ -282,19 +284,37 @@ def weight_specs(layer: keras.layers.Layer) -> tuple[WeightSpec, ...] | None:
         specs = declared_specs(layer, method_name)
         if specs is not None:
             return specs
-    for cls in type(layer).__mro__:
-        if cls in _REGISTRY:
-            # A Conv2D subclass that changes the convolution (e.g. Keras'
-            # own Conv2DTranspose is *not* a Conv2D subclass, but users'
-            # may be) still stores its weight under the same attribute.
-            entry = _REGISTRY[cls]
-            return tuple(entry(layer)) if callable(entry) else entry
+    entry = _registry_entry(layer)
+    if entry is not None:
+        return tuple(entry(layer)) if callable(entry) else entry
     if layer_roles(layer).passthrough:
         return ()
     if is_composite(layer):
         specs = composite_specs(layer)
         return specs if specs or not layer.weights else None
     return None
+
+
+def _registry_entry(layer):
+    # Along the MRO: a Conv2D subclass that changes the convolution (Keras'
+    # own Conv2DTranspose is *not* a Conv2D subclass, but users' may be)
+    # still stores its weight under the same attribute.
+    for cls in type(layer).__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+    return None
+
+
+def handled_as_composite(layer) -> bool:
+    """True when collabopt reaches ``layer``'s weights through its sublayers (no registration, protocol or roles of its own).
+
+    >>> import keras
+    >>> handled_as_composite(keras.layers.MultiHeadAttention(2, 4))  # registered: a layer of its own
+    False
+    """
+    if any(declared_specs(layer, m) is not None for m in _PROTOCOL_METHODS) or _registry_entry(layer) is not None:
+        return False
+    return not layer_roles(layer).passthrough and is_composite(layer)
 
 
 def composite_specs(layer) -> tuple[WeightSpec, ...]:
@@ -328,6 +348,23 @@ def composite_specs(layer) -> tuple[WeightSpec, ...]:
         for spec in weight_specs(sub) or ():
             specs.append(dataclasses.replace(spec, name=f"{path}/{spec.name}"))
     return tuple(specs)
+
+
+class _RecordingScope(keras.StatelessScope):
+    """A StatelessScope that also remembers which variables were assigned in it (to apply their updates after)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.assigned = []
+
+    def add_update(self, update):
+        super().add_update(update)
+        if all(variable is not update[0] for variable in self.assigned):
+            self.assigned.append(update[0])
+
+
+def _between_output(between, index, outputs):
+    return between(outputs, index) if keras.ops.is_tensor(outputs) and "float" in str(outputs.dtype) else outputs
 
 
 def unreached_weights(layer) -> list[str]:
@@ -447,8 +484,15 @@ def call_with_weights(
     """
     if tflite_form and has_tflite_form(layer):
         return call_in_tflite_form(layer, inputs, weights, between)
+    hooks = contextlib.nullcontext()
+    if between is not None and handled_as_composite(layer):
+        # QAT inside a composite layer: its sublayers' outputs pass through
+        # ``between`` (one fake quantizer each) as the layer computes them.
+        paths = internal_tensors(layer)
+        hooks = sublayer_output_hooks(layer, {p: functools.partial(_between_output, between, i) for i, p in enumerate(paths)})
     if not weights:
-        return layer(inputs, *args, **kwargs)
+        with hooks:
+            return layer(inputs, *args, **kwargs)
     specs = {s.name: s for s in weight_specs(layer) or ()}
     mapping = []
     for name, value in weights.items():
@@ -460,13 +504,12 @@ def call_with_weights(
         mapping.append((get_variable(layer, specs[name]), value))
     # StatelessScope also captures the variable assignments made during the
     # call (a BatchNormalization's moving statistics inside a composite
-    # layer): they are applied once the scope is left.
-    with keras.StatelessScope(state_mapping=mapping) as scope:
+    # layer, the ranges of the fake quantizers between its sublayers): they
+    # are applied once the scope is left.
+    with hooks, _RecordingScope(state_mapping=mapping) as scope:
         outputs = layer(inputs, *args, **kwargs)
     replaced = {id(variable) for variable, _ in mapping}
-    for variable in layer.weights:
+    for variable in scope.assigned:
         if id(variable) not in replaced:
-            update = scope.get_current_value(variable)
-            if update is not None:
-                variable.assign(update)
+            variable.assign(scope.get_current_value(variable))
     return outputs

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import keras
 
-from collabopt.layers import LayerRoles, layer_roles, optimizable_variables, per_channel_by_rank, register_layer, weight_specs
+from collabopt.layers import LayerRoles, handled_as_composite, layer_roles, sublayer_at, optimizable_variables, per_channel_by_rank, register_layer, weight_specs
 from collabopt.layers.execution import internal_tensors
 from collabopt.preserve import CLUSTERS, SPARSITY
 from collabopt.quantization.config import QuantizeConfig
@@ -116,7 +116,12 @@ class QuantizeScheme:
             s.name: self.weight_quantizer(len(v.shape), s.quantized_per_channel(len(v.shape)))
             for s, v in zip(specs, optimizable_variables(layer).values())
         }
-        internal = [self.activation_quantizer() for _ in internal_tensors(layer)]
+        if handled_as_composite(layer):
+            # A sublayer's output inside a composite layer: quantized as that
+            # sublayer's own output would be (fixed after a sigmoid).
+            internal = [self.output_quantizer(sublayer_at(layer, path)) for path in internal_tensors(layer)]
+        else:
+            internal = [self.activation_quantizer() for _ in internal_tensors(layer)]
         return QuantizeConfig(weights=weights, outputs=outputs, internal=internal)
 
     def get_config(self):
