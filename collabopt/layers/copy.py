@@ -34,8 +34,8 @@ def copy_layer(layer: keras.layers.Layer, dtype: str | None = None) -> keras.lay
         current = getattr(current, "layer", None) if isinstance(current, keras.layers.Wrapper) else None
     try:
         config = layer.get_config()
-    except NotImplementedError as error:  # Keras: a constructor argument it cannot serialize
-        raise _not_copyable(layer, f"get_config() is not implemented ({error})") from error
+    except Exception as error:  # not implemented (an argument Keras cannot serialize), or a bug in it
+        raise _not_copyable(layer, f"get_config() failed ({type(error).__name__}: {error})") from error
     if "name" not in config:  # Keras' automatic config of a layer without get_config leaves the name out
         config = {**config, "name": layer.name}
     if dtype is not None:

@@ -278,3 +278,20 @@ def test_weights_inside_a_block_that_nothing_reaches_are_named():
     with pytest.warns(UserWarning, match="left unchanged 2 weight\\(s\\) inside composite layers .*blk/scale/w, blk/gain"):
         pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0))
     assert [s.name for s in weight_specs(pruned.get_layer("prune_low_magnitude_blk").layer)] == ["dense/kernel"]
+
+
+def test_qat_trains_a_range_for_each_sublayer_output_that_is_an_int8_tensor():
+    from collabopt.layers.execution import composite_internal_tensors
+
+    model = residual_cnn()
+    x, y = _data(model)
+    qat = co.quantize_model(model)
+    train_steps(qat, x, y, 2)
+    # bn1 and bn2 (the convs fold into them); not the block's output (a plain relu op's).
+    expected = {"res": ("bn1", "bn2"), "stack": ("convs/0",), "nested": ("inner/bn1", "inner/bn2")}
+    for name, paths in expected.items():
+        wrapper = qat.get_layer(f"quant_{name}")
+        assert composite_internal_tensors(wrapper.base_layer) == paths
+        internal = [(q, state) for label, q, state in wrapper.range_states() if label.startswith("internal")]
+        assert len(internal) == len(paths)
+        assert all(bool(keras.ops.convert_to_numpy(q.is_initialized(state))) for q, state in internal)
