@@ -111,39 +111,39 @@ def leaf_sublayers(layer, is_leaf) -> list[tuple[str, keras.layers.Layer]]:
 
 
 @contextlib.contextmanager
-def sublayer_output_hooks(layer, hooks: dict):
-    """While inside, each sublayer of ``layer`` at path ``p`` (from :func:`leaf_sublayers`) returns ``hooks[p](outputs)``.
+def redirected_calls(redirects):
+    """While inside, each ``(layer, wrap)`` of ``redirects`` runs ``wrap(call)`` in place of its current ``call``.
 
-    A sublayer's ``call`` is redirected on the instance for the duration (Keras'
-    ``__call__`` runs ``self.call``; a composite calls its sublayers itself,
-    so there is no graph edge to rewrite) and restored on exit, also after an error.
+    The ``call`` is replaced on the instance (Keras' ``__call__`` runs
+    ``self.call``; a composite calls its sublayers itself, so there is no
+    graph edge to rewrite) and restored on exit, also after an error.
     """
     saved = []
     try:
-        for path, fn in hooks.items():
-            sub = sublayer_at(layer, path)
-            previous = sub.__dict__.get("call", _MISSING)
-            inner = previous if previous is not _MISSING else type(sub).call.__get__(sub)
-            object.__setattr__(sub, "call", _hooked(inner, fn))
-            saved.append((sub, previous))
+        for layer, wrap in redirects:
+            previous = layer.__dict__.get("call", _MISSING)
+            current = previous if previous is not _MISSING else type(layer).call.__get__(layer)
+            object.__setattr__(layer, "call", functools.wraps(current)(wrap(current)))
+            saved.append((layer, previous))
         yield
     finally:
-        for sub, previous in reversed(saved):
+        for layer, previous in reversed(saved):
             if previous is _MISSING:
-                object.__delattr__(sub, "call")
+                object.__delattr__(layer, "call")
             else:
-                object.__setattr__(sub, "call", previous)
+                object.__setattr__(layer, "call", previous)
 
 
 _MISSING = object()
 
 
-def _hooked(call, fn):
-    @functools.wraps(call)
-    def hooked(*args, **kwargs):
-        return fn(call(*args, **kwargs))
+def sublayer_output_hooks(layer, hooks: dict):
+    """While inside, each sublayer of ``layer`` at path ``p`` (from :func:`leaf_sublayers`) returns ``hooks[p](outputs)``."""
 
-    return hooked
+    def then(fn):
+        return lambda call: lambda *args, **kwargs: fn(call(*args, **kwargs))
+
+    return redirected_calls([(sublayer_at(layer, path), then(fn)) for path, fn in hooks.items()])
 
 
 def sublayer_at(layer, path: str):
@@ -168,43 +168,31 @@ def trace_sublayer_calls(layer, args, kwargs, is_leaf):
     tensors, and ``output_ids`` the ids of the tensors ``layer`` returns;
     a sublayer whose output is another's input consumes it.
     """
-    calls = []
-    leaves = leaf_sublayers(layer, is_leaf)
+    calls, outputs = [], set()
 
     def ids(structure):
         return {id(t) for t in keras.tree.flatten(structure) if t is not None and hasattr(t, "shape")}
 
-    def recorder(path, sub, call):
-        def record(*a, **k):
-            out = call(*a, **k)
-            calls.append((path, sub, ids((a, k)), ids(out)))
+    def recording(path, sub):
+        def wrap(call):
+            def record(*args, **kwargs):
+                out = call(*args, **kwargs)
+                calls.append((path, sub, ids((args, kwargs)), ids(out)))
+                return out
+
+            return record
+
+        return wrap
+
+    def layer_outputs(call):
+        def record(*args, **kwargs):
+            out = call(*args, **kwargs)
+            outputs.update(ids(out))
             return out
 
         return record
 
-    outputs = {}
-
-    def record_outputs(call):
-        def run(*a, **k):
-            out = call(*a, **k)
-            outputs["ids"] = ids(out)
-            return out
-
-        return run
-
-    saved = []
-    try:
-        for path, sub in leaves + [("", layer)]:
-            previous = sub.__dict__.get("call", _MISSING)
-            inner = previous if previous is not _MISSING else type(sub).call.__get__(sub)
-            hooked = record_outputs(inner) if sub is layer else recorder(path, sub, inner)
-            object.__setattr__(sub, "call", hooked)
-            saved.append((sub, previous))
+    redirects = [(sub, recording(path, sub)) for path, sub in leaf_sublayers(layer, is_leaf)]
+    with redirected_calls(redirects + [(layer, layer_outputs)]):
         layer(*args, **kwargs)
-    finally:
-        for sub, previous in reversed(saved):
-            if previous is _MISSING:
-                object.__delattr__(sub, "call")
-            else:
-                object.__setattr__(sub, "call", previous)
-    return calls, outputs.get("ids", set())
+    return calls, outputs

@@ -8,6 +8,7 @@ import inspect
 import keras
 
 from collabopt.errors import InvalidArgumentError
+from collabopt.layers.composite import is_composite
 
 
 def copy_layer(layer: keras.layers.Layer, dtype: str | None = None) -> keras.layers.Layer:
@@ -17,11 +18,19 @@ def copy_layer(layer: keras.layers.Layer, dtype: str | None = None) -> keras.lay
     instead of the layer's own, e.g. ``"float32"`` for a layer trained under
     ``mixed_float16``, whose variables are float32 already.
 
-    Uses only public serialization hooks: ``get_config``/``from_config`` for
-    the structure, ``get_build_config``/``build_from_config`` to create the
-    variables, and ``get_weights``/``set_weights`` for their values. A
-    collabopt wrapper is rebuilt around a copy of the layer it wraps
-    (``from_config_with_layer``), so a Lambda inside is never deserialized.
+    Uses the public serialization hooks: ``get_config``/``from_config`` for
+    the structure (without config keys the constructor refuses, see
+    :func:`rebuildable_config`), ``get_build_config``/``build_from_config``
+    to create the variables, or, for a layer whose sublayers are built by its
+    first call (a composite block), a call on fresh symbolic inputs like the
+    ones it was first called with; then the variables' values, in order,
+    after checking their shapes. A collabopt wrapper is rebuilt around a copy
+    of the layer it wraps (``from_config_with_layer``), so a Lambda inside is
+    never deserialized.
+
+    Raises:
+        InvalidArgumentError: the layer cannot be copied (its config fails or
+            does not describe it); the message names it and what to change.
     """
     if isinstance(layer, keras.layers.Wrapper) and hasattr(type(layer), "from_config_with_layer"):
         return _copy_wrapper(layer, dtype)
@@ -137,13 +146,6 @@ def _build_by_call(new, layer, build_config) -> None:
     build_by_call(new, serialize_call(args, kwargs), error_layer=layer)
 
 
-def builds_by_call(layer) -> bool:
-    """True for a layer without a ``build`` method of its own whose sublayers are built by its first call."""
-    from collabopt.layers.composite import is_composite
-
-    return type(layer).build is keras.layers.Layer.build and is_composite(layer)
-
-
 def call_signature(layer) -> dict | None:
     """The inputs a built composite layer was first called with, as JSON data (shapes, dtypes, plain values).
 
@@ -153,8 +155,6 @@ def call_signature(layer) -> dict | None:
     Saved beside a wrapper of the layer, so that loading can build the
     re-created layer (:func:`build_by_call`) before the wrapper reads its weights.
     """
-    from collabopt.layers.composite import is_composite
-
     if not (layer.built and is_composite(layer)):
         return None
     args, kwargs = _first_call_arguments(layer, layer.get_build_config())

@@ -295,3 +295,64 @@ def test_qat_trains_a_range_for_each_sublayer_output_that_is_an_int8_tensor():
         internal = [(q, state) for label, q, state in wrapper.range_states() if label.startswith("internal")]
         assert len(internal) == len(paths)
         assert all(bool(keras.ops.convert_to_numpy(q.is_initialized(state))) for q, state in internal)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "technique",
+    ["block_pruning", "2_by_4", "per_channel_clusters", "4_bit_qat"],
+)
+def test_other_techniques_reach_the_kernels_inside_blocks(technique):
+    model = residual_cnn()
+    x, y = _data(model)
+    if technique == "block_pruning":
+        optimized = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1), block_size=(1, 4))
+    elif technique == "2_by_4":
+        optimized = co.prune_low_magnitude(model, sparsity_m_by_n=(2, 4))
+    elif technique == "per_channel_clusters":
+        optimized = co.cluster_weights(model, number_of_clusters=4, cluster_per_channel=True)
+    else:
+        optimized = co.quantize_model(model, co.DefaultNBitQuantizeScheme(num_bits_weight=4))
+    train_steps(optimized, x, y, 2)
+    tflite = ct.convert(optimized, "int8", representative_data=x)
+    assert tflite.float_islands() == []
+    report = ct.verify(optimized, tflite)
+    if technique == "4_bit_qat":
+        from collabopt.tflite.int4 import low_bit_weights
+
+        # convert() checks that every 4-bit weight is stored as INT4 in the file.
+        inside = [w for w in low_bit_weights(optimized) if w[0] in ("quant_res", "quant_stack", "quant_nested")]
+        assert len(inside) == 7, low_bit_weights(optimized)
+        assert "int4" in {t.dtype for t in tflite.inspect().weights()}
+    else:
+        assert report.all_hold and report.reached_share(model) == pytest.approx(1.0), str(report)
+
+
+def test_mid_schedule_pruning_state_of_a_block_survives_a_reload(tmp_path):
+    model = residual_cnn()
+    x, y = _data(model)
+    pruned = co.prune_low_magnitude(model, co.PolynomialDecay(0.0, 0.8, 0, 10, frequency=1))
+    train_steps(pruned, x, y, 3)
+    path = str(tmp_path / "mid.keras")
+    pruned.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(pruned.weights, loaded.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    train_steps(pruned, x, y, 2)
+    train_steps(loaded, x, y, 2)  # both go on from step 3 to the same masks
+    for a, b in zip(pruned.weights, loaded.weights):
+        if "mask" in a.path or "step" in a.path:
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_a_block_trains_under_mirrored_strategy(mirrored):
+    with mirrored.scope():
+        model = residual_cnn()
+        pcqat = co.quantize_model(co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1)))
+        pcqat.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _data(model, batch=16)
+    pcqat.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    wrapper = pcqat.get_layer("quant_res")
+    assert all(bool(keras.ops.convert_to_numpy(q.is_initialized(s))) for _, q, s in wrapper.range_states())
+    tflite = ct.convert(pcqat, "int8", representative_data=x)
+    assert tflite.float_islands() == [] and ct.verify(pcqat, tflite).all_hold
