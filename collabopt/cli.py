@@ -21,6 +21,7 @@ import pathlib
 import sys
 
 from collabopt.errors import CollaboptError, InvalidArgumentError
+from collabopt.tflite.modes import MODES, export_mode
 
 
 class UsageError(InvalidArgumentError):
@@ -99,12 +100,13 @@ def cmd_export(args) -> int:
     import collabopt.tflite as ct
 
     model = _load_model(args.model)
-    needs_data = args.mode == "int16x8" or (args.mode == "int8" and not ct.has_trained_ranges(model))
+    mode = export_mode(args.mode)
+    needs_data = mode.needs_calibration(ct.has_trained_ranges(model))
     if needs_data and not args.data:
         raise UsageError(
             f"--mode {args.mode} calibrates activation ranges on sample inputs: pass --data "
             "(a bundled name, a .npz file or tfds:NAME)"
-            + ("" if args.mode == "int16x8" else ", or export a model trained with quantize_model")
+            + (", or export a model trained with quantize_model" if mode.keeps_fake_quant else "")
         )
     data = _load_data(args) if args.data else None
     rep = data[0][0] if data else None
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="convert a .keras model to .tflite and print its sizes", parents=[common, data])
     p.add_argument("model")
-    p.add_argument("--mode", default="int8", help="float32 | float16 | dynamic | int8 | int16x8 (default int8)")
+    p.add_argument("--mode", default="int8", help=" | ".join(MODES) + " (default int8)")
     p.add_argument("--data", help="representative/evaluation data: " + DATA_HELP)
     p.add_argument("--out")
     p.add_argument("--fused-lstm", action="store_true", help="export LSTMs as TFLite's fused "
@@ -292,8 +294,8 @@ def _check_args(args) -> None:
         percents = [f"{100 * r:.0f}" for r in args.filter_ratios]
         if len(set(percents)) < len(percents):
             raise UsageError(f"--filter-ratios must differ in whole percents; received {' '.join(f'{r:g}' for r in args.filter_ratios)}")
-    if args.command == "export" and args.mode not in ("float32", "float16", "dynamic", "int8", "int16x8"):
-        raise UsageError(f"unknown mode {args.mode!r}; accepted: float32, float16, dynamic, int8, int16x8")
+    if args.command == "export" and args.mode not in MODES:
+        raise UsageError(f"unknown mode {args.mode!r}; accepted: {', '.join(MODES)}")
     if getattr(args, "tfds_dir", None) and not str(getattr(args, "data", "") or "").startswith("tfds:"):
         raise UsageError("--tfds-dir is only used with --data tfds:NAME[:SPLITS]")
 

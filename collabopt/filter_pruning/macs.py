@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 
-from collabopt.layers import base_layer
+from collabopt.layers import base_layer, support_fact
+from collabopt.layers.builtin import no_macs
 from collabopt.transform import iter_layers
 
 
@@ -20,32 +20,25 @@ def _shape(layer):
 def layer_macs(layer) -> int:
     """Multiply-accumulates of one call of ``layer`` on one example (0 for layers without kernels).
 
-    Conv: output positions x kernel size x input channels / groups x filters;
-    depthwise: output positions x kernel size x channels x multiplier;
-    separable: its depthwise part plus a 1x1 conv; Dense: inputs x units per
-    position; transposed conv: input positions x kernel size x in x out.
+    The formula is the layer class's record (``LayerSupport.macs``; Keras'
+    layers in :mod:`collabopt.layers.builtin`): conv: output positions x
+    kernel size x input channels / groups x filters; depthwise: output
+    positions x kernel size x channels x multiplier; separable: its depthwise
+    part plus a 1x1 conv; Dense: inputs x units per position; transposed
+    conv: input positions x kernel size x in x out.
     Wrapped layers are counted by their base layer (a filter-pruned but not
     yet stripped layer counts its full size).
     """
     base = base_layer(layer)
+    formula = support_fact(base, "macs")  # the layer's record (collabopt.layers.builtin for Keras' layers)
     shape = _shape(base)
-    if shape is None or None in shape[1:]:
+    if formula is None or shape is None or None in shape[1:]:
         return 0
-    out = tuple(base.compute_output_shape(shape))
-    c_in = shape[-1]
-    if isinstance(base, keras.layers.Dense):
-        return int(np.prod(shape[1:-1], dtype=np.int64) * c_in * base.units)
-    if isinstance(base, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
-        return int(np.prod(out[1:-1], dtype=np.int64) * np.prod(base.kernel_size) * c_in * base.depth_multiplier)
-    if isinstance(base, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
-        positions = np.prod(out[1:-1], dtype=np.int64)
-        return int(positions * (np.prod(base.kernel_size) * c_in * base.depth_multiplier + c_in * base.depth_multiplier * base.filters))
-    if isinstance(base, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)):
-        return int(np.prod(shape[1:-1], dtype=np.int64) * np.prod(base.kernel_size) * c_in * base.filters)
-    if isinstance(base, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
-        groups = getattr(base, "groups", 1) or 1
-        return int(np.prod(out[1:-1], dtype=np.int64) * np.prod(base.kernel_size) * (c_in // groups) * base.filters)
-    return 0
+    try:
+        out = tuple(base.compute_output_shape(shape))
+    except NotImplementedError:  # a custom layer: trace its call
+        out = tuple(base.compute_output_spec(keras.KerasTensor(shape)).shape)
+    return int(formula(base, shape, out))
 
 
 def count_macs(model) -> int:
@@ -85,7 +78,7 @@ def uncounted_layers(model) -> list[str]:
     out = []
     for layer in iter_layers(model):
         base = base_layer(layer)
-        if isinstance(base, keras.layers.Embedding) or layer_macs(layer):
+        if support_fact(base, "macs") is no_macs or layer_macs(layer):
             continue
         if any(len(w.shape) >= 2 for w in base.weights):
             out.append(base.name)

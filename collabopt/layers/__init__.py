@@ -4,7 +4,6 @@ from collabopt.layers.composite import is_composite, sublayer_at, sublayer_items
 from collabopt.layers.copy import copy_layer
 from collabopt.layers.channels import from_channel_rows, num_channels, to_channel_rows
 from collabopt.layers.registry import (
-    PASSTHROUGH_LAYERS,
     OptimizableLayer,
     WeightSpec,
     call_with_weights,
@@ -23,6 +22,7 @@ from collabopt.layers.registry import (
 )
 from collabopt.layers.roles import (
     CHANNEL_BEHAVIOURS,
+    roles_classes,
     CONCATENATES,
     ELEMENTWISE,
     FLATTENS,
@@ -33,8 +33,18 @@ from collabopt.layers.roles import (
     RESHAPES,
     LayerRoles,
     channel_behaviour,
+    is_fused_activation,
     layer_roles,
     register_layer_roles,
+)
+from collabopt.layers.support import (
+    ExportForm,
+    LayerSupport,
+    layer_support,
+    layer_support_registered,
+    optimizable_layer_names,
+    register_layer_support,
+    support_fact,
 )
 from collabopt.layers.wrapper import (
     OptimizationWrapper,
@@ -45,8 +55,16 @@ from collabopt.layers.wrapper import (
     wrapper_chain,
 )
 
+from collabopt.layers import builtin  # noqa: E402,F401  (registers the built-in layers' records)
+
+#: The built-in classes whose roles say ``passthrough`` (nothing to optimize);
+#: the records (:func:`layer_support`) are what techniques read.
+PASSTHROUGH_LAYERS: tuple[type, ...] = roles_classes(passthrough=True)
+
 __all__ = [
     "CHANNEL_BEHAVIOURS",
+    "ExportForm",
+    "LayerSupport",
     "CONCATENATES",
     "ELEMENTWISE",
     "FLATTENS",
@@ -71,15 +89,21 @@ __all__ = [
     "get_variable",
     "handled_as_composite",
     "is_composite",
+    "is_fused_activation",
     "is_passthrough",
     "layer_roles",
+    "layer_support",
+    "layer_support_registered",
     "num_channels",
+    "optimizable_layer_names",
     "optimizable_variables",
     "per_channel_by_rank",
     "register_layer",
     "register_layer_roles",
+    "register_layer_support",
     "register_weights_protocol",
     "spec_for",
+    "support_fact",
     "sublayer_at",
     "sublayer_items",
     "to_channel_rows",

@@ -20,7 +20,8 @@ import tensorflow as tf
 from keras import ops
 
 from collabopt.layers.composite import sublayer_items, trace_sublayer_calls
-from collabopt.layers.roles import layer_roles
+from collabopt.layers.roles import is_fused_activation, layer_roles
+from collabopt.layers.support import support_fact
 
 
 def _expand_inputs(layer, inputs):
@@ -44,7 +45,7 @@ def _causal(layer, inputs):
     return ops.pad(inputs, pad), "valid"
 
 
-def _run_conv1d(layer, inputs, weights, between=None):
+def run_conv1d(layer, inputs, weights, between=None):
     inputs, padding = _causal(layer, inputs)
     x, axis = _expand_inputs(layer, inputs)
     y = ops.conv(
@@ -58,7 +59,7 @@ def _run_conv1d(layer, inputs, weights, between=None):
     return _bias(layer, ops.squeeze(y, axis), layer.filters)
 
 
-def _run_depthwise_conv1d(layer, inputs, weights, between=None):
+def run_depthwise_conv1d(layer, inputs, weights, between=None):
     x, axis = _expand_inputs(layer, inputs)
     kernel = weights["kernel"]
     y = ops.depthwise_conv(
@@ -85,22 +86,22 @@ def _separable(layer, x, weights, between, strides, dilation):
     return ops.conv(mid, weights["pointwise_kernel"], strides=1, padding="valid", data_format=layer.data_format)
 
 
-def _run_separable_conv1d(layer, inputs, weights, between=None):
+def run_separable_conv1d(layer, inputs, weights, between=None):
     x, axis = _expand_inputs(layer, inputs)
     y = _separable(layer, x, weights, between, (1, layer.strides[0]), (1, layer.dilation_rate[0]))
     return _bias(layer, ops.squeeze(y, axis), layer.filters)
 
 
-def _run_separable_conv2d(layer, inputs, weights, between=None):
+def run_separable_conv2d(layer, inputs, weights, between=None):
     y = _separable(layer, inputs, weights, between, tuple(layer.strides), tuple(layer.dilation_rate))
     return _bias(layer, y, layer.filters)
 
 
-def _run_conv(layer, inputs, weights, between=None):
+def run_conv(layer, inputs, weights, between=None):
     return _bias(layer, layer.convolution_op(inputs, weights["kernel"]), layer.filters)
 
 
-def _run_depthwise_conv2d(layer, inputs, weights, between=None):
+def run_depthwise_conv2d(layer, inputs, weights, between=None):
     kernel = weights["kernel"]
     y = ops.depthwise_conv(
         inputs, kernel, strides=tuple(layer.strides), padding=layer.padding,
@@ -109,7 +110,7 @@ def _run_depthwise_conv2d(layer, inputs, weights, between=None):
     return _bias(layer, y, int(kernel.shape[-2] * kernel.shape[-1]))
 
 
-def _run_dense(layer, inputs, weights, between=None):
+def run_dense(layer, inputs, weights, between=None):
     kernel = weights["kernel"]
     inner = tuple(inputs.shape[1:-1])
     if inner and None not in inner:
@@ -125,7 +126,7 @@ def _run_dense(layer, inputs, weights, between=None):
     return ops.add(y, layer.bias) if layer.bias is not None else y
 
 
-def _run_einsum_dense(layer, inputs, weights, between=None):
+def run_einsum_dense(layer, inputs, weights, between=None):
     y = ops.einsum(layer.equation, inputs, weights["kernel"])
     return ops.add(y, layer.bias) if layer.bias is not None else y
 
@@ -135,12 +136,12 @@ _LAYER_NORM_TENSORS = (
 )
 
 
-def _run_layer_normalization(layer, inputs, weights, between=None):
+def run_layer_normalization(layer, inputs, weights, between=None):
     # (x - mean) * rsqrt(var + eps) * gamma + beta, with ops that all have
     # int8 kernels (MEAN, SQUARED_DIFFERENCE, ADD, RSQRT, SUB, MUL); Keras'
     # own formulation goes through a NEG op, which TFLite keeps in float.
     # ``between`` sees each intermediate tensor, so QAT gives each a range.
-    tags = _layer_norm_tensors(layer)
+    tags = layer_norm_tensors(layer)
 
     def at(tensor, tag):
         return between(tensor, tags.index(tag)) if tag in tags else tensor
@@ -181,7 +182,7 @@ def _channel_shape(layer, x, axis):
     return shape
 
 
-def _run_batch_normalization(layer, inputs, weights, between=None):
+def run_batch_normalization(layer, inputs, weights, between=None):
     # Inference form with the moving statistics (frozen under QAT, as for a
     # BatchNormalization folded into a conv): x * scale + offset, i.e. TFLite's
     # MUL then ADD; ``between`` sees the product.
@@ -195,7 +196,7 @@ def _run_batch_normalization(layer, inputs, weights, between=None):
     return between(x * ops.reshape(scale, shape), 0) + ops.reshape(offset, shape)
 
 
-def _run_normalization(layer, inputs, weights, between=None):
+def run_normalization(layer, inputs, weights, between=None):
     # (x - mean) * (1 / std): SUB then MUL (TFLite has no int8 DIV).
     x = ops.convert_to_tensor(inputs)
     inverse = 1.0 / ops.maximum(ops.sqrt(ops.cast(layer.variance, x.dtype)), keras.backend.epsilon())
@@ -203,7 +204,7 @@ def _run_normalization(layer, inputs, weights, between=None):
     return (between(centered, 0) if internal_tensors(layer)[:1] == ("centered",) else centered) * inverse
 
 
-def _run_rescaling(layer, inputs, weights, between=None):
+def run_rescaling(layer, inputs, weights, between=None):
     x = ops.convert_to_tensor(inputs)
     scale = ops.cast(ops.convert_to_tensor(layer.scale), x.dtype)
     offset = ops.cast(ops.convert_to_tensor(layer.offset), x.dtype)
@@ -212,7 +213,7 @@ def _run_rescaling(layer, inputs, weights, between=None):
     return between(x * scale, 0) + offset
 
 
-def _run_average(layer, inputs, weights, between=None):
+def run_average(layer, inputs, weights, between=None):
     # Average is a sum and a multiply by 1/n in TFLite (ADDs, MUL); each
     # partial sum needs a range (one range, shared by all of them).
     total = inputs[0]
@@ -221,37 +222,11 @@ def _run_average(layer, inputs, weights, between=None):
     return ops.multiply(total, 1.0 / len(inputs))
 
 
-# Layer class -> (weights that take a rank-4 execution form, runner). A
-# runner computes what the layer's own call computes up to its activation, as
-# the ops TFLite executes. Matched on the exact class: a user's subclass may
-# change ``call``, and keeps it.
-_TFLITE_FORMS = {
-    keras.layers.Conv1D: (("kernel",), _run_conv1d),
-    keras.layers.DepthwiseConv1D: (("kernel",), _run_depthwise_conv1d),
-    keras.layers.SeparableConv1D: (("depthwise_kernel", "pointwise_kernel"), _run_separable_conv1d),
-    keras.layers.SeparableConv2D: ((), _run_separable_conv2d),
-    keras.layers.LayerNormalization: ((), _run_layer_normalization),
-    keras.layers.Dense: ((), _run_dense),
-    keras.layers.EinsumDense: ((), _run_einsum_dense),
-    keras.layers.Conv2D: ((), _run_conv),
-    keras.layers.Conv3D: ((), _run_conv),
-    keras.layers.DepthwiseConv2D: ((), _run_depthwise_conv2d),
-    keras.layers.BatchNormalization: ((), _run_batch_normalization),
-    keras.layers.Normalization: ((), _run_normalization),
-    keras.layers.Rescaling: ((), _run_rescaling),
-    keras.layers.Average: ((), _run_average),
-}
-
-# Layers that must always run in their TFLite form under quantization (the
-# others only when their activation has to be split off, see below).
-_ALWAYS = (
-    keras.layers.Conv1D, keras.layers.DepthwiseConv1D, keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D, keras.layers.LayerNormalization, keras.layers.BatchNormalization,
-    keras.layers.Normalization, keras.layers.Rescaling, keras.layers.Average,
-)
-
-# Tensors TFLite computes *inside* a layer, between the ops it becomes.
-def _layer_norm_tensors(layer):
+# Tensors TFLite computes *inside* a layer, between the ops it becomes (each
+# an ExportForm's ``internal``). A tensor is internal only while the op after
+# it does something: the converter folds ``x + 0`` and ``x - 0`` away, and two
+# quantizations of one tensor would become a float requantize.
+def layer_norm_tensors(layer):
     if getattr(layer, "rms_scaling", False):
         return ()
     scaled = ("scaled",) if layer.scale and layer.center else ()
@@ -262,32 +237,34 @@ def _nonzero(value) -> bool:
     return bool(np.any(np.asarray(keras.ops.convert_to_numpy(value)) != 0))
 
 
-# A tensor is internal only while the op after it does something: the
-# converter folds ``x + 0`` and ``x - 0`` away, and two quantizations of one
-# tensor would become a float requantize.
-_INTERNAL = {
-    keras.layers.SeparableConv1D: lambda layer: ("depthwise_output",),
-    keras.layers.SeparableConv2D: lambda layer: ("depthwise_output",),
-    keras.layers.LayerNormalization: _layer_norm_tensors,
-    keras.layers.BatchNormalization: lambda layer: ("scaled",),
-    keras.layers.Normalization: lambda layer: ("centered",) if layer.built and _nonzero(layer.mean) else (),
-    keras.layers.Rescaling: lambda layer: ("scaled",) if _nonzero(layer.offset) else (),
-    keras.layers.Average: lambda layer: ("sum",),
-}
+def separable_tensors(layer):
+    return ("depthwise_output",)
 
-def _layer_norm_identities(layer):
+
+def batch_normalization_tensors(layer):
+    return ("scaled",)
+
+
+def normalization_tensors(layer):
+    return ("centered",) if layer.built and _nonzero(layer.mean) else ()
+
+
+def rescaling_tensors(layer):
+    return ("scaled",) if _nonzero(layer.offset) else ()
+
+
+def average_tensors(layer):
+    return ("sum",)
+
+
+def layer_norm_identities(layer):
+    """Internal tensors an untrained LayerNormalization's next op leaves unchanged (``* 1``, ``+ 0``)."""
     tensors = []
     if layer.scale and not _nonzero(keras.ops.convert_to_numpy(layer.gamma) - 1):
         tensors.append("normalized")  # then * gamma, all ones
     if layer.scale and layer.center and not _nonzero(layer.beta):
         tensors.append("scaled")  # then + beta, all zeros
     return tensors
-
-
-# Internal tensors followed, with the layer's current weights, by an op the
-# converter folds away (``* 1``, ``+ 0``): at export their range would be a
-# second quantization of the next range's tensor.
-_IDENTITY_AFTER = {keras.layers.LayerNormalization: _layer_norm_identities}
 
 
 def identity_followed_tensors(layer) -> tuple[str, ...]:
@@ -305,10 +282,11 @@ def identity_followed_tensors(layer) -> tuple[str, ...]:
     >>> identity_followed_tensors(ln)
     ('normalized', 'scaled')
     """
-    if not layer.built or type(layer) not in _IDENTITY_AFTER:
+    form = support_fact(layer, "export")
+    if not layer.built or form is None or form.identity_after is None:
         return ()
     present = internal_tensors(layer)
-    return tuple(t for t in _IDENTITY_AFTER[type(layer)](layer) if t in present)
+    return tuple(t for t in form.identity_after(layer) if t in present)
 
 
 #: Activations TFLite fuses into the conv / fully-connected op before them.
@@ -321,7 +299,7 @@ def _activation_name(layer) -> str:
 
 
 def _splits_activation(layer) -> bool:
-    return type(layer) in _TFLITE_FORMS and _activation_name(layer) not in FUSED_ACTIVATIONS
+    return support_fact(layer, "export") is not None and _activation_name(layer) not in FUSED_ACTIVATIONS
 
 
 def internal_tensors(layer) -> tuple[str, ...]:
@@ -338,9 +316,10 @@ def internal_tensors(layer) -> tuple[str, ...]:
     >>> internal_tensors(keras.layers.SeparableConv2D(4, 3)), internal_tensors(keras.layers.Dense(4, "softmax"))
     (('depthwise_output',), ('activation_input',))
     """
-    if type(layer) not in _TFLITE_FORMS and type(layer) not in _INTERNAL and _is_handled_as_composite(layer):
+    form = support_fact(layer, "export")
+    if form is None and _is_handled_as_composite(layer):
         return composite_internal_tensors(layer)
-    tags = _INTERNAL[type(layer)](layer) if type(layer) in _INTERNAL else ()
+    tags = form.internal(layer) if form is not None and form.internal is not None else ()
     return tuple(tags) + (("activation_input",) if _splits_activation(layer) else ())
 
 
@@ -401,12 +380,7 @@ def composite_internal_tensors(layer) -> tuple[str, ...]:
 
 def _absorbs_into_producer(layer) -> bool:
     """A BatchNormalization or a ReLU / ReLU6, which TFLite folds into the conv or dense op before it."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return True
-    if isinstance(layer, keras.layers.ReLU):
-        config = layer.get_config()
-        return not config.get("negative_slope") and not config.get("threshold") and config.get("max_value") in (None, 6.0)
-    return isinstance(layer, keras.layers.Activation) and _activation_name(layer) in ("relu", "relu6")
+    return layer_roles(layer).folds_into_producer or is_fused_activation(layer)
 
 
 def _dense_over_sequence(layer) -> bool:
@@ -418,7 +392,8 @@ def _dense_over_sequence(layer) -> bool:
 
 def has_tflite_form(layer) -> bool:
     """True if quantization must run ``layer`` as the ops TFLite executes (see :func:`call_in_tflite_form`)."""
-    return type(layer) in _ALWAYS or _splits_activation(layer) or _dense_over_sequence(layer)
+    form = support_fact(layer, "export")
+    return (form is not None and form.always) or _splits_activation(layer) or _dense_over_sequence(layer)
 
 
 def to_execution_form(layer, weights: dict) -> dict:
@@ -435,10 +410,10 @@ def to_execution_form(layer, weights: dict) -> dict:
     >>> tuple(to_execution_form(conv, {"kernel": conv.kernel})["kernel"].shape)
     (1, 3, 2, 4)
     """
-    entry = _TFLITE_FORMS.get(type(layer))
-    if entry is None:
+    form = support_fact(layer, "export")
+    if form is None:
         return dict(weights)
-    names = entry[0]
+    names = form.expanded
     return {k: ops.expand_dims(v, 0) if k in names and len(v.shape) == 3 else v for k, v in weights.items()}
 
 
@@ -453,7 +428,7 @@ def call_in_tflite_form(layer, inputs, weights: dict, between=None):
         between: ``between(tensor, index)`` is applied to each internal tensor
             (index into :func:`internal_tensors`), e.g. a fake quantizer.
     """
-    _, run = _TFLITE_FORMS[type(layer)]
+    run = support_fact(layer, "export").run
     full = {n: getattr(layer, n) for n in ("kernel", "depthwise_kernel", "pointwise_kernel") if hasattr(layer, n)}
     full.update(weights)
     between = between or (lambda t, i: t)
@@ -536,14 +511,10 @@ def output_range_calibrated(layer) -> bool:
     return all(isinstance(inner, keras.layers.GRU) and inner.return_sequences for inner in inners)
 
 
-#: Plain layers that post-training integer export runs in their TFLite form:
-#: Keras' LayerNormalization goes through a NEG op that TFLite keeps in float.
-_PTQ_FORMS = (keras.layers.LayerNormalization,)
-
-
 def needs_ptq_form(layer) -> bool:
     """True for a plain layer that int8 export runs as :class:`TFLiteForm`."""
-    return type(layer) in _PTQ_FORMS
+    form = support_fact(layer, "export")
+    return form is not None and form.post_training
 
 
 def ptq_form_sublayers(layer) -> list:

@@ -30,7 +30,8 @@ import keras
 from collabopt.errors import InvalidArgumentError
 from collabopt.layers.composite import is_composite, resolve_sublayer, sublayer_items, sublayer_output_hooks
 from collabopt.layers.execution import call_in_tflite_form, has_tflite_form, internal_tensors
-from collabopt.layers.roles import LayerRoles, layer_roles, register_layer_roles, roles_classes
+from collabopt.layers.roles import LayerRoles, layer_roles, register_layer_roles
+from collabopt.layers.support import register_layer_support, support_fact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,20 +95,6 @@ class OptimizableLayer(Protocol):
     def get_optimizable_weights(self) -> list[WeightSpec]: ...
 
 
-# Layer class -> its weight specs, or a function of the layer instance giving
-# them (when the axes depend on its configuration, as for EinsumDense).
-_REGISTRY: dict[type, object] = {}
-
-#: The built-in classes whose roles say ``passthrough`` (nothing to optimize):
-#: a snapshot of :mod:`collabopt.layers.roles` kept for compatibility; the
-#: roles table (:func:`layer_roles`) is what techniques read, and what custom
-#: layers extend. Layers not registered pass through too when they own no
-#: variables; a layer that owns variables and is neither registered nor a
-#: pass-through is "unsupported" (techniques decide whether that is an error
-#: or a warning).
-PASSTHROUGH_LAYERS: tuple[type, ...] = roles_classes(passthrough=True)
-
-
 def register_layer(layer_class: type, weights=None, *, roles: LayerRoles | None = None) -> None:
     """Declares the optimizable weights and the roles of a layer class (and its subclasses).
 
@@ -148,7 +135,7 @@ def register_layer(layer_class: type, weights=None, *, roles: LayerRoles | None 
     if roles is not None:
         register_layer_roles(layer_class, roles)
     if weights is not None:
-        _REGISTRY[layer_class] = weights if callable(weights) else tuple(weights)
+        register_layer_support(layer_class, weights=weights)
 
 
 def _einsum_spec(name: str, equation: str) -> WeightSpec:
@@ -161,11 +148,11 @@ def _einsum_spec(name: str, equation: str) -> WeightSpec:
     return WeightSpec(name, out_axes or (-1,), contracted[0] if contracted else None, per_channel_quantization=False)
 
 
-def _einsum_dense_specs(layer) -> tuple[WeightSpec, ...]:
+def einsum_dense_specs(layer) -> tuple[WeightSpec, ...]:
     return (_einsum_spec("kernel", layer.equation),)
 
 
-def _recurrent_specs(layer) -> tuple[WeightSpec, ...]:
+def recurrent_specs(layer) -> tuple[WeightSpec, ...]:
     # The input and recurrent kernels of every cell (both directions of a
     # Bidirectional), addressed by their path inside the layer.
     # (A copied layer may build its sublayers outside its own name scope, so
@@ -179,7 +166,7 @@ def _recurrent_specs(layer) -> tuple[WeightSpec, ...]:
     return tuple(specs)
 
 
-def _multi_head_attention_specs(layer) -> tuple[WeightSpec, ...]:
+def multi_head_attention_specs(layer) -> tuple[WeightSpec, ...]:
     # Public properties of the built layer; their variables are found by path.
     specs = []
     for attribute in ("query_dense", "key_dense", "value_dense", "output_dense"):
@@ -189,7 +176,7 @@ def _multi_head_attention_specs(layer) -> tuple[WeightSpec, ...]:
     return tuple(specs)
 
 
-def _time_distributed_specs(layer) -> tuple[WeightSpec, ...] | None:
+def time_distributed_specs(layer) -> tuple[WeightSpec, ...] | None:
     # The wrapped layer's weights, addressed by their path below the wrapper;
     # TimeDistributed applies the layer to every step, so its axes are the
     # wrapped layer's. Unsupported (None) when the wrapped layer is.
@@ -197,39 +184,6 @@ def _time_distributed_specs(layer) -> tuple[WeightSpec, ...] | None:
     if inner is None:
         return None
     return tuple(dataclasses.replace(spec, name=f"{layer.layer.name}/{spec.name}") for spec in inner)
-
-
-_CONV = (WeightSpec("kernel", (-1,), -2),)
-# Per tensor: TF runs a transposed conv on its (k..., out, in) kernel and the
-# converter transposes it to TFLite's (out, k..., in), which cannot move a
-# per-channel quantization axis ("mismatched quantized axes").
-_CONV_TRANSPOSE = (WeightSpec("kernel", (-2,), -1, per_channel_quantization=False),)
-# Keras 3 names the DepthwiseConv weight "kernel" and SeparableConv's
-# "depthwise_kernel"; both are (k..., in, multiplier) with output channel
-# in * multiplier + m, which is what TFLite quantizes per channel.
-_DEPTHWISE = (WeightSpec("kernel", (-2, -1), None),)
-_SEPARABLE = (WeightSpec("depthwise_kernel", (-2, -1), None), WeightSpec("pointwise_kernel", (-1,), -2))
-
-for _cls, _specs in [
-    (keras.layers.Dense, (WeightSpec("kernel", (-1,), 0, per_channel_quantization=False),)),
-    (keras.layers.EinsumDense, _einsum_dense_specs),
-    (keras.layers.MultiHeadAttention, _multi_head_attention_specs),
-    (keras.layers.RNN, _recurrent_specs),
-    (keras.layers.Bidirectional, _recurrent_specs),
-    (keras.layers.TimeDistributed, _time_distributed_specs),
-    (keras.layers.Conv1D, _CONV),
-    (keras.layers.Conv2D, _CONV),
-    (keras.layers.Conv3D, _CONV),
-    (keras.layers.Conv1DTranspose, _CONV_TRANSPOSE),
-    (keras.layers.Conv2DTranspose, _CONV_TRANSPOSE),
-    (keras.layers.Conv3DTranspose, _CONV_TRANSPOSE),
-    (keras.layers.DepthwiseConv1D, _DEPTHWISE),
-    (keras.layers.DepthwiseConv2D, _DEPTHWISE),
-    (keras.layers.SeparableConv1D, _SEPARABLE),
-    (keras.layers.SeparableConv2D, _SEPARABLE),
-    (keras.layers.Embedding, (WeightSpec("embeddings", (0,), None, per_channel_quantization=False),)),
-]:
-    _REGISTRY[_cls] = _specs
 
 
 # Methods a custom layer may define to declare its weights, in order of
@@ -299,10 +253,7 @@ def _registry_entry(layer):
     # Along the MRO: a Conv2D subclass that changes the convolution (Keras'
     # own Conv2DTranspose is *not* a Conv2D subclass, but users' may be)
     # still stores its weight under the same attribute.
-    for cls in type(layer).__mro__:
-        if cls in _REGISTRY:
-            return _REGISTRY[cls]
-    return None
+    return support_fact(layer, "weights")
 
 
 def handled_as_composite(layer) -> bool:

@@ -1,8 +1,9 @@
 """What each layer class is to the techniques: the one table of layer roles.
 
-Every fact a technique needs about a layer *class*, other than its weights
-(:mod:`collabopt.layers.registry`), is a field of :class:`LayerRoles`, kept in
-one table that every consumer reads:
+Every fact a technique needs about what a layer *class* is, other than its
+weights (:mod:`collabopt.layers.registry`), is a field of :class:`LayerRoles`,
+kept in the class's record (:mod:`collabopt.layers.support`; the built-in
+ones in :mod:`collabopt.layers.builtin`) that every consumer reads:
 
 * ``passthrough``: nothing to optimize even if it owns variables
   (BatchNormalization's statistics, PReLU's slopes); techniques leave it as is.
@@ -15,6 +16,15 @@ one table that every consumer reads:
 * ``output_weight``: the weight that holds the layer's output channels. A
   following BatchNormalization folds into it during QAT (the layer must also
   take ``use_bias`` and have a linear activation) and filter pruning masks it.
+* ``folds_into_producer``: a BatchNormalization: QAT and the converter fold it
+  into the conv / dense before it.
+* ``fused_activation``: an activation TFLite fuses into the conv, dense or add
+  before it (ReLU, ReLU6; a function of the layer when it depends on the
+  configuration).
+* ``fuses_activation``: a weightless op TFLite fuses a following activation
+  into (Add); layers with weights are such ops already.
+* ``output_activation``: the activation a weightless layer ends in
+  (``"softmax"`` for Softmax), for the fixed output ranges of int8 kernels.
 * ``channels``: what the layer does to the channel axis, for filter pruning
   (one of :data:`CHANNEL_BEHAVIOURS`, or a function of the layer giving one
   when it depends on the configuration; None: filter pruning does not handle
@@ -33,6 +43,7 @@ from typing import Callable
 import keras
 
 from collabopt.errors import InvalidArgumentError
+from collabopt.layers.support import register_layer_support, registered_records, support_fact
 
 #: New output channels computed from all input channels through a kernel; the
 #: input channels are kernel rows (Conv, Dense). Shrinking slices
@@ -74,6 +85,11 @@ class LayerRoles:
             target, filter-pruning mask), or None.
         channels: Channel behaviour for filter pruning (one of
             :data:`CHANNEL_BEHAVIOURS`, or ``layer -> behaviour or None``), or None.
+        folds_into_producer: A BatchNormalization (folded into the op before it).
+        fused_activation: An activation fused into the op before it (or
+            ``layer -> bool``).
+        fuses_activation: A weightless op a following activation fuses into.
+        output_activation: The activation a weightless layer ends in.
 
     Example:
 
@@ -86,6 +102,10 @@ class LayerRoles:
     same_scale: bool = False
     output_weight: str | None = None
     channels: str | Callable | None = None
+    folds_into_producer: bool = False
+    fused_activation: bool | Callable = False
+    fuses_activation: bool = False
+    output_activation: str | None = None
 
     def __post_init__(self):
         if not (self.channels is None or callable(self.channels) or self.channels in CHANNEL_BEHAVIOURS):
@@ -100,7 +120,6 @@ class LayerRoles:
 
 
 _NONE = LayerRoles()
-_ROLES: dict[type, LayerRoles] = {}
 
 
 def register_layer_roles(layer_class: type, roles: LayerRoles) -> None:
@@ -129,17 +148,18 @@ def register_layer_roles(layer_class: type, roles: LayerRoles) -> None:
         raise InvalidArgumentError(
             f"register_layer_roles({layer_class.__name__}, ...): roles must be a LayerRoles; received {roles!r}."
         )
-    _ROLES[layer_class] = roles
+    register_layer_support(layer_class, roles=roles)
 
 
 def layer_roles(layer) -> LayerRoles:
     """The :class:`LayerRoles` of a layer (or layer class): its class's, else its nearest registered base's."""
-    cls = layer if isinstance(layer, type) else type(layer)
-    for klass in cls.__mro__:
-        roles = _ROLES.get(klass)
-        if roles is not None:
-            return roles
-    return _NONE
+    return support_fact(layer, "roles") or _NONE
+
+
+def is_fused_activation(layer) -> bool:
+    """True for an activation layer TFLite fuses into the conv / dense / add before it (ReLU, ReLU6)."""
+    fused = layer_roles(layer).fused_activation
+    return bool(fused(layer) if callable(fused) else fused)
 
 
 def channel_behaviour(layer) -> str | None:
@@ -150,80 +170,8 @@ def channel_behaviour(layer) -> str | None:
 
 def roles_classes(**wanted) -> tuple[type, ...]:
     """The registered classes whose roles have the given field values, e.g. ``roles_classes(passthrough=True)``."""
-    return tuple(c for c, r in _ROLES.items() if all(getattr(r, k) == v for k, v in wanted.items()))
-
-
-def _activation_channels(layer):
-    activation = layer.get_config().get("activation")
-    return None if str(activation) in ("softmax", "log_softmax") else ELEMENTWISE
-
-
-def _reshape_channels(layer):
-    return FLATTENS if len(layer.get_config()["target_shape"]) == 1 else RESHAPES
-
-
-L = keras.layers
-#: keras.layers classes that return their input unchanged at inference
-#: (checked with ``training=False``); a name this Keras lacks is skipped.
-_AUGMENTATION_LAYERS = tuple(
-    getattr(L, name)
-    for name in (
-        "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast", "RandomBrightness",
-        "RandomColorDegeneration", "RandomColorJitter", "RandomElasticTransform", "RandomErasing",
-        "RandomGaussianBlur", "RandomGrayscale", "RandomHue", "RandomInvert", "RandomPerspective",
-        "RandomPosterization", "RandomSaturation", "RandomSharpness", "RandomShear", "AugMix", "RandAugment",
-        "CutMix", "MixUp",
+    return tuple(
+        c
+        for c, record in registered_records().items()
+        if record.roles is not None and all(getattr(record.roles, k) == v for k, v in wanted.items())
     )
-    if hasattr(L, name)
-)  # fmt: skip
-_BUILT_IN: list[tuple[tuple, LayerRoles]] = [
-    # Weightless; outputs are values of the input (TFLite keeps its scale).
-    ((L.InputLayer, L.Permute), LayerRoles(passthrough=True, same_scale=True)),
-    ((L.Flatten,), LayerRoles(passthrough=True, same_scale=True, channels=FLATTENS)),
-    ((L.Reshape,), LayerRoles(passthrough=True, same_scale=True, channels=_reshape_channels)),
-    ((L.Dropout, L.GaussianNoise, L.Identity), LayerRoles(passthrough=True, same_scale=True, channels=ELEMENTWISE)),
-    # Data augmentation: random in training, the identity at inference (so
-    # in the exported file), where a scale of its own would leave a requantize.
-    (_AUGMENTATION_LAYERS, LayerRoles(passthrough=True, same_scale=True, channels=ELEMENTWISE)),
-    (
-        (
-            L.SpatialDropout1D, L.SpatialDropout2D, L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-            L.ZeroPadding1D, L.ZeroPadding2D, L.Cropping1D, L.Cropping2D,
-            # TFLite's int8 AVERAGE_POOL_2D requires its output on the input's scale.
-            L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-        ),
-        LayerRoles(passthrough=True, same_scale=True, channels=KEEPS),
-    ),  # fmt: skip
-    # Weightless; new values (their own output scale).
-    ((L.Activation,), LayerRoles(passthrough=True, channels=_activation_channels)),
-    ((L.ReLU, L.LeakyReLU, L.ELU), LayerRoles(passthrough=True, channels=ELEMENTWISE)),
-    ((L.GaussianDropout, L.AlphaDropout), LayerRoles(passthrough=True, channels=ELEMENTWISE)),
-    (
-        (
-            L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-            L.UpSampling1D, L.UpSampling2D, L.Rescaling,
-        ),
-        LayerRoles(passthrough=True, channels=KEEPS),
-    ),  # fmt: skip
-    (
-        (L.SpatialDropout3D, L.GlobalMaxPooling3D, L.UpSampling3D, L.ZeroPadding3D, L.Cropping3D),
-        LayerRoles(passthrough=True, channels=KEEPS),
-    ),
-    ((L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum), LayerRoles(passthrough=True, channels=MERGES)),
-    ((L.Multiply,), LayerRoles(passthrough=True, channels=MULTIPLIES)),
-    ((L.Concatenate,), LayerRoles(passthrough=True, channels=CONCATENATES)),
-    ((L.Softmax, L.RepeatVector), LayerRoles(passthrough=True)),
-    # Variables, none to optimize.
-    ((L.BatchNormalization,), LayerRoles(passthrough=True, channels=KEEPS)),
-    ((L.PReLU, L.LayerNormalization, L.Normalization), LayerRoles(passthrough=True)),
-    # Optimizable weights (collabopt.layers.registry) holding output channels.
-    (
-        (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D, L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose),
-        LayerRoles(output_weight="kernel", channels=PRODUCES),
-    ),
-    ((L.SeparableConv1D, L.SeparableConv2D), LayerRoles(output_weight="pointwise_kernel", channels=PRODUCES)),
-    ((L.DepthwiseConv1D, L.DepthwiseConv2D), LayerRoles(output_weight="kernel", channels=KEEPS)),
-]
-for _classes, _roles in _BUILT_IN:
-    for _cls in _classes:
-        _ROLES[_cls] = _roles

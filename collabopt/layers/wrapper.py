@@ -241,8 +241,9 @@ class OptimizationWrapper(RewrappingWrapper):
             get_variable(plain, spec_for(plain, name)).assign(value)
         return plain
 
-    def export_layer(self, mode: str | None = None) -> keras.layers.Layer:
-        """What the TFLite exporter puts in this wrapper's place for ``mode`` (default: stripped)."""
+    def export_layer(self, mode=None) -> keras.layers.Layer:
+        """What the TFLite exporter puts in this wrapper's place for ``mode`` (an ExportMode of
+        :mod:`collabopt.tflite.modes`, or None; default: stripped)."""
         return self.stripped()
 
 

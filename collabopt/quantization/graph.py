@@ -129,7 +129,7 @@ def _opaque_code(layer) -> bool:
 
 def _foldable_bn(layer, bn) -> bool:
     bn = core(bn)
-    if not isinstance(bn, keras.layers.BatchNormalization):
+    if not layer_roles(bn).folds_into_producer:
         return False
     axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
     shape = (bn.get_build_config() or {}).get("input_shape")
@@ -186,7 +186,7 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
         if isinstance(layer, keras.layers.InputLayer) or not quantized(layer):
             continue
         after = effective_consumers(name)
-        fusing_op = bool(weight_specs(core(layer))) or isinstance(core(layer), keras.layers.Add)
+        fusing_op = bool(weight_specs(core(layer))) or layer_roles(core(layer)).fuses_activation
         if (
             fusing_op
             and has_linear_activation(core(layer))

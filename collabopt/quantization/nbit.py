@@ -23,16 +23,12 @@ from __future__ import annotations
 import keras
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.layers import per_channel_by_rank
+from collabopt.layers import per_channel_by_rank, support_fact
 from collabopt.quantization.quantizers import LastValueQuantizer
 from collabopt.quantization.schemes import QuantizeScheme
 
 WEIGHT_BITS = range(2, 9)
 
-#: Layers whose weights keep 8 bits under a narrower scheme: TF 2.21's
-#: converter fails on an INT4 GATHER table ("Unsupported enum 17") and LiteRT
-#: has no INT4 GATHER that reproduces the model (docs/int4.md).
-EIGHT_BIT_WEIGHT_LAYERS: tuple[type, ...] = (keras.layers.Embedding,)
 ACTIVATION_BITS = (8, 16)
 
 
@@ -86,11 +82,17 @@ class DefaultNBitQuantizeScheme(QuantizeScheme):
         return LastValueQuantizer(self.weight_bits, per_axis=per_axis, symmetric=True, narrow_range=True)
 
     def config_for(self, layer):
-        """The scheme's config, with 8-bit weights for layers in :data:`EIGHT_BIT_WEIGHT_LAYERS`."""
+        """The scheme's config; a layer whose record allows no fewer bits keeps them (``LayerSupport.weight_bits``).
+
+        An Embedding's table stays 8-bit: TF 2.21's converter fails on an INT4
+        GATHER table ("Unsupported enum 17") and LiteRT has no INT4 GATHER
+        that reproduces the model (docs/int4.md).
+        """
         config = super().config_for(layer)
-        if config is not None and self.weight_bits < 8 and isinstance(layer, EIGHT_BIT_WEIGHT_LAYERS):
+        bits = support_fact(layer, "weight_bits")
+        if config is not None and bits is not None and self.weight_bits < bits[0]:
             config.weights = {
-                name: LastValueQuantizer(8, per_axis=q.per_axis, symmetric=True, narrow_range=True)
+                name: LastValueQuantizer(bits[0], per_axis=q.per_axis, symmetric=True, narrow_range=True)
                 for name, q in config.weights.items()
             }
         return config

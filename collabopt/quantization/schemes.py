@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import keras
 
-from collabopt.layers import LayerRoles, handled_as_composite, layer_roles, sublayer_at, optimizable_variables, per_channel_by_rank, register_layer, weight_specs
+from collabopt.layers import LayerRoles, handled_as_composite, is_fused_activation, layer_roles, sublayer_at, optimizable_variables, per_channel_by_rank, register_layer, weight_specs
 from collabopt.layers.execution import internal_tensors
 from collabopt.preserve import CLUSTERS, SPARSITY
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import FixedQuantizer, LastValueQuantizer, MovingAverageQuantizer
 
-L = keras.layers
 
 @keras.saving.register_keras_serializable(package="collabopt")
 class FoldedBatchNormalization(keras.layers.Layer):
@@ -35,8 +34,6 @@ class FoldedBatchNormalization(keras.layers.Layer):
 
 register_layer(FoldedBatchNormalization, roles=LayerRoles(passthrough=True, same_scale=True))
 
-FUSABLE_ACTIVATIONS = ("relu", "relu6")
-
 # TFLite's int8 kernels of these activations have a fixed output quantization
 # (SOFTMAX and LOGISTIC: scale 1/256, zero point -128; TANH: scale 1/128, zero
 # point 0); QAT uses exactly those ranges so the converter adds no requantize.
@@ -49,21 +46,16 @@ FIXED_OUTPUT_RANGES_8BIT = {
 
 def output_activation(layer) -> str:
     """Name of the activation ``layer`` ends with (``"linear"`` if none)."""
-    if isinstance(layer, L.Softmax):
-        return "softmax"
+    declared = layer_roles(layer).output_activation
+    if declared is not None:
+        return declared
     activation = getattr(layer, "activation", None)
     return getattr(activation, "__name__", "linear") if activation is not None else "linear"
 
 
 def fusable_activation(layer) -> bool:
-    """True for a ReLU / ReLU6 / Activation('relu'|'relu6') layer TFLite fuses into the op before it."""
-    if isinstance(layer, L.ReLU):
-        config = layer.get_config()
-        return config.get("negative_slope", 0.0) == 0.0 and config.get("threshold", 0.0) == 0.0 and config.get("max_value") in (None, 6.0)
-    if isinstance(layer, L.Activation):
-        name = getattr(layer.activation, "__name__", "")
-        return name in FUSABLE_ACTIVATIONS
-    return False
+    """True for a ReLU / ReLU6 / Activation('relu'|'relu6') layer TFLite fuses into the op before it (its roles say so)."""
+    return is_fused_activation(layer)
 
 
 def has_linear_activation(layer) -> bool:

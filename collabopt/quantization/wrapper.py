@@ -250,9 +250,10 @@ class QuantizeWrapper(OptimizationWrapper):
     def stripped(self) -> keras.layers.Layer:
         return self.float_layer()
 
-    def export_layer(self, mode: str | None = None):
-        """int8: this wrapper with fixed ranges around the stripped inner layer; other modes: :meth:`float_layer`."""
-        if mode != "int8":
+    def export_layer(self, mode=None):
+        """For a mode that keeps fake-quant ops (int8, an :class:`~collabopt.tflite.modes.ExportMode`): this
+        wrapper with fixed ranges around the stripped inner layer; other modes: :meth:`float_layer`."""
+        if not getattr(mode, "keeps_fake_quant", False):
             return self.float_layer()
         missing = [label for label, q, state in self.range_states() if not bool(ops.convert_to_numpy(q.is_initialized(state)))]
         if missing:
@@ -268,7 +269,7 @@ class QuantizeWrapper(OptimizationWrapper):
         # (filter pruning zeroes the bias of its pruned channels) is stripped.
         shares_base = all(type(w).stripped is OptimizationWrapper.stripped for w in wrapper_chain(self.layer))
         exported = self.rewrap(self.base_layer) if shares_base else self.with_inner_stripped()
-        exported.export_mode = mode
+        exported.export_mode = mode.name
         exported._export_constants = self._frozen_for_export()
         # A tensor that the next op leaves unchanged (the converter folds
         # ``* 1`` and ``+ 0``) takes the following range instead of its own;

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from collabopt.errors import InvalidArgumentError, OrderError
-from collabopt.layers import base_layer, remove_wrappers, wrapper_chain
+from collabopt.layers import base_layer, optimizable_layer_names, remove_wrappers, wrapper_chain
 from collabopt.technique.config import TechniqueConfig
 from collabopt.technique.registry import Technique, chain_techniques, get_technique, technique_of
 from collabopt.transform import apply_per_layer, map_layers
@@ -103,8 +103,8 @@ def apply(target, config: TechniqueConfig, *, what: str | None = None, **handler
         replace=lambda layer: config.replace(layer, plan),
         what=what,
         reuse_layers=reuse_layers,
-        accepted=f"layers with weights to {technique.name} (Dense, Conv*, DepthwiseConv*, SeparableConv*, "
-        f"Conv*Transpose, Embedding, or a custom layer declaring them)",
+        accepted=f"layers with weights to {technique.name} ({', '.join(optimizable_layer_names())}, a composite "
+        "layer holding them, or a custom layer declaring them)",
     )
 
 

@@ -30,9 +30,12 @@ from collabopt.tflite.int4 import check_int4_storage, low_bit_weights
 from collabopt.layers.checks import check_finite_weights
 from collabopt.quiet import native_stderr_silenced
 from collabopt.tflite.model import TFLiteModel
+from collabopt.tflite.modes import MODES as EXPORT_MODES
+from collabopt.tflite.modes import ExportMode, export_mode
 from collabopt.transform import iter_layers, map_layers
 
-MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+#: The mode names ``convert`` accepts (each an :class:`~collabopt.tflite.modes.ExportMode`).
+MODES = tuple(EXPORT_MODES)
 
 
 def has_trained_ranges(model) -> bool:
@@ -70,7 +73,7 @@ def _fused_lstm_directions(model) -> list[tuple[str, int]]:
     return names
 
 
-def export_model(model: keras.Model, mode: str | None = None, *, fused_lstm: bool = False) -> keras.Model:
+def export_model(model: keras.Model, mode: str | ExportMode | None = None, *, fused_lstm: bool = False) -> keras.Model:
     """The model the converter sees: every collabopt wrapper replaced by its export form.
 
     Wrappers are duck-typed by their ``export_layer()`` method: pruning and
@@ -87,7 +90,8 @@ def export_model(model: keras.Model, mode: str | None = None, *, fused_lstm: boo
     for training.
     """
     exportable = _exportable
-    integer_export = mode == "int8"
+    mode = export_mode(mode) if mode is not None else None
+    integer_export = mode is not None and mode.integer and mode.keeps_fake_quant
 
     def fuses(layer):
         return fused_lstm and is_lstm(base_layer(layer))
@@ -261,8 +265,7 @@ def convert(
     >>> tfl.size_report().raw_bytes > 0
     True
     """
-    if mode not in MODES:
-        raise InvalidArgumentError(f"mode={mode!r} is not supported; accepted: {', '.join(MODES)}.")
+    mode = export_mode(mode)
     if not isinstance(model, keras.Model):
         raise InvalidTypeError(f"convert expects a keras.Model; received {type(model).__name__}.")
     if calibration_samples < 1:
@@ -270,27 +273,26 @@ def convert(
     trained_ranges = has_trained_ranges(model)
     directions = _fused_lstm_directions(model) if fused_lstm else []
     fused = [name for name, _ in directions]
-    if fused and mode == "int16x8":
+    if fused and not mode.keeps_fake_quant and mode.integer:
         raise InvalidArgumentError(
             f"fused_lstm=True cannot export mode='int16x8': TF's converter has no 16x8 form of the fused "
             f"LSTM op (layers {fused}). Use mode='int8', or fused_lstm=False (unrolled, all 16x8)."
         )
-    if fused and mode == "int8" and representative_data is None:
+    if fused and mode.integer and representative_data is None:
         raise InvalidArgumentError(
-            f"fused_lstm=True with mode={mode!r} needs representative_data: the converter calibrates the "
+            f"fused_lstm=True with mode={mode.name!r} needs representative_data: the converter calibrates the "
             f"gates of the fused LSTM ops ({fused}), which QAT does not reach."
         )
     calibration = None
-    if mode in ("int8", "int16x8") and not (trained_ranges and mode == "int8"):
-        if representative_data is None:
-            raise InvalidArgumentError(
-                f"mode={mode!r} needs representative_data (a numpy array, tf.data.Dataset or "
-                "iterable of batches shaped like the model's inputs) to calibrate activation "
-                "ranges" + ("" if mode == "int16x8" else ", unless the model was trained with quantize_model") + "."
-            )
+    if mode.needs_calibration(trained_ranges) and representative_data is None:
+        raise InvalidArgumentError(
+            f"mode={mode.name!r} needs representative_data (a numpy array, tf.data.Dataset or "
+            "iterable of batches shaped like the model's inputs) to calibrate activation "
+            "ranges" + (", unless the model was trained with quantize_model" if mode.keeps_fake_quant else "") + "."
+        )
     if representative_data is not None:
         calibration = samples(representative_data, model, calibration_samples)
-    if sparse and mode == "int8" and trained_ranges:
+    if sparse and mode.keeps_fake_quant and trained_ranges:
         low_bit = sorted({layer for layer, _, _ in low_bit_weights(model)})
         if low_bit:
             raise InvalidArgumentError(
@@ -313,7 +315,7 @@ def convert(
             f"fused_lstm=True: the converter fused {found} of the {sum(n for _, n in directions)} LSTM "
             f"directions of layers {fused}. Pass fused_lstm=False to export them unrolled."
         )
-    if mode == "int8" and trained_ranges:
+    if mode.keeps_fake_quant and trained_ranges:
         check_int4_storage(flatbuffer.parse(result.content), model)
     return result
 
@@ -412,32 +414,7 @@ def _saved_model_converter(model: keras.Model, directory: str, batch_size: int):
 
 
 def _convert(converter, exported, graph, mode, trained_ranges, calibration, int8_io, allow_float_islands, sparse=False):
-    if mode == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif mode == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif mode == "int8" and trained_ranges and calibration is None:
-        # A QAT model: the converter reads every range from the fake-quant ops.
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if int8_io:
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
-    elif mode in ("int8", "int16x8"):
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if calibration is not None:
-            converter.representative_dataset = lambda: iter(calibration)
-        if mode == "int8":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            io_type = tf.int8
-        else:
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-            ]
-            io_type = tf.int16
-        if int8_io:
-            converter.inference_input_type = io_type
-            converter.inference_output_type = io_type
+    mode.configure(converter, calibration=calibration, trained_ranges=trained_ranges, integer_io=int8_io)
     if sparse:
         converter.optimizations = list(converter.optimizations) + [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     try:
@@ -449,8 +426,8 @@ def _convert(converter, exported, graph, mode, trained_ranges, calibration, int8
             content = converter.convert()
     except Exception as error:  # the converter raises several unrelated types
         raise ConversionError(_explain(error, exported, graph)) from error
-    result = TFLiteModel(content, mode=mode)
-    if mode == "int8" and not allow_float_islands:
+    result = TFLiteModel(content, mode=mode.name)
+    if mode.integer and mode.keeps_fake_quant and not allow_float_islands:
         islands = result.float_islands()
         if islands:
             text = " ".join(" ".join(i["float_tensors"]) for i in islands)

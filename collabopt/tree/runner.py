@@ -19,6 +19,7 @@ from collabopt.filter_pruning.macs import uncounted_layers
 from collabopt.keras import strip_pruning
 from collabopt.technique import apply
 from collabopt.tflite import convert, has_trained_ranges
+from collabopt.tflite.modes import export_mode
 from collabopt.tree.report import NodeResult, TreeReport, choose, format_macs, pareto_front
 from collabopt.tree.stages import BASELINE, FILTER_PRUNE, Stage, Targets, check_stages, default_stages
 
@@ -232,7 +233,8 @@ def run(
         models[stage.name] = trained
         if kernel_name:
             densities[stage.name] = effective_weight(trained, kernel_name)
-        int8 = convert(trained, "int8") if has_trained_ranges(trained) else convert(trained, "int8", x, calibration_samples=calibration_samples)
+        needs_data = export_mode("int8").needs_calibration(has_trained_ranges(trained))
+        int8 = convert(trained, "int8", x if needs_data else None, calibration_samples=calibration_samples)
         float_top1 = _top1(trained, xv, yv, batch_size)
         size = int8.size_report()
         latency = int8.latency_stats(runs=latency_runs)
