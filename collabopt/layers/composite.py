@@ -24,6 +24,7 @@ and dicts), since Keras exposes no public list of a layer's sublayers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 
 import keras
@@ -137,13 +138,28 @@ def redirected_calls(redirects):
 _MISSING = object()
 
 
+#: The suffix of a hook on a sublayer's first input rather than on its outputs (``"conv2:input"``).
+INPUT = ":input"
+
+
 def sublayer_output_hooks(layer, hooks: dict):
-    """While inside, each sublayer of ``layer`` at path ``p`` (from :func:`leaf_sublayers`) returns ``hooks[p](outputs)``."""
+    """While inside, each sublayer of ``layer`` at path ``p`` (from :func:`leaf_sublayers`) returns ``hooks[p](outputs)``.
+
+    A key ``p + ":input"`` transforms the sublayer's first input instead.
+    """
 
     def then(fn):
         return lambda call: lambda *args, **kwargs: fn(call(*args, **kwargs))
 
-    return redirected_calls([(sublayer_at(layer, path), then(fn)) for path, fn in hooks.items()])
+    def before(fn):
+        return lambda call: lambda first, *args, **kwargs: call(fn(first), *args, **kwargs)
+
+    return redirected_calls(
+        [
+            (sublayer_at(layer, path.removesuffix(INPUT)), before(fn) if path.endswith(INPUT) else then(fn))
+            for path, fn in hooks.items()
+        ]
+    )
 
 
 def sublayer_at(layer, path: str):
@@ -160,15 +176,25 @@ def sublayer_at(layer, path: str):
             raise KeyError(f"layer '{layer.name}' has no sublayer at '{path}'")
 
 
+@dataclasses.dataclass
+class SublayerCall:
+    """One call a composite layer made to a leaf sublayer in a traced call (tensors by ``id()``)."""
+
+    path: str
+    layer: keras.layers.Layer
+    inputs: set
+    first_input: set
+    outputs: set
+
+
 def trace_sublayer_calls(layer, args, kwargs, is_leaf):
     """The calls ``layer`` makes to its leaf sublayers when called on ``args``/``kwargs`` (symbolic inputs).
 
-    Returns ``(calls, output_ids)``: ``calls`` is a list of ``(path, sublayer,
-    input ids, output ids)`` in call order, ids being ``id()`` of the traced
-    tensors, and ``output_ids`` the ids of the tensors ``layer`` returns;
-    a sublayer whose output is another's input consumes it.
+    Returns ``(calls, input_ids, output_ids)``: the :class:`SublayerCall` s in
+    call order, and the ids of the tensors ``layer`` receives and returns; a
+    sublayer whose output is another's input feeds it.
     """
-    calls, outputs = [], set()
+    calls, inputs, outputs = [], set(), set()
 
     def ids(structure):
         return {id(t) for t in keras.tree.flatten(structure) if t is not None and hasattr(t, "shape")}
@@ -177,15 +203,16 @@ def trace_sublayer_calls(layer, args, kwargs, is_leaf):
         def wrap(call):
             def record(*args, **kwargs):
                 out = call(*args, **kwargs)
-                calls.append((path, sub, ids((args, kwargs)), ids(out)))
+                calls.append(SublayerCall(path, sub, ids((args, kwargs)), ids(args[:1]), ids(out)))
                 return out
 
             return record
 
         return wrap
 
-    def layer_outputs(call):
+    def layer_boundary(call):
         def record(*args, **kwargs):
+            inputs.update(ids((args, kwargs)))
             out = call(*args, **kwargs)
             outputs.update(ids(out))
             return out
@@ -193,6 +220,6 @@ def trace_sublayer_calls(layer, args, kwargs, is_leaf):
         return record
 
     redirects = [(sub, recording(path, sub)) for path, sub in leaf_sublayers(layer, is_leaf)]
-    with redirected_calls(redirects + [(layer, layer_outputs)]):
+    with redirected_calls(redirects + [(layer, layer_boundary)]):
         layer(*args, **kwargs)
-    return calls, outputs
+    return calls, inputs, outputs

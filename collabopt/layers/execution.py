@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from collabopt.layers.composite import sublayer_items, trace_sublayer_calls
+from collabopt.layers.composite import INPUT, sublayer_items, trace_sublayer_calls
 from collabopt.layers.roles import is_fused_activation, layer_roles
 from collabopt.layers.support import support_fact
 
@@ -338,6 +338,8 @@ def composite_internal_tensors(layer) -> tuple[str, ...]:
     covers it), outputs of same-scale layers (pooling, dropout, reshapes),
     and a conv / dense output that only a BatchNormalization or a fused
     ReLU consumes (TFLite folds them into one op: their output is the tensor).
+    A weighted sublayer whose input is the output of a plain op (no range)
+    gets its input quantized too (``"proj:input"``).
 
     Example:
 
@@ -352,30 +354,84 @@ def composite_internal_tensors(layer) -> tuple[str, ...]:
     ...         return self.proj(keras.ops.relu(self.bn(self.conv(x))))
     >>> block = Block()
     >>> _ = block(keras.KerasTensor((None, 8, 8, 3)))
-    >>> composite_internal_tensors(block)
-    ('bn',)
+    >>> composite_internal_tensors(block), composite_batchnorm_folds(block)
+    (('bn', 'proj:input'), (('conv', 'bn'),))
     """
-    cached = layer.__dict__.get("_collabopt_internal_tensors")
+    return _composite_plan(layer)[0]
+
+
+def composite_batchnorm_folds(layer) -> tuple[tuple[str, str], ...]:
+    """``(producer path, BatchNormalization path)`` pairs inside composite ``layer`` that QAT folds, as TFLite does.
+
+    A conv / dense sublayer (a layer whose roles name an output weight, with
+    a linear activation and a ``use_bias`` option) whose output only a
+    BatchNormalization over the last axis reads, the BatchNormalization being
+    called once, on it alone.
+    """
+    return _composite_plan(layer)[1]
+
+
+def _composite_plan(layer):
+    cached = layer.__dict__.get("_collabopt_composite_plan")
     if cached is not None:
         return cached
     if not layer.built:
-        return ()
+        return (), ()
     from collabopt.layers.copy import fresh_call_arguments
     from collabopt.layers.registry import handled_as_composite
 
     args, kwargs = fresh_call_arguments(layer)
-    calls, layer_outputs = trace_sublayer_calls(layer, args, kwargs, is_leaf=lambda sub: not handled_as_composite(sub))
-    selected = []
-    for path, sub, _, outputs in calls:
-        if path in selected or len(outputs) != 1 or outputs & layer_outputs or layer_roles(sub).same_scale:
+    calls, layer_inputs, layer_outputs = trace_sublayer_calls(
+        layer, args, kwargs, is_leaf=lambda sub: not handled_as_composite(sub)
+    )
+    calls_of = {}
+    for call in calls:
+        calls_of[call.path] = calls_of.get(call.path, 0) + 1
+    selected, folds = [], []
+    quantized = set(layer_inputs)  # tensors with a range: the layer's inputs, then selected outputs
+    for call in calls:
+        roles = layer_roles(call.layer)
+        if roles.same_scale and call.first_input <= quantized:
+            quantized |= call.outputs
+        if call.path in selected or len(call.outputs) != 1 or call.outputs & layer_outputs or roles.same_scale:
             continue
-        after = [consumer for _, consumer, inputs, _ in calls if inputs & outputs]
-        folds = layer_roles(sub).output_weight is not None and _activation_name(sub) == "linear"
-        if after and folds and all(_absorbs_into_producer(consumer) for consumer in after):
+        after = [c for c in calls if c.inputs & call.outputs]
+        produces = roles.output_weight is not None and _activation_name(call.layer) == "linear"
+        if after and produces and all(_absorbs_into_producer(c.layer) for c in after):
+            bn = after[0]
+            if (
+                len(after) == 1 and calls_of[call.path] == 1 and calls_of[bn.path] == 1 and bn.inputs == call.outputs
+                and layer_roles(bn.layer).folds_into_producer and _folds_over_last_axis(bn.layer) and bn.layer.center
+                and "use_bias" in call.layer.get_config()
+            ):
+                folds.append((call.path, bn.path))
             continue
-        selected.append(path)
-    object.__setattr__(layer, "_collabopt_internal_tensors", tuple(selected))
-    return tuple(selected)
+        selected.append(call.path)
+        quantized |= call.outputs
+    # A weighted sublayer reading a tensor no range covers (a plain op's
+    # output, ``keras.ops.relu(h)``) gets its input quantized: TFLite's op
+    # takes int8 inputs, and the converter stores a 4-bit filter as INT4 only
+    # when every input of its op comes with a trained range.
+    inputs = [
+        call.path + INPUT
+        for call in calls
+        if _has_weights(call.layer) and calls_of[call.path] == 1 and call.first_input and not call.first_input <= quantized
+    ]
+    plan = (tuple(selected) + tuple(inputs), tuple(folds))
+    object.__setattr__(layer, "_collabopt_composite_plan", plan)
+    return plan
+
+
+def _has_weights(layer) -> bool:
+    from collabopt.layers.registry import weight_specs
+
+    return bool(weight_specs(layer))
+
+
+def _folds_over_last_axis(bn) -> bool:
+    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+    shape = (bn.get_build_config() or {}).get("input_shape")
+    return axis == -1 or (shape is not None and axis == len(shape) - 1)
 
 
 def _absorbs_into_producer(layer) -> bool:

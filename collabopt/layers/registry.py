@@ -28,7 +28,14 @@ from typing import Protocol, runtime_checkable
 import keras
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.layers.composite import is_composite, resolve_sublayer, sublayer_items, sublayer_output_hooks
+from collabopt.layers.composite import (
+    is_composite,
+    redirected_calls,
+    resolve_sublayer,
+    sublayer_at,
+    sublayer_items,
+    sublayer_output_hooks,
+)
 from collabopt.layers.execution import call_in_tflite_form, has_tflite_form, internal_tensors
 from collabopt.layers.roles import LayerRoles, layer_roles, register_layer_roles
 from collabopt.layers.support import register_layer_support, support_fact
@@ -403,6 +410,8 @@ def call_with_weights(
     *args,
     between=None,
     tflite_form: bool = False,
+    sublayer_calls: dict | None = None,
+    variables: list | None = None,
     **kwargs,
 ):
     """Runs ``layer`` on ``inputs`` with some of its weights replaced.
@@ -428,6 +437,11 @@ def call_with_weights(
         tflite_form: Compute the layer as the ops TFLite executes, where
             :mod:`collabopt.layers.execution` has a runner for it (the same
             values; quantization needs the op boundaries).
+        sublayer_calls: For a composite layer, ``{attribute path: call}``:
+            sublayers that compute something else for this call (a folded
+            BatchNormalization passes its input on).
+        variables: Further ``(variable, value)`` pairs the layer computes
+            with for this call (a conv's bias plus a folded correction).
         **kwargs: Passed to the layer's call (e.g. ``training``).
 
     Returns:
@@ -435,13 +449,17 @@ def call_with_weights(
     """
     if tflite_form and has_tflite_form(layer):
         return call_in_tflite_form(layer, inputs, weights, between)
-    hooks = contextlib.nullcontext()
+    hooks = contextlib.ExitStack()
+    if sublayer_calls:
+        hooks.enter_context(redirected_calls([(sublayer_at(layer, p), lambda _, call=call: call) for p, call in sublayer_calls.items()]))
     if between is not None and handled_as_composite(layer):
         # QAT inside a composite layer: its sublayers' outputs pass through
         # ``between`` (one fake quantizer each) as the layer computes them.
         paths = internal_tensors(layer)
-        hooks = sublayer_output_hooks(layer, {p: functools.partial(_between_output, between, i) for i, p in enumerate(paths)})
-    if not weights:
+        hooks.enter_context(
+            sublayer_output_hooks(layer, {p: functools.partial(_between_output, between, i) for i, p in enumerate(paths)})
+        )
+    if not weights and not variables:
         with hooks:
             return layer(inputs, *args, **kwargs)
     specs = {s.name: s for s in weight_specs(layer) or ()}
@@ -453,6 +471,7 @@ def call_with_weights(
                 f"weight '{name}'; it has {sorted(specs)}."
             )
         mapping.append((get_variable(layer, specs[name]), value))
+    mapping.extend(variables or ())
     # StatelessScope also captures the variable assignments made during the
     # call (a BatchNormalization's moving statistics inside a composite
     # layer, the ranges of the fake quantizers between its sublayers): they

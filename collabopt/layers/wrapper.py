@@ -135,6 +135,26 @@ class OptimizationWrapper(RewrappingWrapper):
             return self.layer.transform_internal(training)
         return None
 
+    def sublayer_calls(self, training):
+        """Replacement calls for sublayers of a composite base layer (``{attribute path: call}``), or None.
+
+        Default: the inner chain's. Quantization replaces a BatchNormalization
+        it folds into the conv before it.
+        """
+        if isinstance(self.layer, OptimizationWrapper):
+            return self.layer.sublayer_calls(training)
+        return None
+
+    def replaced_variables(self, training):
+        """``[(variable, value)]`` the base layer computes with for this call besides its optimizable weights, or None.
+
+        Default: the inner chain's. Quantization gives a conv inside a
+        composite its bias plus a folded BatchNormalization's correction.
+        """
+        if isinstance(self.layer, OptimizationWrapper):
+            return self.layer.replaced_variables(training)
+        return None
+
     def transform_outputs(self, outputs, training):
         """This stage's transform of the base layer's outputs (default: the inner chain's)."""
         if isinstance(self.layer, OptimizationWrapper):
@@ -154,6 +174,7 @@ class OptimizationWrapper(RewrappingWrapper):
         between = self.transform_internal(training)
         outputs = call_with_weights(
             self.base_layer, inputs, weights, *args, between=between, tflite_form=self.tflite_form,
+            sublayer_calls=self.sublayer_calls(training), variables=self.replaced_variables(training),
             training=training, **kwargs,
         )
         return self.transform_outputs(outputs, training)

@@ -111,7 +111,10 @@ class QuantizeScheme:
         if handled_as_composite(layer):
             # A sublayer's output inside a composite layer: quantized as that
             # sublayer's own output would be (fixed after a sigmoid).
-            internal = [self.output_quantizer(sublayer_at(layer, path)) for path in internal_tensors(layer)]
+            internal = [
+                self.activation_quantizer() if path.endswith(":input") else self.output_quantizer(sublayer_at(layer, path))
+                for path in internal_tensors(layer)
+            ]
         else:
             internal = [self.activation_quantizer() for _ in internal_tensors(layer)]
         return QuantizeConfig(weights=weights, outputs=outputs, internal=internal)

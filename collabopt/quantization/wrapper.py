@@ -7,9 +7,20 @@ import numpy as np
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.layers import OptimizationWrapper, base_layer, get_variable, layer_roles, spec_for, weight_specs, wrapper_chain
+from collabopt.layers import (
+    OptimizationWrapper,
+    base_layer,
+    get_variable,
+    handled_as_composite,
+    layer_roles,
+    spec_for,
+    sublayer_at,
+    weight_specs,
+    wrapper_chain,
+)
 from collabopt.layers.copy import copy_layer_or_share
 from collabopt.layers.execution import (
+    composite_batchnorm_folds,
     identity_followed_tensors,
     internal_tensors,
     output_range_calibrated,
@@ -17,6 +28,10 @@ from collabopt.layers.execution import (
 )
 from collabopt.quantization.config import QuantizeConfig
 from collabopt.quantization.quantizers import Quantizer
+
+
+def _identity(x, *args, **kwargs):
+    return x
 
 
 def _is_float(x) -> bool:
@@ -95,6 +110,7 @@ class QuantizeWrapper(OptimizationWrapper):
         self.quantize_outputs = bool(quantize_outputs)
         self.output_quantizers = quantize_config.output_quantizers(self.base_layer) if quantize_outputs else []
         self.internal_quantizers = quantize_config.internal_quantizers(self.base_layer)
+        self.internal_folds = self._internal_folds()
         self.calibrating = False
         names = {s.name for s in weight_specs(self.base_layer) or ()}
         unknown = sorted(set(self.weight_quantizers) - names)
@@ -128,28 +144,88 @@ class QuantizeWrapper(OptimizationWrapper):
         return out
 
     # --- BN folding ----------------------------------------------------------
+    def _internal_folds(self) -> tuple:
+        """``(weight name, producer path, BatchNormalization path)`` for each fold inside a composite base layer.
+
+        As between top-level layers, the BatchNormalization's moving statistics
+        fold into the producer's weight before it is fake-quantized (so the
+        grid trained is the one the converter stores), and the
+        BatchNormalization itself then adds the folded bias correction.
+        """
+        base = self.base_layer
+        if not handled_as_composite(base):
+            return ()
+        folds = []
+        for producer, bn in composite_batchnorm_folds(base):
+            name = f"{producer}/{layer_roles(sublayer_at(base, producer)).output_weight}"
+            if name in self.weight_quantizers:
+                folds.append((name, producer, bn))
+        return tuple(folds)
+
+    @property
+    def folded_weight_names(self) -> set:
+        """Weights whose output channels a folded BatchNormalization rescales (verify compares them per channel)."""
+        names = {self._fold_target()} if self.folded_batchnorm is not None else set()
+        return names | {name for name, _, _ in self.internal_folds}
+
+    def sublayer_calls(self, training):
+        """A BatchNormalization folded inside a composite base layer passes its input on (see :meth:`replaced_variables`).
+
+        Where the producer has no bias to take the folded bias correction, the
+        BatchNormalization adds it instead.
+        """
+        replaced = dict(super().sublayer_calls(training) or {})
+        base = self.base_layer
+        for _, producer_path, bn_path in self.internal_folds:
+            bn, producer = sublayer_at(base, bn_path), sublayer_at(base, producer_path)
+            if getattr(producer, "bias", None) is not None:
+                replaced[bn_path] = _identity
+                continue
+
+            def add_correction(x, *args, _bn=bn, _producer=producer, **kwargs):
+                return x + ops.cast(self._bias_correction(_bn, _producer), x.dtype)
+
+            replaced[bn_path] = add_correction
+        return replaced or None
+
+    def replaced_variables(self, training):
+        """A producer folding a BatchNormalization inside a composite computes with its bias plus the correction.
+
+        One bias add, as TFLite's conv computes it (a second add after the conv
+        kept the converter from storing a 4-bit filter as INT4).
+        """
+        replaced = list(super().replaced_variables(training) or [])
+        base = self.base_layer
+        for _, producer_path, bn_path in self.internal_folds:
+            producer = sublayer_at(base, producer_path)
+            bias = getattr(producer, "bias", None)
+            if bias is not None:
+                correction = self._bias_correction(sublayer_at(base, bn_path), producer)
+                replaced.append((bias, ops.convert_to_tensor(bias) + ops.cast(correction, bias.dtype)))
+        return replaced or None
+
     def _fold_target(self) -> str:
         return layer_roles(self.base_layer).output_weight
 
-    def _bn_scale(self):
-        bn = self.folded_batchnorm
+    def _bn_scale(self, bn=None):
+        bn = bn or self.folded_batchnorm
         gamma = ops.convert_to_tensor(bn.gamma) if bn.scale else 1.0
         return gamma / ops.sqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
 
-    def _fold(self, weight, name):
+    def _fold(self, weight, name, bn=None):
         spec = self.spec(name)
         rank = len(weight.shape)
         axes = {a % rank for a in spec.channel_axes}
         shape = [weight.shape[a] if a in axes else 1 for a in range(rank)]
-        return weight * ops.reshape(self._bn_scale(), shape)
+        return weight * ops.reshape(self._bn_scale(bn), shape)
 
-    def _bias_correction(self):
-        """``folded bias - layer bias``, added to the layer's output."""
-        bn = self.folded_batchnorm
-        s = self._bn_scale()
+    def _bias_correction(self, bn=None, producer=None):
+        """``folded bias - layer bias``, added to the layer's output (or to ``producer``'s, inside a composite)."""
+        bn = bn or self.folded_batchnorm
+        s = self._bn_scale(bn)
         beta = ops.convert_to_tensor(bn.beta) if bn.center else 0.0
         correction = beta - ops.convert_to_tensor(bn.moving_mean) * s
-        bias = getattr(self.base_layer, "bias", None)
+        bias = getattr(producer or self.base_layer, "bias", None)
         if bias is not None:
             correction = correction + ops.convert_to_tensor(bias) * (s - 1.0)
         return correction
@@ -161,6 +237,8 @@ class QuantizeWrapper(OptimizationWrapper):
         if self.folded_batchnorm is not None:
             target = self._fold_target()
             out[target] = self._fold(ops.convert_to_tensor(out[target]), target)
+        for name, _, bn_path in self.internal_folds:
+            out[name] = self._fold(ops.convert_to_tensor(out[name]), name, sublayer_at(self.base_layer, bn_path))
         # Quantize each weight in the shape the TFLite kernel consumes (a
         # 1-D conv kernel expanded to rank 4), so the per-channel axis survives.
         return to_execution_form(self.base_layer, out)
@@ -245,6 +323,18 @@ class QuantizeWrapper(OptimizationWrapper):
             plain.bias.assign(np.asarray(folded_bias, np.float32))
         for name, value in weights.items():
             get_variable(plain, spec_for(plain, name)).assign(value)
+        for _, producer_path, bn_path in self.internal_folds:
+            # The producer holds the folded weights; its BatchNormalization
+            # becomes ``x + correction`` (unit scale and statistics).
+            bn = sublayer_at(plain, bn_path)
+            correction = ops.convert_to_numpy(
+                self._bias_correction(sublayer_at(base, bn_path), sublayer_at(base, producer_path))
+            )
+            if bn.scale:
+                bn.gamma.assign(np.ones(bn.gamma.shape, "float32"))
+            bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, "float32"))
+            bn.moving_variance.assign(np.full(bn.moving_variance.shape, 1.0 - bn.epsilon, "float32"))
+            bn.beta.assign(np.asarray(correction, "float32"))
         return plain
 
     def stripped(self) -> keras.layers.Layer:

@@ -147,7 +147,8 @@ def verify(model, tflite) -> VerifyReport:
             continue
         base = base_layer(layer)
         names = {base.name} | {w.name for w in chain}
-        folded = any(getattr(w, "folded_batchnorm", None) is not None for w in chain)
+        folded_layer = any(getattr(w, "folded_batchnorm", None) is not None for w in chain)
+        folded_names = set().union(*(getattr(w, "folded_weight_names", set()) for w in chain))
         effective = None
         for weight_name, variable in optimizable_variables(base).items():
             constraints = constraints_on(layer, weight_name)
@@ -155,6 +156,7 @@ def verify(model, tflite) -> VerifyReport:
                 continue
             if effective is None:
                 effective = chain[0].effective_weights(training=False)
+            folded = folded_layer or weight_name in folded_names  # a folded BN scales its channels
             weight = _weight(len(weights), layer, effective, base, weight_name, variable, names, folded)
             weights.append(weight)
             entries.append((base.name, weight_name, weight, folded, constraints))

@@ -280,27 +280,38 @@ def test_weights_inside_a_block_that_nothing_reaches_are_named():
     assert [s.name for s in weight_specs(pruned.get_layer("prune_low_magnitude_blk").layer)] == ["dense/kernel"]
 
 
-def test_qat_trains_a_range_for_each_sublayer_output_that_is_an_int8_tensor():
+def test_qat_trains_a_range_for_each_tensor_between_sublayers_and_folds_batchnorm():
     from collabopt.layers.execution import composite_internal_tensors
 
     model = residual_cnn()
     x, y = _data(model)
     qat = co.quantize_model(model)
     train_steps(qat, x, y, 2)
-    # bn1 and bn2 (the convs fold into them); not the block's output (a plain relu op's).
-    expected = {"res": ("bn1", "bn2"), "stack": ("convs/0",), "nested": ("inner/bn1", "inner/bn2")}
+    # bn1 and bn2 (the convs fold into them); not the block's output (a plain relu op's); a conv's
+    # input when a plain op (relu) computes it.
+    expected = {
+        "res": ("bn1", "bn2", "conv2:input"),
+        "stack": ("convs/0",),
+        "nested": ("inner/bn1", "inner/bn2", "inner/conv2:input", "proj:input"),
+    }
     for name, paths in expected.items():
         wrapper = qat.get_layer(f"quant_{name}")
         assert composite_internal_tensors(wrapper.base_layer) == paths
         internal = [(q, state) for label, q, state in wrapper.range_states() if label.startswith("internal")]
         assert len(internal) == len(paths)
         assert all(bool(keras.ops.convert_to_numpy(q.is_initialized(state))) for q, state in internal)
+    folds = qat.get_layer("quant_res").internal_folds
+    assert [(producer, bn) for _, producer, bn in folds] == [("conv1", "bn1"), ("conv2", "bn2")]
+    # Stripped: the conv holds the folded, quantized kernel and its BN adds only the folded bias.
+    bn = co.strip_quantization(qat).get_layer("res").bn1
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(bn.moving_mean), 0.0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.gamma), 1.0)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "technique",
-    ["block_pruning", "2_by_4", "per_channel_clusters"],
+    ["block_pruning", "2_by_4", "per_channel_clusters", "4_bit_qat"],
 )
 def test_other_techniques_reach_the_kernels_inside_blocks(technique):
     # 2:4 groups along input channels (4 at the input); blocks of 1x4 need rank-2 kernels (an MLP block).
