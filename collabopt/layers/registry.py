@@ -237,42 +237,49 @@ def weight_specs(layer: keras.layers.Layer) -> tuple[WeightSpec, ...] | None:
     """The optimizable weights of ``layer``, or ``None`` if it is unsupported.
 
     A protocol method on the layer (:class:`OptimizableLayer`, or a technique's
-    TFMOT-style one) wins over the registry; the registry is searched along the
-    class's MRO, so subclasses of supported layers are supported. Layers
-    whose roles say ``passthrough`` give an empty tuple.
+    TFMOT-style one) wins over the class's record, searched along the MRO, so
+    subclasses of supported layers are supported. Layers whose roles say
+    ``passthrough`` give an empty tuple; an unregistered layer holding
+    sublayers gives its sublayers' (:func:`composite_specs`).
+    """
+    source, value = _weight_source(layer)
+    if source == "composite":
+        specs = composite_specs(layer)
+        return specs if specs or not layer.weights else None
+    return value
+
+
+def _weight_source(layer):
+    """Where ``layer``'s optimizable weights come from, and what it says: the one order of precedence.
+
+    A protocol method on the layer wins over its class's record (looked up
+    along the MRO: a Conv2D subclass that changes the convolution still
+    stores its weight under the same attribute); a pass-through role gives
+    no weights; an unregistered layer holding sublayers is a composite;
+    anything else is unsupported.
     """
     for method_name in _PROTOCOL_METHODS:
         specs = declared_specs(layer, method_name)
         if specs is not None:
-            return specs
-    entry = _registry_entry(layer)
+            return "declared", specs
+    entry = support_fact(layer, "weights")
     if entry is not None:
-        return tuple(entry(layer)) if callable(entry) else entry
+        return "record", tuple(entry(layer)) if callable(entry) else entry
     if layer_roles(layer).passthrough:
-        return ()
+        return "passthrough", ()
     if is_composite(layer):
-        specs = composite_specs(layer)
-        return specs if specs or not layer.weights else None
-    return None
-
-
-def _registry_entry(layer):
-    # Along the MRO: a Conv2D subclass that changes the convolution (Keras'
-    # own Conv2DTranspose is *not* a Conv2D subclass, but users' may be)
-    # still stores its weight under the same attribute.
-    return support_fact(layer, "weights")
+        return "composite", None
+    return "unsupported", None
 
 
 def handled_as_composite(layer) -> bool:
-    """True when collabopt reaches ``layer``'s weights through its sublayers (no registration, protocol or roles of its own).
+    """True when collabopt reaches ``layer``'s weights through its sublayers (no protocol, record or roles of its own).
 
     >>> import keras
     >>> handled_as_composite(keras.layers.MultiHeadAttention(2, 4))  # registered: a layer of its own
     False
     """
-    if any(declared_specs(layer, m) is not None for m in _PROTOCOL_METHODS) or _registry_entry(layer) is not None:
-        return False
-    return not layer_roles(layer).passthrough and is_composite(layer)
+    return _weight_source(layer)[0] == "composite"
 
 
 def composite_specs(layer) -> tuple[WeightSpec, ...]:
@@ -313,12 +320,11 @@ class _RecordingScope(keras.StatelessScope):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.assigned = []
+        self.assigned = {}  # id -> variable
 
     def add_update(self, update):
         super().add_update(update)
-        if all(variable is not update[0] for variable in self.assigned):
-            self.assigned.append(update[0])
+        self.assigned[id(update[0])] = update[0]
 
 
 def _between_output(between, index, outputs):
@@ -449,19 +455,6 @@ def call_with_weights(
     """
     if tflite_form and has_tflite_form(layer):
         return call_in_tflite_form(layer, inputs, weights, between)
-    hooks = contextlib.ExitStack()
-    if sublayer_calls:
-        hooks.enter_context(redirected_calls([(sublayer_at(layer, p), lambda _, call=call: call) for p, call in sublayer_calls.items()]))
-    if between is not None and handled_as_composite(layer):
-        # QAT inside a composite layer: its sublayers' outputs pass through
-        # ``between`` (one fake quantizer each) as the layer computes them.
-        paths = internal_tensors(layer)
-        hooks.enter_context(
-            sublayer_output_hooks(layer, {p: functools.partial(_between_output, between, i) for i, p in enumerate(paths)})
-        )
-    if not weights and not variables:
-        with hooks:
-            return layer(inputs, *args, **kwargs)
     specs = {s.name: s for s in weight_specs(layer) or ()}
     mapping = []
     for name, value in weights.items():
@@ -472,14 +465,26 @@ def call_with_weights(
             )
         mapping.append((get_variable(layer, specs[name]), value))
     mapping.extend(variables or ())
-    # StatelessScope also captures the variable assignments made during the
-    # call (a BatchNormalization's moving statistics inside a composite
-    # layer, the ranges of the fake quantizers between its sublayers): they
-    # are applied once the scope is left.
-    with hooks, _RecordingScope(state_mapping=mapping) as scope:
-        outputs = layer(inputs, *args, **kwargs)
+    with contextlib.ExitStack() as hooks:
+        if sublayer_calls:
+            hooks.enter_context(redirected_calls([(sublayer_at(layer, p), lambda _, c=call: c) for p, call in sublayer_calls.items()]))
+        if between is not None and handled_as_composite(layer):
+            # QAT inside a composite layer: its sublayers' outputs pass through
+            # ``between`` (one fake quantizer each) as the layer computes them.
+            paths = internal_tensors(layer)
+            hooks.enter_context(
+                sublayer_output_hooks(layer, {p: functools.partial(_between_output, between, i) for i, p in enumerate(paths)})
+            )
+        if not mapping:
+            return layer(inputs, *args, **kwargs)
+        # StatelessScope also captures the variable assignments made during the
+        # call (a BatchNormalization's moving statistics inside a composite
+        # layer, the ranges of the fake quantizers between its sublayers): they
+        # are applied once the scope is left.
+        with _RecordingScope(state_mapping=mapping) as scope:
+            outputs = layer(inputs, *args, **kwargs)
     replaced = {id(variable) for variable, _ in mapping}
-    for variable in scope.assigned:
-        if id(variable) not in replaced:
+    for key, variable in scope.assigned.items():
+        if key not in replaced:
             variable.assign(scope.get_current_value(variable))
     return outputs

@@ -19,10 +19,10 @@ import dataclasses
 
 import keras
 
-from collabopt.layers import layer_roles, weight_specs
+from collabopt.layers import LayerRoles, layer_roles, weight_specs
 from collabopt.quantization.schemes import fusable_activation, has_linear_activation
 from collabopt.transform import is_graph_model
-from collabopt.transform.channel_graph import inbound_tensors
+from collabopt.transform.channel_graph import history_refs, inbound_tensors
 
 MODEL_INPUT = "<model input>"
 INTEGER_INPUT = "<integer model input>"  # token ids and other indices: never quantized
@@ -100,19 +100,7 @@ def _input_kind(input_layer) -> str:
 def _output_names(model) -> set:
     if isinstance(model, keras.Sequential):
         return {model.layers[-1].name}
-    return set(_history_layer_names(model.get_config()["output_layers"]))
-
-
-def _history_layer_names(structure) -> list:
-    """The layer names in a serialized output structure: one ``[layer, node, tensor]`` entry, or a list or dict of them.
-
-    >>> _history_layer_names({"pooled": ["dense", 0, 0], "sequence": ["ln", 0, 0]})
-    ['dense', 'ln']
-    """
-    if isinstance(structure, (list, tuple)) and len(structure) == 3 and isinstance(structure[0], str):
-        return [structure[0]]
-    values = structure.values() if isinstance(structure, dict) else structure
-    return [name for item in values for name in _history_layer_names(item)]
+    return {ref[0] for ref in history_refs(model.get_config()["output_layers"])}
 
 
 def _opaque_code(layer) -> bool:
@@ -122,7 +110,7 @@ def _opaque_code(layer) -> bool:
     return (
         not layer.weights
         and not weight_specs(layer)
-        and layer_roles(layer) == type(layer_roles(layer))()
+        and layer_roles(layer) == LayerRoles()
         and not type(layer).__module__.startswith("keras.")
     )
 

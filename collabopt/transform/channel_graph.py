@@ -339,7 +339,7 @@ class _Analysis:
         # ``operations`` also holds plain ops of a Functional graph (``x + y``).
         layers = {l.name: l for l in getattr(model, "operations", model.layers)}
         values: dict[tuple, list] = {}
-        for (name, node, _), x in zip(_refs(config["input_layers"]), inputs):
+        for (name, node, _), x in zip(history_refs(config["input_layers"]), inputs):
             values[(name, node)] = [x]
         for entry in config["layers"]:
             if entry["class_name"] == "InputLayer":
@@ -349,13 +349,21 @@ class _Analysis:
                 ins = [_lookup(values, h) for h in histories]
                 shapes = [h[1] for h in histories]
                 values[(entry["name"], node_index)] = self.apply(layers[entry["name"]], ins, shapes)
-        return [_lookup(values, (tuple(ref), None)) for ref in _refs(config["output_layers"])]
+        return [_lookup(values, (tuple(ref), None)) for ref in history_refs(config["output_layers"])]
 
 
-def _refs(refs):
-    if refs and isinstance(refs[0], str):  # a single ref is stored unnested
-        return [refs]
-    return list(refs)
+def history_refs(structure) -> list:
+    """The ``[layer, node, tensor]`` entries of a serialized ``input_layers`` / ``output_layers`` structure.
+
+    One entry is stored unnested; several as a list, or a dict for dict inputs or outputs.
+
+    >>> history_refs({"pooled": ["dense", 0, 0], "sequence": ["ln", 0, 0]})
+    [['dense', 0, 0], ['ln', 0, 0]]
+    """
+    if isinstance(structure, (list, tuple)) and len(structure) == 3 and isinstance(structure[0], str):
+        return [list(structure)]
+    values = structure.values() if isinstance(structure, dict) else structure
+    return [ref for item in values for ref in history_refs(item)]
 
 
 def inbound_tensors(obj, out=None) -> list[dict]:
