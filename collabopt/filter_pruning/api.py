@@ -5,6 +5,7 @@ from __future__ import annotations
 from collabopt.filter_pruning.criteria import check_criterion
 from collabopt.filter_pruning.schedules import RatioSchedule, as_schedule
 from collabopt.filter_pruning.technique import FilterPruningConfig
+from collabopt.filter_pruning.wrapper import DEFAULT_CHANNEL_MULTIPLE
 from collabopt.technique import apply
 from collabopt.transform import analyze_channels
 
@@ -28,7 +29,10 @@ def filter_groups(model):
     return analyze_channels(model)
 
 
-def prune_filters(model, pruning_ratio: float = 0.5, criterion: str = "l2", pruning_schedule: RatioSchedule | None = None):
+def prune_filters(
+    model, pruning_ratio: float = 0.5, criterion: str = "l2", pruning_schedule: RatioSchedule | None = None,
+    channel_multiple: int = DEFAULT_CHANNEL_MULTIPLE,
+):
     """Wraps a model so that whole output channels (filters) are pruned while it fine-tunes.
 
     Channels that depend on each other are pruned together (see
@@ -55,6 +59,12 @@ def prune_filters(model, pruning_ratio: float = 0.5, criterion: str = "l2", prun
         pruning_schedule: A :class:`RatioSchedule`, e.g.
             ``PolynomialRatio(0.0, 0.5, 0, 1000)`` to ramp the ratio over
             training steps; when given it replaces ``pruning_ratio``.
+        channel_multiple: Round the channels each group keeps up to a
+            multiple of this (never above the group's size): a layer left
+            with, say, 12 channels keeps 16 at ``channel_multiple=8``, a
+            count LiteRT's kernels run at full speed
+            (``benchmarks/channel_multiple.py``). 1: keep exactly
+            ``(1 - ratio)`` of each group.
 
     Returns:
         A new model whose pruned layers are :class:`PruneFilters` wrappers.
@@ -80,7 +90,7 @@ def prune_filters(model, pruning_ratio: float = 0.5, criterion: str = "l2", prun
     """
     if isinstance(pruning_ratio, RatioSchedule) and pruning_schedule is None:
         pruning_ratio, pruning_schedule = 0.5, pruning_ratio
-    config = FilterPruningConfig(as_schedule(pruning_ratio, pruning_schedule), check_criterion(criterion))
+    config = FilterPruningConfig(as_schedule(pruning_ratio, pruning_schedule), check_criterion(criterion), channel_multiple)
     return apply_filter_pruning(model, config)
 
 

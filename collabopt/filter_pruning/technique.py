@@ -17,7 +17,7 @@ import numpy as np
 from collabopt.errors import InvalidArgumentError, InvalidTypeError, OrderError
 from collabopt.filter_pruning.criteria import channel_scores, check_criterion
 from collabopt.filter_pruning.schedules import PolynomialRatio, RatioSchedule, as_schedule
-from collabopt.filter_pruning.wrapper import PruneFilters
+from collabopt.filter_pruning.wrapper import DEFAULT_CHANNEL_MULTIPLE, PruneFilters, check_channel_multiple
 from collabopt.layers import base_layer, get_variable, layer_roles, spec_for, to_channel_rows
 from collabopt.preserve import CHANNELS, SPARSITY
 from collabopt.technique import (
@@ -40,6 +40,7 @@ class FilterPruningConfig(TechniqueConfig):
     Attributes:
         pruning_schedule: The ratio schedule (:class:`RatioSchedule`).
         criterion: ``"l1"``, ``"l2"`` or ``"geometric_median"``.
+        channel_multiple: Kept channel counts are rounded up to a multiple of it.
 
     Example:
 
@@ -54,12 +55,14 @@ class FilterPruningConfig(TechniqueConfig):
 
     pruning_schedule: RatioSchedule
     criterion: str = "l2"
+    channel_multiple: int = DEFAULT_CHANNEL_MULTIPLE
 
     def __post_init__(self):
         self.validate()
 
     def validate(self):
         check_criterion(self.criterion)
+        check_channel_multiple(self.channel_multiple)
         if not isinstance(self.pruning_schedule, RatioSchedule):
             raise InvalidTypeError(f"pruning_schedule must be a RatioSchedule; received {self.pruning_schedule!r}.")
 
@@ -67,10 +70,16 @@ class FilterPruningConfig(TechniqueConfig):
     def from_settings(cls, settings, *, steps=1):
         """Also accepts ``pruning_ratio`` (default 0.5): a PolynomialRatio from 0 to it over half of ``steps``."""
         settings = dict(settings)
+        accepted = ["pruning_ratio", *(f.name for f in dataclasses.fields(cls))]
+        unknown = sorted(set(settings) - set(accepted))
+        if unknown:
+            raise InvalidArgumentError(f"{cls.technique}: unknown settings {unknown}; accepted: {', '.join(accepted)}.")
         ratio = settings.pop("pruning_ratio", 0.5)
-        if "pruning_schedule" not in settings:
+        if settings.get("pruning_schedule") is None:
             as_schedule(ratio, None)  # checks the ratio
             settings["pruning_schedule"] = PolynomialRatio(0.0, float(ratio), 0, max(int(steps) // 2, 1))
+        else:
+            as_schedule(None, settings["pruning_schedule"])  # checks the schedule
         return super().from_settings(settings, steps=steps)
 
     # --- the apply path ------------------------------------------------------
@@ -104,7 +113,10 @@ class FilterPruningConfig(TechniqueConfig):
         return WRAP if layer.name in plan else PASS
 
     def handler_arguments(self, layer, plan):
-        return {"pruning_schedule": self.pruning_schedule, "criterion": self.criterion, "ranking": plan[layer.name]}
+        return {
+            "pruning_schedule": self.pruning_schedule, "criterion": self.criterion, "ranking": plan[layer.name],
+            "channel_multiple": self.channel_multiple,
+        }
 
 
 def _check_order(model, what):
@@ -173,5 +185,6 @@ FILTER_PRUNING = register_technique(
         done="filter-pruned",
         records=(CHANNELS, SPARSITY),
         learning_rate=5e-4,
+        tree_strips=True,
     )
 )

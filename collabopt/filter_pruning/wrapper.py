@@ -24,6 +24,10 @@ from collabopt.preserve import CHANNELS, SPARSITY, Constraint
 # stripped, so the plain full-size layer outputs exact zeros there too.
 _CHANNEL_VECTORS = ("bias", "gamma", "beta")
 
+#: Default of ``channel_multiple``: kept channel counts are rounded up to a
+#: multiple of it (benchmarks/channel_multiple.py measured LiteRT's kernels).
+DEFAULT_CHANNEL_MULTIPLE = 1
+
 
 @keras.saving.register_keras_serializable(package="collabopt")
 class PruneFilters(OptimizationWrapper):
@@ -50,6 +54,9 @@ class PruneFilters(OptimizationWrapper):
         layer: The layer to wrap.
         pruning_schedule: A :class:`RatioSchedule` (default ``ConstantRatio(0.5)``).
         criterion: How the channels were scored (recorded for the report).
+        channel_multiple: The channels a group keeps are rounded up to a
+            multiple of this (never above the group's size), so the smaller
+            layers keep channel counts LiteRT's kernels run at full speed.
         ranking: ``(rank, group size)`` arrays over the output channels, set
             when the wrapper is built (as :meth:`set_ranking`); the state
             then lives in the wrapper's variables.
@@ -64,7 +71,10 @@ class PruneFilters(OptimizationWrapper):
     [0.0, 0.0]
     """
 
-    def __init__(self, layer, pruning_schedule: RatioSchedule | None = None, criterion: str = "l2", ranking=None, **kwargs):
+    def __init__(
+        self, layer, pruning_schedule: RatioSchedule | None = None, criterion: str = "l2", ranking=None,
+        channel_multiple: int = 1, **kwargs,
+    ):
         kwargs.setdefault("name", f"prune_filters_{base_layer(layer).name}")
         super().__init__(layer, **kwargs)
         if pruning_schedule is None:
@@ -76,6 +86,7 @@ class PruneFilters(OptimizationWrapper):
             )
         self.pruning_schedule = pruning_schedule
         self.criterion = criterion
+        self.channel_multiple = check_channel_multiple(channel_multiple)
         self._ranking = ranking
 
     # --- state ---------------------------------------------------------------
@@ -118,6 +129,10 @@ class PruneFilters(OptimizationWrapper):
         ratio = self.pruning_schedule(step)
         size = ops.cast(self.group_size, "float32")
         k = ops.maximum(ops.minimum(ops.floor(ratio * size + 1e-4), size - 1.0), 0.0)
+        if self.channel_multiple > 1:
+            # Round the kept count up to the multiple (at most the group's size).
+            m = float(self.channel_multiple)
+            k = ops.maximum(size - ops.minimum(size, ops.ceil((size - k) / m) * m), 0.0)
         return ops.cast(ops.greater_equal(ops.cast(self.channel_rank, "float32"), k), "float32")
 
     # --- the pipeline --------------------------------------------------------
@@ -139,8 +154,11 @@ class PruneFilters(OptimizationWrapper):
             out[spec.name] = from_channel_rows(rows * ops.cast(mask, w.dtype)[:, None], spec, w.shape)
         return out
 
-    def call(self, inputs, training=None, **kwargs):
-        outputs = super().call(inputs, training=training, **kwargs)
+    def transform_outputs(self, outputs, training):
+        # After the inner chain's transform, and under any outer stage's (a
+        # folded BatchNormalization's correction, QAT's output range): the
+        # pruned channels output exact zeros whichever stage is outermost.
+        outputs = super().transform_outputs(outputs, training)
         return outputs * ops.cast(self.channel_mask, outputs.dtype)
 
     def pruned_output_channels(self) -> np.ndarray:
@@ -180,6 +198,7 @@ class PruneFilters(OptimizationWrapper):
             {
                 "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
                 "criterion": self.criterion,
+                "channel_multiple": self.channel_multiple,
             }
         )
         return config
@@ -188,3 +207,13 @@ class PruneFilters(OptimizationWrapper):
     def deserialize_config(cls, config):
         config["pruning_schedule"] = keras.saving.deserialize_keras_object(config["pruning_schedule"])
         return config
+
+
+def check_channel_multiple(value) -> int:
+    """``value`` if it is an integer >= 1, else an InvalidArgumentError naming ``channel_multiple``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidArgumentError(
+            f"channel_multiple must be an integer >= 1 (e.g. 4 or 8: kept channel counts are rounded up to it); "
+            f"received {value!r}."
+        )
+    return int(value)

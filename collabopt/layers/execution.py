@@ -8,18 +8,21 @@ therefore be fake-quantized *in the form the op consumes*: ``(1, k, in, out)``
 rather than ``(k, in, out)``. This module gives that form for each layer class
 and runs the layer on it, computing exactly what the layer's own ``call``
 computes.
+
+These forms are layer facts used in training too (QAT fake-quantizes the
+tensors between the ops TFLite splits a layer into); what only export needs
+(unrolling, the post-training forms, the fused LSTM) lives in
+:mod:`collabopt.tflite.export_forms` and :mod:`collabopt.tflite.fused_lstm`.
 """
 
 from __future__ import annotations
-
-import functools
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from collabopt.layers.composite import INPUT, sublayer_items, trace_sublayer_calls
+from collabopt.layers.composite import INPUT, trace_sublayer_calls
 from collabopt.layers.roles import is_fused_activation, layer_roles
 from collabopt.layers.support import support_fact
 
@@ -496,54 +499,6 @@ def call_in_tflite_form(layer, inputs, weights: dict, between=None):
     return layer.activation(outputs)
 
 
-def _recurrent(layer) -> bool:
-    return isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
-
-
-def needs_unrolling(layer) -> bool:
-    """True for a recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional) that is not unrolled yet.
-
-    TFLite's converter meets TensorList ops in a Keras 3 recurrent loop; an
-    unrolled copy converts to FULLY_CONNECTED and element-wise ops, all with
-    integer kernels.
-    """
-    if not _recurrent(layer):
-        return False
-    inner = layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
-    return not getattr(inner, "unroll", True)
-
-
-def unrolled_copy(layer, input_shape=None):
-    """A copy of recurrent ``layer`` with ``unroll=True`` and the same weights (for export).
-
-    Raises:
-        UnsupportedLayerError: the sequence length is not fixed (an unrolled
-            loop needs it); the message names the layer.
-    """
-    from collabopt.errors import UnsupportedLayerError
-
-    build_config = layer.get_build_config() or {}
-    shape = input_shape or build_config.get("input_shape")
-    if shape is None or len(shape) < 2 or shape[1] is None:
-        raise UnsupportedLayerError(
-            f"layer '{layer.name}' ({type(layer).__name__}) has no fixed sequence length (input shape "
-            f"{shape}); TFLite export unrolls recurrent layers, so give the model Input a time dimension, "
-            "e.g. keras.Input((40, 13))."
-        )
-    config = layer.get_config()
-    if isinstance(layer, keras.layers.Bidirectional):
-        config["layer"]["config"]["unroll"] = True
-        if config.get("backward_layer"):
-            config["backward_layer"]["config"]["unroll"] = True
-    else:
-        config["unroll"] = True
-    with keras.saving.custom_object_scope({type(layer).__name__: type(layer)}):
-        copy = type(layer).from_config(config)
-    copy.build_from_config(build_config)
-    copy.set_weights(layer.get_weights())
-    return copy
-
-
 def output_range_calibrated(layer) -> bool:
     """True when int8 export of a QAT ``layer`` must leave its outputs to calibration.
 
@@ -565,59 +520,3 @@ def output_range_calibrated(layer) -> bool:
     """
     inners = [layer.forward_layer, layer.backward_layer] if isinstance(layer, keras.layers.Bidirectional) else [layer]
     return all(isinstance(inner, keras.layers.GRU) and inner.return_sequences for inner in inners)
-
-
-def needs_ptq_form(layer) -> bool:
-    """True for a plain layer that int8 export runs as :class:`TFLiteForm`."""
-    form = support_fact(layer, "export")
-    return form is not None and form.post_training
-
-
-def ptq_form_sublayers(layer) -> list:
-    """The layers inside composite ``layer`` (at any depth) that int8 export runs in their TFLite form."""
-    found = []
-    for _, sub in sublayer_items(layer):
-        if needs_ptq_form(sub):
-            found.append(sub)
-        else:
-            found.extend(ptq_form_sublayers(sub))
-    return found
-
-
-def run_sublayers_in_tflite_form(layer) -> None:
-    """Makes every sublayer of ``layer`` that :func:`needs_ptq_form` compute as the ops TFLite executes.
-
-    For export only, on a copy made for it: a composite layer calls its
-    sublayers itself, so they cannot be replaced in a graph; each such
-    sublayer's ``call`` is redirected on the instance (the same values,
-    e.g. LayerNormalization without the NEG op TFLite keeps in float).
-    """
-    for sub in ptq_form_sublayers(layer):
-        # An instance attribute: Keras' ``__call__`` runs ``self.call``.
-        object.__setattr__(sub, "call", functools.partial(_call_plain_in_tflite_form, sub))
-
-
-def _call_plain_in_tflite_form(layer, inputs, *args, **kwargs):
-    return call_in_tflite_form(layer, inputs, {})
-
-
-class TFLiteForm(keras.layers.Wrapper):
-    """Runs the wrapped layer as the ops TFLite executes (export only, never saved).
-
-    It computes what the layer computes; the converter then meets only ops
-    with integer kernels (e.g. LayerNormalization without its NEG).
-
-    Example:
-
-    >>> import keras, numpy as np
-    >>> from collabopt.layers.execution import TFLiteForm
-    >>> ln = keras.layers.LayerNormalization(); x = np.random.rand(2, 3, 4).astype("float32")
-    >>> bool(np.allclose(TFLiteForm(ln)(x), ln(x), atol=1e-5))
-    True
-    """
-
-    def call(self, inputs):
-        return call_in_tflite_form(self.layer, inputs, {})
-
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)

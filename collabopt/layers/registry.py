@@ -337,9 +337,11 @@ def unreached_weights(layer) -> list[str]:
     For a composite: variables of its unsupported sublayers and its own
     trainable variables outside any sublayer, e.g. ``position_embedding/embeddings``
     of a user's PositionEmbedding. Empty for any other layer (an unsupported
-    plain layer is named as a whole where it is left unchanged).
+    plain layer is named as a whole where it is left unchanged; a
+    registered layer holding sublayers, such as GRU and its cell, has the
+    weights its record names).
     """
-    if not is_composite(layer):
+    if not handled_as_composite(layer):
         return []
     out = []
     covered = set()

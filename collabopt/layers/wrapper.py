@@ -10,6 +10,9 @@ into the base layer's variables.
 
 from __future__ import annotations
 
+import types
+from collections.abc import Mapping
+
 import keras
 
 from collabopt.errors import InvalidArgumentError
@@ -48,6 +51,28 @@ class OptimizationWrapper(RewrappingWrapper):
     :meth:`build_wrapper`, which runs after the wrapped chain is built (so
     the wrapped weights already hold their values).
 
+    **The wrapper contract.** Everything the rest of the library asks a
+    wrapper is declared here, with a default; a wrapper overrides what its
+    technique changes and nothing reads a wrapper by duck typing:
+
+    * the pipeline: :meth:`transform_weights`, :meth:`transform_inputs`,
+      :meth:`transform_internal`, :meth:`transform_outputs`,
+      :meth:`sublayer_calls`, :meth:`replaced_variables`. Each default hands
+      on to the wrapper inside, and an override computes its own transform
+      on what the inner chain hands it (inputs: the inner chain's first;
+      outputs: the inner chain's, then this stage's), so every stage of a
+      chain acts whichever stage is outermost;
+    * what it records: :meth:`recorded_constraints` (the preserve registry
+      reads it; default none) and :meth:`pruned_output_channels` (whole
+      output channels it removes; default None: none);
+    * quantization facts: :attr:`collabopt_quantized` (carries QAT ranges)
+      and :attr:`weight_quantizers`;
+    * leaving it: :meth:`final_weights`, :meth:`stripped`,
+      :meth:`export_layer` and :meth:`rewrap`.
+
+    ``tests/test_conformance.py`` runs every registered technique's handler
+    through the contract on every supported layer kind.
+
     Args:
         layer: The layer (or inner wrapper) to wrap.
         **kwargs: Passed to ``keras.layers.Wrapper`` (e.g. ``name``).
@@ -75,6 +100,14 @@ class OptimizationWrapper(RewrappingWrapper):
     #: op boundaries; see :mod:`collabopt.layers.execution`). Only the
     #: outermost wrapper's setting counts, since only it runs the layer.
     tflite_form: bool = False
+
+    #: True for a wrapper that trains quantization ranges (the exporter keeps
+    #: its fake-quant ops so the converter uses them).
+    collabopt_quantized: bool = False
+
+    #: ``{weight name: Quantizer}`` of the weights this wrapper fake-quantizes
+    #: (empty unless it quantizes; read by int4 export and verify).
+    weight_quantizers: Mapping = types.MappingProxyType({})
 
     #: A TFMOT-style method a custom layer may define to list the weights this
     #: technique transforms (e.g. "get_prunable_weights"); None: all optimizable.
@@ -153,6 +186,22 @@ class OptimizationWrapper(RewrappingWrapper):
         """
         if isinstance(self.layer, OptimizationWrapper):
             return self.layer.replaced_variables(training)
+        return None
+
+    def recorded_constraints(self) -> dict:
+        """``{weight name: [Constraint, ...]}`` this stage records for later stages to keep (default: none).
+
+        The preserve registry (:func:`collabopt.preserve.constraints_on`)
+        reads every wrapper of a chain through this method.
+        """
+        return {}
+
+    def pruned_output_channels(self):
+        """Bool array over the base layer's output channels, True where this stage removes the channel; None if it removes none.
+
+        ``strip_pruning`` removes the channels physically (``shrink_model``);
+        a folded BatchNormalization's bias correction is zero on them.
+        """
         return None
 
     def transform_outputs(self, outputs, training):

@@ -19,10 +19,7 @@ def constraints_on(layer, weight_name: str) -> dict[str, Constraint]:
     """
     found: dict[str, Constraint] = {}
     for wrapper in reversed(wrapper_chain(layer)):  # innermost first
-        recorded = getattr(wrapper, "recorded_constraints", None)
-        if recorded is None:
-            continue
-        for constraint in recorded().get(weight_name, []):
+        for constraint in wrapper.recorded_constraints().get(weight_name, []):
             found[constraint.kind.name] = constraint
     return found
 

@@ -230,6 +230,20 @@ class QuantizeWrapper(OptimizationWrapper):
             correction = correction + ops.convert_to_tensor(bias) * (s - 1.0)
         return correction
 
+    def _kept_correction(self) -> np.ndarray:
+        """The folded BatchNormalization's bias correction as numpy, zero on the channels the inner chain prunes.
+
+        In training the inner chain's output mask zeroes those channels after
+        the correction is added; an exported layer has no mask, so the
+        correction it adds must be zero there already.
+        """
+        correction = np.array(ops.convert_to_numpy(self._bias_correction()), np.float32)
+        for wrapper in wrapper_chain(self.layer):
+            pruned = wrapper.pruned_output_channels()
+            if pruned is not None and np.shape(pruned) == correction.shape:
+                correction = np.where(pruned, 0.0, correction).astype(np.float32)
+        return correction
+
     # --- the pipeline --------------------------------------------------------
     def _prepared_weights(self, weights):
         """The weights as the fake-quant ops see them: BN folded, in the TFLite kernel's shape."""
@@ -270,6 +284,7 @@ class QuantizeWrapper(OptimizationWrapper):
         return quantizer(x, state, training, export=bool(self.export_mode))
 
     def transform_inputs(self, inputs, training):
+        inputs = super().transform_inputs(inputs, training)
         if not any(self.quantize_inputs):
             return inputs
         # Integer inputs (token ids of an Embedding) are indices, not values
@@ -293,6 +308,9 @@ class QuantizeWrapper(OptimizationWrapper):
             frozen = self._export_constants
             correction = frozen["bias_correction"] if frozen is not None else self._bias_correction()
             outputs = outputs + ops.cast(correction, outputs.dtype)  # (float16 under mixed precision)
+        # The inner chain's output transform (filter pruning's channel mask)
+        # acts on the folded output, before the output range.
+        outputs = super().transform_outputs(outputs, training)
         if not self.output_quantizers or (self.export_mode and output_range_calibrated(self.base_layer)):
             return outputs
         flat = [
@@ -315,7 +333,7 @@ class QuantizeWrapper(OptimizationWrapper):
             plain.build_from_config(base.get_build_config())
             bias = getattr(base, "bias", None)
             b = ops.convert_to_numpy(bias) if bias is not None else 0.0
-            folded_bias = b + ops.convert_to_numpy(self._bias_correction())
+            folded_bias = b + self._kept_correction()
             for var in plain.weights:
                 source = getattr(base, var.path.split("/")[-1], None)
                 if isinstance(source, keras.Variable):
@@ -391,7 +409,7 @@ class QuantizeWrapper(OptimizationWrapper):
         for key, quantizer in keyed:
             if quantizer.range_from_state:
                 ranges[key] = quantizer.export_range(None, self._states[key])
-        correction = ops.convert_to_numpy(self._bias_correction()) if self.folded_batchnorm is not None else None
+        correction = self._kept_correction() if self.folded_batchnorm is not None else None
         return {"weights": weights, "ranges": ranges, "bias_correction": correction}
 
     def rewrap(self, new_inner) -> "QuantizeWrapper":

@@ -3,8 +3,9 @@
 A *technique* is a config (plain data: the arguments of its public function,
 a :class:`~collabopt.technique.TechniqueConfig`) plus a *handler* (the
 :class:`~collabopt.layers.OptimizationWrapper` subclass that carries it out).
-Each technique package registers its own with :func:`register_technique`; the
-registry never imports a technique, so the arrows keep pointing one way
+Each technique package registers its own with :func:`register_technique`
+(:func:`technique_registered` registers one for a ``with`` block only, for
+tests); the registry never imports a technique, so the arrows keep pointing one way
 (technique packages -> ``technique/``).
 
 The chain order is the registered ``stage``: techniques of a lower stage sit
@@ -48,6 +49,11 @@ class Technique:
             function that strips it there (e.g. ``"strip_clustering_cqat"``), or
             None when its own ``strip`` works there too.
         learning_rate: A fine-tuning learning rate that usually suits it (the tree's default).
+        tree_strips: The deployment tree strips it (with ``strip``) once a node
+            has trained, so the node exports, and its children start from, the
+            plain model (filter pruning: the physically smaller one). Such a
+            stage starts from a plain model too (the baseline or another such
+            stage).
     """
 
     name: str
@@ -62,6 +68,7 @@ class Technique:
     markers: tuple = ()
     strip_under: str | None = None
     learning_rate: float = 1e-4
+    tree_strips: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.handler, type) and issubclass(self.handler, OptimizationWrapper)):
@@ -96,6 +103,58 @@ def register_technique(technique: Technique) -> Technique:
     _TECHNIQUES[technique.name] = technique
     technique.config.technique = technique.name
     return technique
+
+
+@contextlib.contextmanager
+def technique_registered(technique: Technique):
+    """:func:`register_technique` for the duration of a ``with`` block; the registry is restored after.
+
+    For tests and experiments: on exit the name is unregistered (or given back
+    to the technique it had before) and the config class's ``technique``
+    attribute is what it was, so nothing leaks into code that runs later.
+
+    Args:
+        technique: The :class:`Technique` to register.
+
+    Yields:
+        ``technique``.
+
+    Raises:
+        InvalidArgumentError: another technique is registered under its name.
+
+    Example:
+
+    >>> import dataclasses
+    >>> from collabopt.layers import OptimizationWrapper
+    >>> from collabopt.technique import TechniqueConfig, technique_names
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class NoopConfig(TechniqueConfig):
+    ...     pass
+    >>> class Noop(OptimizationWrapper):
+    ...     pass
+    >>> noop = Technique("noop", NoopConfig, Noop, stage=15, function="noop", strip="strip_noop", done="nooped")
+    >>> with technique_registered(noop):
+    ...     get_technique("noop").handler.__name__, NoopConfig.technique
+    ('Noop', 'noop')
+    >>> "noop" in technique_names(), NoopConfig.technique
+    (False, '')
+    """
+    name, config = technique.name, technique.config
+    had, previous = name in _TECHNIQUES, _TECHNIQUES.get(name)
+    own = "technique" in vars(config)
+    attribute = vars(config).get("technique")
+    register_technique(technique)
+    try:
+        yield technique
+    finally:
+        if had:
+            _TECHNIQUES[name] = previous
+        else:
+            _TECHNIQUES.pop(name, None)
+        if own:
+            config.technique = attribute
+        elif "technique" in vars(config):
+            del config.technique
 
 
 def get_technique(name: str) -> Technique:

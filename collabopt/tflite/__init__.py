@@ -25,7 +25,7 @@ from collabopt.tflite.model import SizeBreakdown, SizeReport, TFLiteModel, load
 _LAZY = {
     "MODES": "collabopt.tflite.convert",
     "convert": "collabopt.tflite.convert",
-    "export_model": "collabopt.tflite.convert",
+    "export_model": "collabopt.tflite.export_forms",
     "has_trained_ranges": "collabopt.tflite.convert",
     "ConstraintCheck": "collabopt.tflite.verify",
     "VerifyReport": "collabopt.tflite.verify",

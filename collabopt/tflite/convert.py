@@ -14,25 +14,17 @@ import tensorflow as tf
 
 from collabopt.datasets.batches import samples
 from collabopt.errors import ConversionError, InvalidArgumentError, InvalidTypeError
-from collabopt.layers import base_layer
-from collabopt.layers.copy import copy_layer, copy_layer_or_share
-from collabopt.layers.execution import (
-    TFLiteForm,
-    needs_ptq_form,
-    needs_unrolling,
-    ptq_form_sublayers,
-    run_sublayers_in_tflite_form,
-    unrolled_copy,
-)
-from collabopt.layers.fused_lstm import FusedLSTM, fused_directions, fusion_problems, is_lstm
-from collabopt.tflite import flatbuffer
-from collabopt.tflite.int4 import check_int4_storage, low_bit_weights
+from collabopt.layers import OptimizationWrapper, base_layer
 from collabopt.layers.checks import check_finite_weights
 from collabopt.quiet import native_stderr_silenced
+from collabopt.tflite import flatbuffer
+from collabopt.tflite.export_forms import export_model
+from collabopt.tflite.fused_lstm import fused_directions, fusion_problems, is_lstm
+from collabopt.tflite.int4 import check_int4_storage, low_bit_weights
 from collabopt.tflite.model import TFLiteModel
 from collabopt.tflite.modes import MODES as EXPORT_MODES
-from collabopt.tflite.modes import ExportMode, export_mode
-from collabopt.transform import iter_layers, map_layers
+from collabopt.tflite.modes import export_mode
+from collabopt.transform import iter_layers
 
 #: The mode names ``convert`` accepts (each an :class:`~collabopt.tflite.modes.ExportMode`).
 MODES = tuple(EXPORT_MODES)
@@ -40,11 +32,7 @@ MODES = tuple(EXPORT_MODES)
 
 def has_trained_ranges(model) -> bool:
     """True if the model carries quantization ranges from QAT (fake-quant ops)."""
-    return any(getattr(layer, "collabopt_quantized", False) for layer in iter_layers(model))
-
-
-def _exportable(layer) -> bool:
-    return callable(getattr(layer, "export_layer", None))
+    return any(isinstance(layer, OptimizationWrapper) and layer.collabopt_quantized for layer in iter_layers(model))
 
 
 def _fused_lstm_directions(model) -> list[tuple[str, int]]:
@@ -71,90 +59,6 @@ def _fused_lstm_directions(model) -> list[tuple[str, int]]:
             "sequence or its last step; pass fused_lstm=False to export these layers unrolled."
         )
     return names
-
-
-def export_model(model: keras.Model, mode: str | ExportMode | None = None, *, fused_lstm: bool = False) -> keras.Model:
-    """The model the converter sees: every collabopt wrapper replaced by its export form.
-
-    Wrappers are duck-typed by their ``export_layer()`` method: pruning and
-    clustering wrappers become plain layers holding their final weights;
-    quantization wrappers keep their fake-quant ops. For int8, a plain
-    layer whose Keras form has an op without an integer kernel
-    (LayerNormalization's NEG) runs as :class:`TFLiteForm`. Recurrent layers
-    run unrolled, or, with ``fused_lstm``, every LSTM runs as
-    :class:`FusedLSTM` holding its final (for QAT: fake-quantized) weights.
-    The input model is not modified. For int8, a quantization wrapper's
-    export form runs the input's own base layer, with the chain's final
-    weights, the ranges and any folded bias as constants read once here, so
-    the result shares those layers with ``model``: it is for conversion, not
-    for training.
-    """
-    exportable = _exportable
-    mode = export_mode(mode) if mode is not None else None
-    integer_export = mode is not None and mode.integer and mode.keeps_fake_quant
-
-    def fuses(layer):
-        return fused_lstm and is_lstm(base_layer(layer))
-
-    def needs_change(layer):
-        plain_form = integer_export and (needs_ptq_form(layer) or bool(ptq_form_sublayers(base_layer(layer))))
-        return exportable(layer) or needs_unrolling(base_layer(layer)) or plain_form or fuses(layer)
-
-    def export_form(layer):
-        # ``layer`` is the input model's own (map_layers(replaces=...)): every
-        # branch builds new layers from it (wrappers' export forms are new
-        # layers holding copies of the final weights) and leaves it unchanged.
-        if fuses(layer):
-            # The fused op's weights and gates are quantized by the converter
-            # from calibration; QAT's fake-quantized weights keep their grid.
-            return FusedLSTM(layer.stripped() if exportable(layer) else copy_layer(layer))
-        original = base_layer(layer)
-        layer = layer.export_layer(mode=mode) if exportable(layer) else copy_layer_or_share(layer)
-        if integer_export and ptq_form_sublayers(base_layer(layer)):
-            # A composite layer calling a LayerNormalization: its export copy
-            # (never the input's own layer) runs that sublayer in its TFLite form.
-            if base_layer(layer) is original:
-                layer = copy_layer(original) if layer is original else layer.rewrap(copy_layer(original))
-            run_sublayers_in_tflite_form(base_layer(layer))
-        if integer_export and needs_ptq_form(layer):
-            # A layer outside any QAT wrapper, calibrated by the converter.
-            return TFLiteForm(layer, name=layer.name)
-        base = base_layer(layer)
-        if needs_unrolling(base):
-            # Recurrent layers convert only unrolled (TensorList ops otherwise).
-            unrolled = unrolled_copy(base)
-            layer = unrolled if layer is base else layer.rewrap(unrolled)
-        return layer
-
-    if not any(needs_change(layer) for layer in iter_layers(model)):
-        return model  # nothing to replace: convert the model as it is
-    return map_layers(model, export_form, what="export", replaces=needs_change)
-
-
-def _mixed_precision(layer) -> bool:
-    """Whether ``layer`` (or a layer its wrappers wrap) computes in another dtype than its variables'."""
-    while layer is not None:
-        policy = layer.dtype_policy
-        if policy.compute_dtype != policy.variable_dtype:
-            return True
-        layer = layer.layer if isinstance(layer, keras.layers.Wrapper) else None
-    return False
-
-
-def in_variable_dtype(model: keras.Model) -> keras.Model:
-    """``model`` with every layer trained under mixed precision computing in its variables' dtype (float32).
-
-    The float16 compute of a ``mixed_float16`` model is a training speed-up;
-    TFLite's float16 and integer modes start from float32 ops (post-training
-    int8 of float16 ops does not convert), and the variables hold float32
-    values already. The input model is not modified.
-    """
-    if not any(_mixed_precision(layer) for layer in iter_layers(model)):
-        return model
-    return map_layers(
-        model, lambda layer: copy_layer(layer, dtype=base_layer(layer).dtype_policy.variable_dtype),
-        what="export", replaces=_mixed_precision,
-    )
 
 
 def _layers_mentioned(text: str, model) -> list[str]:
@@ -302,7 +206,7 @@ def convert(
             )
 
     check_finite_weights(model)
-    exported = export_model(in_variable_dtype(model), mode, fused_lstm=bool(fused))
+    exported = export_model(model, mode, fused_lstm=bool(fused))
     with tempfile.TemporaryDirectory(prefix="collabopt_export_") if fused else contextlib.nullcontext() as directory:
         if fused:
             converter, graph = _saved_model_converter(exported, directory, batch_size=1), None

@@ -25,7 +25,7 @@ def low_bit_weights(model) -> list[tuple[str, str, int]]:
     found = []
     for layer in iter_layers(model):
         for wrapper in wrapper_chain(layer):
-            for name, quantizer in getattr(wrapper, "weight_quantizers", {}).items():
+            for name, quantizer in wrapper.weight_quantizers.items():
                 if quantizer.num_bits <= INT4_BITS:
                     found.append((wrapper.name, name, quantizer.num_bits))
     return found

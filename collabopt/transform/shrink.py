@@ -22,8 +22,8 @@ from collabopt.transform.clone import is_graph_model, iter_layers
 
 
 def is_channel_pruner(wrapper) -> bool:
-    """True for a wrapper that masks whole output channels (it defines ``pruned_output_channels``)."""
-    return isinstance(wrapper, OptimizationWrapper) and callable(getattr(wrapper, "pruned_output_channels", None))
+    """True for a wrapper that masks whole output channels (its ``pruned_output_channels()`` is not None)."""
+    return isinstance(wrapper, OptimizationWrapper) and wrapper.built and wrapper.pruned_output_channels() is not None
 
 
 def pruned_channel_masks(model) -> dict:

@@ -12,16 +12,17 @@ import time
 import keras
 import numpy as np
 
+import collabopt.keras
+
 from collabopt.datasets.batches import check_inputs
 from collabopt.errors import InvalidArgumentError, InvalidTypeError
-from collabopt.filter_pruning import apply_filter_pruning, count_macs
+from collabopt.filter_pruning import count_macs
 from collabopt.filter_pruning.macs import uncounted_layers
-from collabopt.keras import strip_pruning
-from collabopt.technique import apply
+from collabopt.technique import apply, get_technique
 from collabopt.tflite import convert, has_trained_ranges
 from collabopt.tflite.modes import export_mode
 from collabopt.tree.report import NodeResult, TreeReport, choose, format_macs, pareto_front
-from collabopt.tree.stages import BASELINE, FILTER_PRUNE, Stage, Targets, check_stages, default_stages
+from collabopt.tree.stages import BASELINE, Stage, Targets, check_stages, default_stages
 
 def fresh_run_dir(base, force: bool = False, now=None) -> pathlib.Path:
     """The folder one tree run writes to: a new timestamped folder under ``base``.
@@ -116,12 +117,12 @@ def default_compile(model, learning_rate):
 
 def effective_weight(model, layer_name: str, weight: str = "kernel"):
     """The weight a model computes with (through any wrappers), as numpy, or None."""
-    from collabopt.layers import base_layer, optimizable_variables
+    from collabopt.layers import OptimizationWrapper, base_layer, optimizable_variables
     from collabopt.transform import iter_layers
 
     for layer in iter_layers(model):
         if base_layer(layer).name == layer_name:
-            if hasattr(layer, "final_weights"):
+            if isinstance(layer, OptimizationWrapper):
                 return layer.final_weights().get(weight)
             variable = optimizable_variables(layer).get(weight)
             return None if variable is None else variable.numpy()
@@ -220,16 +221,14 @@ def run(
             trained = model  # measured as given: not recompiled, not trained
         else:
             say(f"[{i}/{len(ordered)}] {stage.label or stage.name}: {stage.technique} from {stage.parent} ...")
-            if stage.technique == FILTER_PRUNE:
-                trained = apply_filter_pruning(models[stage.parent], stage.config(steps_per_epoch))
-            else:
-                trained = apply(models[stage.parent], stage.config(steps_per_epoch))
+            trained = apply(models[stage.parent], stage.config(steps_per_epoch))
             compile_fn(trained, stage.learning_rate)
             if epochs:
                 trained.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose)
-            if stage.technique == FILTER_PRUNE:
-                # The node exports, saves and hands its children the physically smaller model.
-                trained = strip_pruning(trained)
+            if stage.strips:
+                # The node exports, saves and hands its children the plain
+                # model (filter pruning: the physically smaller one).
+                trained = getattr(collabopt.keras, get_technique(stage.technique).strip)(trained)
         models[stage.name] = trained
         if kernel_name:
             densities[stage.name] = effective_weight(trained, kernel_name)

@@ -5,16 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import collabopt.keras  # noqa: F401  (registers the techniques)
-from collabopt.errors import InvalidArgumentError
-from collabopt.filter_pruning import FilterPruningConfig, PolynomialRatio, RatioSchedule
+from collabopt.errors import CollaboptError, InvalidArgumentError
 from collabopt.technique import TechniqueConfig, get_technique, technique_names
 
 BASELINE = "baseline"
-#: A filter-pruning stage: ``prune_filters``, fine-tuned, then stripped to the
-#: physically smaller plain model, which the node exports and its children start from.
+#: The technique of the filter-pruned branches of the default tree.
 FILTER_PRUNE = "filter_prune"
-#: Fine-tuning learning rate of filter-pruning stages (as in benchmarks/filter_pruning.py).
-FILTER_PRUNE_LEARNING_RATE = 5e-4
 #: Filter-pruning ratios of the default tree: within one point of int8 top-1 of
 #: the dense model on both reference models at 30% and 50%, while 70% lost
 #: 3 to 6 points (benchmarks/RESULTS.md); 50% is the one that meets the
@@ -28,11 +24,12 @@ class Stage:
 
     Attributes:
         name: Unique name, e.g. ``"pcqat"``.
-        technique: ``"baseline"`` (the given model), ``"filter_prune"``
-            (filter pruning, then stripped to the physically smaller model;
-            its parent must be a plain model: the baseline or another
-            filter-pruned stage) or a registered technique (``"prune"``,
-            ``"cluster"``, ``"quantize"``, or one registered later).
+        technique: ``"baseline"`` (the given model) or a registered
+            technique (``"prune"``, ``"filter_prune"``, ``"cluster"``,
+            ``"quantize"``, or one registered later). A technique registered
+            with ``tree_strips`` (filter pruning) is stripped once the node
+            has trained (the physically smaller model), and starts from a
+            plain model: the baseline or another such stage.
         parent: Name of the stage it starts from (None for the baseline).
         settings: Keyword arguments of the technique's function
             (``prune_low_magnitude``, ``cluster_weights``, ``quantize_model``,
@@ -51,7 +48,7 @@ class Stage:
     label: str = ""
 
     def __post_init__(self):
-        accepted = tuple(dict.fromkeys((BASELINE, FILTER_PRUNE, *technique_names())))
+        accepted = (BASELINE, *technique_names())
         if self.technique not in accepted:
             raise InvalidArgumentError(
                 f"stage '{self.name}': technique={self.technique!r}; accepted: {', '.join(accepted)}."
@@ -59,60 +56,25 @@ class Stage:
         if (self.technique == BASELINE) != (self.parent is None):
             raise InvalidArgumentError(f"stage '{self.name}': the baseline (and only it) has no parent.")
 
-    def config(self, steps_per_epoch: int = 1) -> TechniqueConfig | FilterPruningConfig:
+    def config(self, steps_per_epoch: int = 1) -> TechniqueConfig:
         """The technique's config from this stage's settings (not for the baseline)."""
         settings = {k: v for k, v in self.settings.items() if k != "learning_rate"}
-        if self.technique == FILTER_PRUNE:
-            return filter_pruning_config(settings, steps_per_epoch, self.name)
-        return get_technique(self.technique).config.from_settings(settings, steps=steps_per_epoch)
+        try:
+            return get_technique(self.technique).config.from_settings(settings, steps=steps_per_epoch)
+        except CollaboptError as error:
+            raise type(error)(f"stage '{self.name}' ({self.technique}): {error}") from None
 
     @property
     def learning_rate(self) -> float:
         """The ``learning_rate`` setting, else the technique's usual fine-tuning rate."""
         if "learning_rate" in self.settings:
             return self.settings["learning_rate"]
-        if self.technique == FILTER_PRUNE:
-            return FILTER_PRUNE_LEARNING_RATE
         return get_technique(self.technique).learning_rate
 
-
-def filter_pruning_config(settings: dict, steps_per_epoch: int = 1, stage: str = FILTER_PRUNE) -> FilterPruningConfig:
-    """The :class:`~collabopt.keras.FilterPruningConfig` of a filter-pruning stage's settings.
-
-    Accepted settings are ``prune_filters``' arguments: ``pruning_ratio``
-    (default 0.5; ramped from 0 over the first half epoch with a
-    PolynomialRatio, as benchmarks/filter_pruning.py does), ``criterion``
-    (default ``"l2"``) and ``pruning_schedule`` (a RatioSchedule replacing
-    the ramp).
-
-    Example:
-
-    >>> from collabopt.tree.stages import filter_pruning_config
-    >>> c = filter_pruning_config({"pruning_ratio": 0.3}, steps_per_epoch=10)
-    >>> c.pruning_schedule.final_ratio, c.pruning_schedule.end_step, c.criterion
-    (0.3, 5, 'l2')
-    """
-    accepted = ("pruning_ratio", "criterion", "pruning_schedule")
-    unknown = sorted(set(settings) - set(accepted))
-    if unknown:
-        raise InvalidArgumentError(f"stage '{stage}' (filter_prune): unknown settings {unknown}; accepted: {', '.join(accepted)}.")
-    schedule = settings.get("pruning_schedule")
-    if schedule is not None and not isinstance(schedule, RatioSchedule):
-        raise InvalidArgumentError(
-            f"stage '{stage}' (filter_prune): pruning_schedule must be a ConstantRatio or PolynomialRatio; received {schedule!r}."
-        )
-    if schedule is None:
-        ratio = settings.get("pruning_ratio", 0.5)
-        _check_ratio(ratio, stage)
-        schedule = PolynomialRatio(0.0, float(ratio), begin_step=0, end_step=max(int(steps_per_epoch) // 2, 1))
-    return FilterPruningConfig(schedule, settings.get("criterion", "l2"))
-
-
-def _check_ratio(ratio, stage: str) -> None:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
-        raise InvalidArgumentError(
-            f"stage '{stage}' (filter_prune): pruning_ratio must be a fraction in (0, 1), e.g. 0.5; received {ratio!r}."
-        )
+    @property
+    def strips(self) -> bool:
+        """Whether the node is stripped once trained (its technique's ``tree_strips``)."""
+        return self.technique != BASELINE and get_technique(self.technique).tree_strips
 
 
 def default_stages(
@@ -176,7 +138,8 @@ def filter_pruned_stages(ratios=DEFAULT_FILTER_RATIOS, sparsity: float = 0.5, cl
         ratios = (ratios,)
     ratios = list(ratios)
     for ratio in ratios:
-        _check_ratio(ratio, "filter_pruned")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+            raise InvalidArgumentError(f"filter_ratios: each ratio must be a fraction in (0, 1), e.g. 0.5; received {ratio!r}.")
     stages = []
     for ratio in ratios:
         name, label = f"filter_pruned_{100 * ratio:.0f}", f"Filter-pruned {100 * ratio:.0f}%"
@@ -214,11 +177,11 @@ def check_stages(stages: list[Stage]) -> list[Stage]:
     for s in stages:
         if s.parent is not None and s.parent not in by_name:
             raise InvalidArgumentError(f"stage '{s.name}': parent '{s.parent}' is not a stage; stages: {names}.")
-        if s.technique == FILTER_PRUNE and s.parent in by_name and by_name[s.parent].technique not in (BASELINE, FILTER_PRUNE):
+        if s.strips and s.parent in by_name and not (by_name[s.parent].technique == BASELINE or by_name[s.parent].strips):
             raise InvalidArgumentError(
-                f"stage '{s.name}': filter pruning starts from a plain model (the baseline or another filter_prune "
-                f"stage); its parent '{s.parent}' is a {by_name[s.parent].technique} stage. Filter-prune first, then "
-                "prune / cluster / quantize the smaller model."
+                f"stage '{s.name}': {s.technique} starts from a plain model (the baseline or another stage the tree "
+                f"strips); its parent '{s.parent}' is a {by_name[s.parent].technique} stage. Apply {s.technique} "
+                "first, then prune / cluster / quantize the smaller model."
             )
 
     def depth(s, seen=()):

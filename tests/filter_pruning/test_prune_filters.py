@@ -145,3 +145,21 @@ def test_plain_ops_of_a_functional_graph_are_left_alone_and_the_rest_shrinks():
     assert small.get_layer("free").filters == 4 and small.get_layer("touched").filters == 8
     np.testing.assert_allclose(small.predict(data, verbose=0), pruned.predict(data, verbose=0), atol=1e-5)
     assert ct.convert(pruned, "int8", representative_data=data).float_islands() == []
+
+
+@pytest.mark.parametrize("multiple,kept", [(1, 10), (4, 12), (8, 16), (16, 16), (32, 24)])
+def test_channel_multiple_rounds_the_kept_channels_up(multiple, kept):
+    x = keras.Input((8, 8, 1))
+    y = keras.layers.Conv2D(24, 3, name="conv")(x)
+    model = keras.Model(x, keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(y)))
+    pruned = co.prune_filters(model, 0.6, channel_multiple=multiple)  # 0.6 of 24: 14 pruned, 10 kept
+    assert co.strip_pruning(pruned).get_layer("conv").filters == kept
+    reloaded = keras.models.clone_model(pruned)  # the setting is part of the wrapper's config
+    assert reloaded.get_layer("prune_filters_conv").channel_multiple == multiple
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, True, "8"])
+def test_channel_multiple_must_be_a_positive_integer(bad):
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3), keras.layers.Flatten(), keras.layers.Dense(2)])
+    with pytest.raises(InvalidArgumentError, match=f"channel_multiple must be an integer >= 1.*received {bad!r}"):
+        co.prune_filters(model, 0.5, channel_multiple=bad)

@@ -66,23 +66,3 @@ def test_subclasses_keep_their_own_call():
 
     assert not execution.has_tflite_form(Doubled(3, activation="softmax"))
     assert execution.internal_tensors(Doubled(3, activation="softmax")) == ()
-
-
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_recurrent_layers_unroll_for_export(bidirectional):
-    rnn = L.GRU(4) if not bidirectional else L.Bidirectional(L.LSTM(4))
-    x = _x(2, 7, 3)
-    expected = keras.ops.convert_to_numpy(rnn(x))
-    assert execution.needs_unrolling(rnn)
-    unrolled = execution.unrolled_copy(rnn)
-    assert not execution.needs_unrolling(unrolled)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(unrolled(x)), expected, rtol=1e-5, atol=1e-5)
-
-
-def test_unrolling_needs_a_fixed_sequence_length():
-    from collabopt.errors import UnsupportedLayerError
-
-    rnn = L.LSTM(4, name="kws_lstm")
-    rnn.build((None, None, 3))
-    with pytest.raises(UnsupportedLayerError, match="kws_lstm.*fixed sequence length"):
-        execution.unrolled_copy(rnn)

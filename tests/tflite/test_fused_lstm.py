@@ -6,7 +6,7 @@ import pytest
 
 import collabopt.tflite as ct
 from collabopt.errors import ConversionError, InvalidArgumentError
-from collabopt.layers.fused_lstm import FusedLSTM
+from collabopt.tflite.fused_lstm import FusedLSTM
 from collabopt.tflite import flatbuffer
 from tests.conftest import pcqat_trained
 

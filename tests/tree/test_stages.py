@@ -6,7 +6,7 @@ import pytest
 import collabopt.tflite as ct
 from collabopt import tree
 from collabopt.reference_models import compile_for_classification, reference_cnn
-from collabopt.errors import InvalidArgumentError
+from collabopt.errors import InvalidArgumentError, InvalidTypeError
 from collabopt.tree.report import NodeResult
 
 
@@ -90,15 +90,17 @@ def test_filter_prune_stage_config_ramps_the_ratio_over_half_an_epoch():
     "make,match",
     [
         (lambda: tree.Stage("fp", "filter_prune", "baseline", {"sparsity": 0.5}).config(), r"unknown settings \['sparsity'\]; accepted: pruning_ratio"),
-        (lambda: tree.Stage("fp", "filter_prune", "baseline", {"pruning_ratio": 1.0}).config(), r"pruning_ratio must be a fraction in \(0, 1\)"),
-        (lambda: tree.Stage("fp", "filter_prune", "baseline", {"pruning_schedule": 0.5}).config(), "pruning_schedule must be a ConstantRatio"),
+        (lambda: tree.Stage("fp", "filter_prune", "baseline", {"pruning_ratio": 1.0}).config(), r"stage 'fp' \(filter_prune\): pruning_ratio must be in \[0, 1\)"),
+        (lambda: tree.Stage("fp", "filter_prune", "baseline", {"pruning_schedule": 0.5}).config(), r"TypeError: stage 'fp' \(filter_prune\): pruning_schedule must be a filter-pruning RatioSchedule"),
         (lambda: tree.default_stages(filter_ratios=(0.0,)), r"received 0.0"),
         (
             lambda: tree.check_stages([tree.Stage("b", "baseline"), tree.Stage("p", "prune", "b"), tree.Stage("fp", "filter_prune", "p")]),
-            r"stage 'fp': filter pruning starts from a plain model .* its parent 'p' is a prune stage",
+            r"stage 'fp': filter_prune starts from a plain model .* its parent 'p' is a prune stage",
         ),
     ],
 )
 def test_bad_filter_prune_stages_are_refused_before_training(make, match):
-    with pytest.raises(InvalidArgumentError, match=match):
+    # A value collabopt cannot use is an InvalidArgumentError, a wrong type an InvalidTypeError.
+    expected = InvalidTypeError if match.startswith("TypeError: ") else InvalidArgumentError
+    with pytest.raises(expected, match=match.removeprefix("TypeError: ")):
         make()
