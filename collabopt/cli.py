@@ -17,6 +17,7 @@ log lines are hidden unless ``--verbose`` is given.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -135,8 +136,23 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _default_data():
-    """``(name, note)``: Fashion-MNIST if installed, else digits with the install hint."""
+def default_data() -> tuple[str, str | None]:
+    """The data set ``collabopt tree`` uses when no ``--data`` is given.
+
+    Fashion-MNIST when its files are installed, else scikit-learn's digits
+    (always available) with a note saying how to install Fashion-MNIST; the
+    CLI prints the note and records it in the run's report.
+
+    Returns:
+        ``(name, note)``: a name :func:`collabopt.datasets.load` accepts, and
+        None or the note.
+
+    Example:
+
+    >>> name, note = default_data()
+    >>> name in ("fashion_mnist", "digits") and (note is None) == (name == "fashion_mnist")
+    True
+    """
     from collabopt import datasets
 
     try:
@@ -170,7 +186,7 @@ def cmd_tree(args) -> int:
     if args.data:
         data_name = args.data
     else:
-        data_name, note = _default_data()
+        data_name, note = default_data()
         args.data = data_name
     (x, y), (xt, yt) = _load_data(args)
     full = (len(x), len(xt))
@@ -317,6 +333,11 @@ def _ours(error: BaseException) -> bool:
 def main(argv=None) -> int:
     """Runs the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "keras" not in sys.modules:
+        # Export converts TensorFlow graphs and the tree exports every node:
+        # the command runs Keras on TensorFlow whatever KERAS_BACKEND says
+        # (.keras files saved on JAX or PyTorch load here bitwise).
+        os.environ["KERAS_BACKEND"] = "tensorflow"
     verbose = "--verbose" in argv
     if not verbose:
         from collabopt import quiet

@@ -47,3 +47,7 @@ class InvalidFileError(CollaboptError, ValueError):
 
 class ConversionError(CollaboptError, ValueError):
     """The TFLite converter rejected the model; the message names the layers and ops involved."""
+
+
+class UnsupportedBackendError(CollaboptError, RuntimeError):
+    """A function that needs Keras' TensorFlow backend (TFLite conversion) ran on another; the message says how to export."""

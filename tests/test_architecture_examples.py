@@ -1,12 +1,19 @@
-"""Runs the worked examples of docs/architecture.md ("Adding a technique", "Adding a layer") as written."""
+"""Runs the worked examples of docs/architecture.md ("Adding a technique", "a layer", "an export mode") as written.
+
+Each example registers what it adds with the public scoped registrations
+(``technique_registered``, ``layer_support_registered``,
+``export_mode_registered``); the tests check that nothing stays registered.
+"""
 
 import pathlib
 import re
 
 import pytest
 
-import collabopt.keras  # noqa: F401  (registers the built-in techniques before the registry is copied)
-from collabopt.technique import registry
+import collabopt.keras  # noqa: F401  (registers the built-in techniques)
+from collabopt.layers.support import registered_records
+from collabopt.technique import technique_names
+from collabopt.tflite.modes import MODES
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
@@ -28,21 +35,28 @@ def _run(section: str):
     return namespace
 
 
-@pytest.fixture
-def isolated_registry(monkeypatch):
-    """The toy technique registers into a copy of the registry, dropped after the test."""
-    monkeypatch.setattr(registry, "_TECHNIQUES", dict(registry._TECHNIQUES))
-
-
-def test_adding_a_technique(isolated_registry):
+def test_adding_a_technique():
+    before = technique_names()
     namespace = _run("Adding a technique")
-    assert registry.get_technique("clip").handler is namespace["ClipWeights"]
+    assert namespace["CLIPPING"].handler is namespace["ClipWeights"]
+    assert namespace["stage"].technique == "clip"  # the tree took it inside the block
+    # Registered for the example's block only: the registry and the config class are as they were.
+    assert technique_names() == before and namespace["ClippingConfig"].technique == ""
 
 
 @pytest.mark.slow
 def test_adding_a_layer():
+    before = registered_records()
     namespace = _run("Adding a layer")
     assert namespace["report"].all_hold
     # The roles the custom weightless layers registered reached QAT, the int8 file and filter pruning.
     assert not namespace["int8"].float_islands()
     assert namespace["small"].get_layer("conv1").filters == 4
+    assert registered_records() == before  # each record lasted its with block only
+
+
+def test_adding_an_export_mode():
+    before = dict(MODES)
+    namespace = _run("Adding an export mode")
+    assert namespace["fp16"].mode == "gpu_fp16" and namespace["int8"].mode == "int8_recalibrated"
+    assert MODES == before

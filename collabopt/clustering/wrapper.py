@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
@@ -20,13 +19,22 @@ def nearest_centroid(values, centroids):
     """Index of the nearest centroid for each value, by binary search on sorted centroids.
 
     ``values``: (C, N); ``centroids``: (C, K). O(N log K) per channel, instead of
-    the O(N K) distance matrix.
+    the O(N K) distance matrix. keras.ops has no batched ``searchsorted``: on
+    TensorFlow it is ``tf.searchsorted``; elsewhere one row is searched with
+    ``ops.searchsorted`` and several rows count the midpoints below each value.
     """
-    order = tf.argsort(centroids, axis=-1)
-    sorted_c = tf.gather(centroids, order, batch_dims=1)
+    order = ops.argsort(centroids, axis=-1)
+    sorted_c = ops.take_along_axis(centroids, order, axis=-1)
     midpoints = (sorted_c[:, 1:] + sorted_c[:, :-1]) / 2.0
-    position = tf.searchsorted(midpoints, values, side="left")
-    return tf.gather(order, position, batch_dims=1)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        position = tf.searchsorted(midpoints, values, side="left")
+    elif values.shape[0] == 1:
+        position = ops.expand_dims(ops.searchsorted(midpoints[0], values[0], side="left"), 0)
+    else:
+        position = ops.sum(ops.cast(ops.greater(values[:, :, None], midpoints[:, None, :]), "int32"), axis=-1)
+    return ops.take_along_axis(order, ops.cast(position, order.dtype), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="collabopt")
@@ -164,10 +172,10 @@ class ClusterWeights(OptimizationWrapper):
         if self.preserve_sparsity:
             pin = np.ones(c.shape, np.float32)
             pin[..., 0] = 0.0
-            c = c * pin  # the zero centroid stays exactly zero and gets no gradient
+            c = c * ops.convert_to_tensor(pin, c.dtype)  # the zero centroid stays exactly zero and gets no gradient
         if self.cluster_gradient_aggregation == "AVG":
             flat_idx = to_channel_rows(indices, self.spec(name)) if self.cluster_per_channel else ops.reshape(indices, (1, -1))
-            counts = tf.math.reduce_sum(tf.one_hot(flat_idx, self.number_of_clusters), axis=1)  # (C, K)
+            counts = ops.sum(ops.one_hot(flat_idx, self.number_of_clusters), axis=1)  # (C, K)
             counts = ops.maximum(counts, 1.0)
             counts = counts if self.cluster_per_channel else counts[0]
             c = c / counts + ops.stop_gradient(c - c / counts)  # same value, gradient averaged

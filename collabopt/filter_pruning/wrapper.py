@@ -18,6 +18,7 @@ from collabopt.layers import (
     to_channel_rows,
 )
 from collabopt.layers.copy import copy_layer
+from collabopt.technique.schedules import step_dtype
 from collabopt.preserve import CHANNELS, SPARSITY, Constraint
 
 # Per-output-channel weights zeroed with a pruned channel when the wrapper is
@@ -107,7 +108,7 @@ class PruneFilters(OptimizationWrapper):
         self.channel_rank = state("channel_rank", "int32", "zeros")
         self.group_size = state("group_size", "int32", "zeros")
         self.pruning_step = self.add_weight(
-            name="pruning_step", shape=(), dtype="int64", initializer="zeros", trainable=False, aggregation="only_first_replica"
+            name="pruning_step", shape=(), dtype=step_dtype(), initializer="zeros", trainable=False, aggregation="only_first_replica"
         )
         if self._ranking is not None:
             self.set_ranking(*self._ranking)

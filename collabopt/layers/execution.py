@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from collabopt.layers.composite import INPUT, trace_sublayer_calls
@@ -163,7 +162,7 @@ def run_layer_normalization(layer, inputs, weights, between=None):
         y = x * ops.rsqrt(ops.mean(ops.square(x), axis=axes, keepdims=True) + layer.epsilon)
         return y * param(layer.gamma)
     mean = at(ops.mean(x, axis=axes, keepdims=True), "mean")
-    squared = at(tf.math.squared_difference(x, mean), "squared_difference")
+    squared = at(_squared_difference(x, mean), "squared_difference")
     variance = at(ops.mean(squared, axis=axes, keepdims=True), "variance")
     inverse = at(ops.rsqrt(at(variance + layer.epsilon, "variance_plus_epsilon")), "inverse_std")
     y = at(at(x - mean, "centered") * inverse, "normalized")
@@ -223,6 +222,17 @@ def run_average(layer, inputs, weights, between=None):
     for x in inputs[1:]:
         total = between(ops.add(total, x), 0)
     return ops.multiply(total, 1.0 / len(inputs))
+
+
+def _squared_difference(x, mean):
+    # TFLite's SQUARED_DIFFERENCE: on TensorFlow the op itself, so the
+    # converter keeps it as one op (whose output QAT quantizes); elsewhere
+    # the same values (those graphs are exported by a TensorFlow process).
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.math.squared_difference(x, mean)
+    return ops.square(x - mean)
 
 
 # Tensors TFLite computes *inside* a layer, between the ops it becomes (each

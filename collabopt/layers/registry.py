@@ -316,7 +316,12 @@ def composite_specs(layer) -> tuple[WeightSpec, ...]:
 
 
 class _RecordingScope(keras.StatelessScope):
-    """A StatelessScope that also remembers which variables were assigned in it (to apply their updates after)."""
+    """A StatelessScope that also remembers which variables were assigned in it (to apply their updates after).
+
+    A variable it does not map reads its value from the scope it was entered
+    in: on JAX, ``fit`` runs the model in a StatelessScope of its own holding
+    every variable's traced value (the variables themselves hold none then).
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -325,6 +330,13 @@ class _RecordingScope(keras.StatelessScope):
     def add_update(self, update):
         super().add_update(update)
         self.assigned[id(update[0])] = update[0]
+
+    def get_current_value(self, variable):
+        value = super().get_current_value(variable)
+        outer = getattr(self, "original_scope", None)
+        if value is None and outer is not None:
+            return outer.get_current_value(variable)
+        return value
 
 
 def _between_output(between, index, outputs):

@@ -17,6 +17,7 @@ from collabopt.preserve.kinds import (
     StateVariable,
     get_kind,
     in_projection_order,
+    kind_registered,
     known_kinds,
     register_kind,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "gather_clustered",
     "get_kind",
     "in_projection_order",
+    "kind_registered",
     "known_kinds",
     "register_kind",
     "zero_mask",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from collabopt.layers import from_channel_rows, num_channels, to_channel_rows
@@ -18,7 +17,7 @@ def gather_clustered(centroids, indices, spec, per_channel: bool):
         return ops.take(centroids, indices)
     shape = tuple(indices.shape)
     rows = to_channel_rows(indices, spec)  # (C, N)
-    values = tf.gather(centroids, rows, batch_dims=1)  # centroids: (C, K)
+    values = ops.take_along_axis(ops.convert_to_tensor(centroids), rows, axis=-1)  # centroids: (C, K)
     return from_channel_rows(values, spec, shape)
 
 

@@ -16,12 +16,14 @@ A *kind* (sparsity, clusters, ...) knows
 The state itself lives in the variables of the wrapper that owns the
 constraint (so it is saved in ``.keras`` files); a :class:`Constraint` is a
 view pairing a kind with those variables. New kinds join with
-:func:`register_kind`; nothing else in the library changes.
+:func:`register_kind` (:func:`kind_registered` for the duration of a ``with``
+block, in tests); nothing else in the library changes.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from typing import ClassVar
 
@@ -128,6 +130,44 @@ def register_kind(kind: ConstraintKind) -> ConstraintKind:
         raise InvalidArgumentError(f"constraint kind {type(kind).__name__} has no name.")
     _KINDS[kind.name] = kind
     return kind
+
+
+@contextlib.contextmanager
+def kind_registered(kind: ConstraintKind):
+    """:func:`register_kind` for the duration of a ``with`` block; the kind registry is restored after.
+
+    For tests and experiments: on exit the name is unregistered (or given back
+    to the kind it had before), so nothing leaks into code that runs later.
+
+    Args:
+        kind: The :class:`ConstraintKind` to register (by its ``name``).
+
+    Yields:
+        ``kind``.
+
+    Raises:
+        InvalidArgumentError: ``kind`` has no name.
+
+    Example:
+
+    >>> from collabopt.preserve import SparsityKind, get_kind, known_kinds
+    >>> class Zeros(SparsityKind):
+    ...     name = "zeros_toy"
+    >>> with kind_registered(Zeros()):
+    ...     type(get_kind("zeros_toy")).__name__
+    'Zeros'
+    >>> "zeros_toy" in known_kinds()
+    False
+    """
+    had, previous = kind.name in _KINDS, _KINDS.get(kind.name)
+    register_kind(kind)
+    try:
+        yield kind
+    finally:
+        if had:
+            _KINDS[kind.name] = previous
+        else:
+            _KINDS.pop(kind.name, None)
 
 
 def get_kind(name: str) -> ConstraintKind:

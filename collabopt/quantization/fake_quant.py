@@ -1,15 +1,53 @@
 """Fake quantization with the semantics of TFLite's integer kernels.
 
-The ops are TensorFlow's ``fake_quant_with_min_max_vars`` (and its
-per-channel form), which the TFLite converter reads to quantize a QAT model
-with exactly the trained ranges.
+On TensorFlow the ops are TensorFlow's ``fake_quant_with_min_max_vars`` (and
+its per-channel form), which the TFLite converter reads to quantize a QAT
+model with exactly the trained ranges. On JAX and PyTorch they are
+``keras.quantizers.fake_quant_with_min_max_vars``: the same nudged grid and
+straight-through gradients in ``keras.ops`` (export then runs in a
+TensorFlow process, on the saved model).
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+import keras
 from keras import ops
+
 from collabopt.errors import InvalidArgumentError
+
+
+def _on_tensorflow() -> bool:
+    return keras.backend.backend() == "tensorflow"
+
+
+def _nonempty(lo, hi):
+    """``hi`` raised above ``lo`` where the range is empty (a channel of zeros: both are 0 once 0 is in range).
+
+    TensorFlow's op gives such a channel zeros; keras.quantizers' divides by
+    the range's width, which would give NaN.
+    """
+    return ops.where(ops.greater(hi, lo), hi, lo + 1e-6)
+
+
+def _per_tensor_op(x, lo, hi, num_bits, narrow_range):
+    if _on_tensorflow():
+        import tensorflow as tf
+
+        return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+    return keras.quantizers.fake_quant_with_min_max_vars(x, lo, _nonempty(lo, hi), num_bits=num_bits, narrow_range=narrow_range)
+
+
+def _per_channel_op(x, lo, hi, num_bits, narrow_range, final_range):
+    """Per-channel fake quantization over the last axis."""
+    if not _on_tensorflow():
+        return keras.quantizers.fake_quant_with_min_max_vars(
+            x, lo, _nonempty(lo, hi), num_bits=num_bits, narrow_range=narrow_range, axis=-1
+        )
+    if len(x.shape) <= 4 or final_range:
+        import tensorflow as tf
+
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+    return _per_channel_any_rank(x, lo, hi, num_bits, narrow_range)
 
 
 def _nudge_range(lo, hi):
@@ -45,10 +83,16 @@ def _float32_exact(lo, hi, num_bits: int, narrow_range: bool):
 def quantization_range(lo, hi, num_bits: int, narrow_range: bool, per_channel: bool = False):
     """The ``(lo, hi)`` the fake-quant op receives for a tensor observed on ``[lo, hi]``.
 
-    The range is widened to hold 0; a per-tensor range is also moved onto a
+    The range is widened to hold 0 (and is ``[-1, 1]`` where it is empty); a per-tensor range is also moved onto a
     grid the converter reads back exactly (see :func:`_float32_exact`).
     """
     lo, hi = _nudge_range(ops.stop_gradient(lo), ops.stop_gradient(hi))
+    # An empty range (a channel or tensor of zeros: a pruned filter, a dead
+    # ReLU) gets [-1, 1]: its values quantize to 0 either way, and a weight
+    # scale of 0 would make the converter saturate the int32 bias of that
+    # channel (the bias scale is input scale x weight scale).
+    empty = ops.less_equal(hi, lo)
+    lo, hi = ops.where(empty, -1.0, lo), ops.where(empty, 1.0, hi)
     if not per_channel:
         lo, hi = _float32_exact(lo, hi, num_bits, narrow_range)
     return lo, hi
@@ -62,7 +106,7 @@ def fake_quant(x, lo, hi, num_bits: int, narrow_range: bool, final_range: bool =
     """
     if not final_range:
         lo, hi = quantization_range(lo, hi, num_bits, narrow_range)
-    return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+    return _per_tensor_op(x, lo, hi, num_bits, narrow_range)
 
 
 def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range: bool, final_range: bool = False):
@@ -79,9 +123,7 @@ def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range:
     axes = tuple(sorted(a % rank for a in channel_axes))
 
     def fq(t):
-        if len(t.shape) <= 4 or final_range:
-            return tf.quantization.fake_quant_with_min_max_vars_per_channel(t, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
-        return _per_channel_any_rank(t, lo, hi, num_bits, narrow_range)
+        return _per_channel_op(t, lo, hi, num_bits, narrow_range, final_range)
 
     if axes == (rank - 1,):
         return fq(x)
@@ -105,6 +147,8 @@ def _per_channel_any_rank(x, lo, hi, num_bits: int, narrow_range: bool):
     the same per-channel grid. (An exported graph, ``final_range``, keeps
     the plain op: the converter reads it, and needs no gradient.)
     """
+    import tensorflow as tf
+
     channels = x.shape[-1]
 
     @tf.custom_gradient

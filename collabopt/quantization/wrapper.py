@@ -230,6 +230,16 @@ class QuantizeWrapper(OptimizationWrapper):
             correction = correction + ops.convert_to_tensor(bias) * (s - 1.0)
         return correction
 
+    def _kept_output_channels(self):
+        """Float 0/1 array over the output channels, 0 where a wrapper inside prunes the channel; None if none does."""
+        kept = None
+        for wrapper in wrapper_chain(self.layer):
+            pruned = wrapper.pruned_output_channels()
+            if pruned is not None:
+                keep = np.logical_not(np.asarray(pruned, bool)).astype(np.float32)
+                kept = keep if kept is None else kept * keep
+        return kept
+
     def _kept_correction(self) -> np.ndarray:
         """The folded BatchNormalization's bias correction as numpy, zero on the channels the inner chain prunes.
 
@@ -238,11 +248,8 @@ class QuantizeWrapper(OptimizationWrapper):
         correction it adds must be zero there already.
         """
         correction = np.array(ops.convert_to_numpy(self._bias_correction()), np.float32)
-        for wrapper in wrapper_chain(self.layer):
-            pruned = wrapper.pruned_output_channels()
-            if pruned is not None and np.shape(pruned) == correction.shape:
-                correction = np.where(pruned, 0.0, correction).astype(np.float32)
-        return correction
+        kept = self._kept_output_channels()
+        return correction * kept if kept is not None and kept.shape == correction.shape else correction
 
     # --- the pipeline --------------------------------------------------------
     def _prepared_weights(self, weights):
@@ -341,6 +348,12 @@ class QuantizeWrapper(OptimizationWrapper):
             plain.bias.assign(np.asarray(folded_bias, np.float32))
         for name, value in weights.items():
             get_variable(plain, spec_for(plain, name)).assign(value)
+        bias = getattr(plain, "bias", None)
+        kept = self._kept_output_channels()
+        if bias is not None and kept is not None and tuple(bias.shape) == kept.shape:
+            # Channels the inner chain prunes output zeros (in training its
+            # output mask does it): their bias is zero in the plain layer.
+            bias.assign(ops.convert_to_numpy(bias) * kept)
         for _, producer_path, bn_path in self.internal_folds:
             # The producer holds the folded weights; its BatchNormalization
             # becomes ``x + correction`` (unit scale and statistics).

@@ -9,7 +9,7 @@ weights (ranking breaks ties), so a kernel's sparsity equals the target.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+import keras
 from keras import ops
 
 POOLING_TYPES = ("AVG", "MAX")
@@ -30,9 +30,7 @@ def _rank_mask(scores, sparsity):
     n = int(scores.shape[0])
     k = ops.cast(ops.round(ops.cast(sparsity, "float32") * n), "int32")
     k = ops.clip(k, 0, n)
-    # ``NthElement`` (std::nth_element) has no keras.ops counterpart; the
-    # library exports through TensorFlow, so the TF op is always there.
-    threshold = tf.raw_ops.NthElement(input=scores, n=ops.maximum(k - 1, 0))
+    threshold = _kth_smallest(scores, ops.maximum(k - 1, 0))
     below = ops.less(scores, threshold)
     tied = ops.equal(scores, threshold)
     # Of the scores equal to the threshold, zero the first ``k - #below``.
@@ -41,6 +39,19 @@ def _rank_mask(scores, sparsity):
     zeroed = ops.logical_or(below, ops.logical_and(tied, ops.less_equal(tie_rank, needed)))
     zeroed = ops.logical_and(zeroed, ops.greater(k, 0))
     return ops.cast(ops.logical_not(zeroed), "float32")
+
+
+def _kth_smallest(values, k):
+    """The ``k``-th smallest entry (0-based) of a 1-D tensor.
+
+    On TensorFlow, ``NthElement`` (std::nth_element: linear time) has no
+    keras.ops counterpart; other backends sort.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.raw_ops.NthElement(input=values, n=k)
+    return ops.take(ops.sort(values), k)
 
 
 def magnitude_mask(weight, sparsity):

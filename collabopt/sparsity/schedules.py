@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.technique.schedules import StepSchedule, check_fraction, check_step, polynomial_ramp
+from collabopt.technique.schedules import StepSchedule, check_fraction, check_step, polynomial_ramp, step_dtype
 
 
 def _check_steps(begin_step, end_step, frequency, *, end_required=False):
@@ -48,7 +48,7 @@ class PruningSchedule(StepSchedule):
 
     @staticmethod
     def _should_prune_in_step(step, begin_step, end_step, frequency):
-        step = ops.cast(step, "int64")
+        step = ops.cast(step, step_dtype())
         in_range = ops.greater_equal(step, begin_step)
         if end_step != -1:
             in_range = ops.logical_and(in_range, ops.less_equal(step, end_step))

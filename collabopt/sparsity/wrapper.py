@@ -10,6 +10,7 @@ from collabopt.layers import OptimizationWrapper, base_layer
 from collabopt.preserve import SPARSITY, Constraint
 from collabopt.sparsity import masks
 from collabopt.sparsity.schedules import ConstantSparsity, PruningSchedule
+from collabopt.technique.schedules import step_dtype
 
 
 @keras.saving.register_keras_serializable(package="collabopt")
@@ -85,7 +86,7 @@ class PruneLowMagnitude(OptimizationWrapper):
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
-            dtype="int64",
+            dtype=step_dtype(),
             initializer="zeros",
             trainable=False,
             aggregation="only_first_replica",

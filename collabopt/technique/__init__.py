@@ -22,6 +22,7 @@ from collabopt.technique.registry import (
     register_technique,
     technique_names,
     technique_of,
+    technique_registered,
     tfmot_scope,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "strip",
     "technique_names",
     "technique_of",
+    "technique_registered",
     "tfmot_scope",
 ]

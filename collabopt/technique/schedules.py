@@ -10,9 +10,27 @@ from __future__ import annotations
 
 import abc
 
+import keras
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
+
+
+def step_dtype() -> str:
+    """The dtype of a training-step counter: ``"int64"`` (TFMOT's), or ``"int32"`` on JAX without 64-bit types.
+
+    JAX truncates int64 to int32 (with a warning per use) unless
+    ``jax_enable_x64`` is set; a ``.keras`` file saved there loads into the
+    int64 counter of a TensorFlow process by value.
+
+    >>> step_dtype() in ("int64", "int32")
+    True
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return "int64" if jax.config.read("jax_enable_x64") else "int32"
+    return "int64"
 
 
 class StepSchedule(abc.ABC):

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from collabopt.datasets.batches import samples
-from collabopt.errors import ConversionError, InvalidArgumentError, InvalidTypeError
+from collabopt.errors import ConversionError, InvalidArgumentError, InvalidTypeError, UnsupportedBackendError
 from collabopt.layers import OptimizationWrapper, base_layer
 from collabopt.layers.checks import check_finite_weights
 from collabopt.quiet import native_stderr_silenced
@@ -26,8 +26,25 @@ from collabopt.tflite.modes import MODES as EXPORT_MODES
 from collabopt.tflite.modes import export_mode
 from collabopt.transform import iter_layers
 
-#: The mode names ``convert`` accepts (each an :class:`~collabopt.tflite.modes.ExportMode`).
-MODES = tuple(EXPORT_MODES)
+#: The modes ``convert`` accepts, by name (each an :class:`~collabopt.tflite.modes.ExportMode`): the
+#: registry itself, so a mode registered later is listed too.
+MODES = EXPORT_MODES
+
+
+def require_tensorflow_backend(function: str) -> None:
+    """UnsupportedBackendError unless Keras runs on TensorFlow: TFLite's converter reads TensorFlow graphs.
+
+    The message names the backend and the two ways to export from it.
+    """
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise UnsupportedBackendError(
+            f"{function} converts with TensorFlow's TFLite converter, so it runs on Keras' TensorFlow backend; "
+            f"this process runs Keras on {backend!r}. Export from here with "
+            "collabopt.tflite.convert_in_subprocess(model, mode, representative_data) (a TensorFlow subprocess "
+            "converts the saved model), or save it (model.save('m.keras'); .keras files load on every backend) "
+            "and run `collabopt export m.keras --mode int8` in a shell."
+        )
 
 
 def has_trained_ranges(model) -> bool:
@@ -169,6 +186,7 @@ def convert(
     >>> tfl.size_report().raw_bytes > 0
     True
     """
+    require_tensorflow_backend("collabopt.tflite.convert")
     mode = export_mode(mode)
     if not isinstance(model, keras.Model):
         raise InvalidTypeError(f"convert expects a keras.Model; received {type(model).__name__}.")

@@ -105,7 +105,10 @@ def _weight(key, layer, effective, base, weight_name, variable, names, folded) -
     zero_rows = None
     if mask is not None:
         mask = np.broadcast_to(np.asarray(ops.convert_to_numpy(mask)), tuple(variable.shape))
-        zero_rows = to_channel_rows(np.ascontiguousarray(mask), spec) == 0
+        # Only the pinned zeros the trained weight still has: a later stage may
+        # not keep an inner one (clustering without preserve_sparsity moves
+        # pruned zeros), and stale zeros would hide the weight's tensor.
+        zero_rows = (to_channel_rows(np.ascontiguousarray(mask), spec) == 0) & (rows == 0)
     return Weight(key, names, weight_name, rows, zero_rows, folded)
 
 

@@ -135,3 +135,16 @@ def test_qat_on_a_filter_pruned_model_computes_what_its_int8_file_computes(digit
     # Within int8 rounding of the logits (the pruned channels' trained biases
     # once made the file differ by 3.5% of the logit range).
     assert np.abs(got - expected).max() < 0.015 * np.ptp(expected)
+
+
+def test_strip_quantization_of_a_filter_pruned_qat_model_keeps_the_pruned_channels_at_zero():
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Dense(8, name="fc")(inputs)))
+    model.get_layer("fc").bias.assign(np.linspace(-1, 1, 8).astype("float32"))
+    x = rand(16, 16)
+    qat = co.quantize_model(co.prune_filters(model, co.ConstantRatio(0.5)))
+    qat(x, training=True)
+    plain = co.strip_quantization(qat)
+    fc = plain.get_layer("fc")
+    assert np.sum(keras.ops.convert_to_numpy(fc.bias) == 0) == 4  # the pruned channels' biases
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x)), keras.ops.convert_to_numpy(qat(x)), atol=0.1)  # was 0.91 off

@@ -9,8 +9,16 @@ from keras import ops
 
 import collabopt.tflite as ct
 from collabopt.layers import WeightSpec
-from collabopt.preserve import CLUSTERS, SPARSITY, ConstraintKind, PreserveWrapper, StateVariable, get_kind
-from collabopt.preserve import kinds as kinds_module
+from collabopt.preserve import (
+    CLUSTERS,
+    SPARSITY,
+    ConstraintKind,
+    PreserveWrapper,
+    StateVariable,
+    get_kind,
+    kind_registered,
+    known_kinds,
+)
 from collabopt.preserve import zero_mask
 from collabopt.tflite.inspection import TensorStats
 from collabopt.transform import map_layers
@@ -137,16 +145,24 @@ class _Ternary(ConstraintKind):
         return "no tensor" if value is None else f"{'<= ' if bound else ''}{int(value)} ternary values"
 
 
-def test_a_new_kind_is_verified_without_edits_elsewhere(monkeypatch):
-    # registered as register_kind would, and removed again after the test
-    monkeypatch.setitem(kinds_module._KINDS, "ternary_toy", _Ternary())
-    inputs = keras.Input((8,))
-    model = keras.Model(inputs, keras.layers.Dense(16, name="d")(inputs))
-    kept = map_layers(model, lambda l: PreserveWrapper(l, {"kernel": ["ternary_toy"]}) if l.name == "d" else None)
-    kept.build((None, 8))
-    report = ct.verify(kept, ct.convert(kept, "float32"))
-    (check,) = report
-    assert (check.layer, check.kind, check.holds, check.found) == ("d", "ternary_toy", True, 3.0)
-    assert "<= 3 ternary values" in str(report)
-    # the plain model does not hold the promise
-    assert not ct.verify(kept, ct.convert(model, "float32")).all_hold
+def test_a_new_kind_is_verified_without_edits_elsewhere():
+    # registered with register_kind for the duration of the block only
+    with kind_registered(_Ternary()):
+        inputs = keras.Input((8,))
+        model = keras.Model(inputs, keras.layers.Dense(16, name="d")(inputs))
+        kept = map_layers(model, lambda l: PreserveWrapper(l, {"kernel": ["ternary_toy"]}) if l.name == "d" else None)
+        kept.build((None, 8))
+        report = ct.verify(kept, ct.convert(kept, "float32"))
+        (check,) = report
+        assert (check.layer, check.kind, check.holds, check.found) == ("d", "ternary_toy", True, 3.0)
+        assert "<= 3 ternary values" in str(report)
+        # the plain model does not hold the promise
+        assert not ct.verify(kept, ct.convert(model, "float32")).all_hold
+    assert "ternary_toy" not in known_kinds()
+
+
+def test_kind_registered_gives_a_replaced_kind_back():
+    toy = type("Toy", (_Ternary,), {"name": SPARSITY.name})()
+    with kind_registered(toy):
+        assert get_kind(SPARSITY.name) is toy
+    assert get_kind(SPARSITY.name) is SPARSITY

@@ -528,3 +528,20 @@ def test_weightless_user_code_at_the_input_computes_in_int8_with_calibration():
     assert tflite.float_islands() == []
     assert tflite.ops()[:2] == ["MUL", "SUB"]
     assert ct.verify(qat, tflite).all_hold
+
+
+def test_an_all_zero_output_channel_keeps_its_bias_in_the_int8_file():
+    """A weight range of 0 (a channel pruning emptied) once made the converter saturate that channel's int32 bias."""
+    conv = keras.layers.Conv2D(4, 1)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, conv(inputs))
+    kernel = np.random.default_rng(0).normal(size=(1, 1, 3, 4)).astype("float32")
+    kernel[..., 0] = 0
+    conv.kernel.assign(kernel)
+    conv.bias.assign(np.array([1.0, -0.5, 0.3, 0.2], "float32"))
+    x = np.random.default_rng(1).normal(size=(16, 8, 8, 3)).astype("float32")
+    qat = co.quantize_model(model)
+    co.calibrate(qat, x)
+    got = ct.convert(qat, "int8").predict(x)
+    np.testing.assert_allclose(got[..., 0], 1.0, atol=0.05)  # was 0.26
+    assert np.abs(got - keras.ops.convert_to_numpy(qat(x))).max() < 0.1

@@ -15,6 +15,7 @@ from collabopt.technique import (
     register_technique,
     technique_names,
     technique_of,
+    technique_registered,
 )
 
 
@@ -41,6 +42,22 @@ def test_a_name_is_registered_once():
         register_technique(other)
     with pytest.raises(InvalidArgumentError, match="handler must be an OptimizationWrapper subclass"):
         Technique(**{**prune.__dict__, "handler": keras.layers.Dense})
+
+
+def test_technique_registered_restores_the_registry_and_the_config_name():
+    prune = get_technique("prune")
+    renamed = Technique(**{**prune.__dict__, "name": "prune_again"})
+    with technique_registered(renamed):
+        assert get_technique("prune_again") is renamed and co.PruningConfig.technique == "prune_again"
+    assert "prune_again" not in technique_names() and co.PruningConfig.technique == "prune"
+    with technique_registered(prune):  # already registered as it is: nothing to undo
+        pass
+    assert get_technique("prune") is prune
+    other = Technique(**{**prune.__dict__, "function": "other_prune"})
+    with pytest.raises(InvalidArgumentError, match="technique 'prune' is already registered"):
+        with technique_registered(other):
+            pass
+    assert get_technique("prune") is prune and co.PruningConfig.technique == "prune"
 
 
 def test_chain_techniques_reads_wrappers_and_markers():

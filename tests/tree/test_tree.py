@@ -180,7 +180,7 @@ def test_default_data_says_when_fashion_mnist_is_missing(monkeypatch, tmp_path):
     from collabopt.datasets import bundled
 
     monkeypatch.setattr(bundled, "FASHION_MNIST_DIRS", (tmp_path,))  # an empty folder: not installed
-    name, note = cli._default_data()
+    name, note = cli.default_data()
     assert name == "digits" and "apt-get install dataset-fashion-mnist" in note
 
 
