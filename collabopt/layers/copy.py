@@ -244,7 +244,7 @@ def _copy_values(new, layer) -> None:
             f"{len(source)} {[tuple(v.shape) for v in source][:6]}",
         )
     for a, b in zip(target, source):
-        a.assign(b.value)
+        a.assign(keras.ops.copy(b.value))  # a buffer of its own (JAX's fit donates the buffers it trains)
 
 
 def _not_copyable(layer, why: str) -> InvalidArgumentError:

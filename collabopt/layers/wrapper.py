@@ -290,7 +290,7 @@ class OptimizationWrapper(RewrappingWrapper):
         for variable in new.own_variables():
             source = values.get(variable.path.split("/")[-1])
             if source is not None and tuple(source.shape) == tuple(variable.shape):
-                variable.assign(source.value)
+                variable.assign(keras.ops.copy(source.value))  # not the source's buffer (JAX donates it in fit)
         return new
 
     # --- leaving the wrapper -------------------------------------------------

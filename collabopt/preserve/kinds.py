@@ -243,6 +243,7 @@ class SparsityKind(ConstraintKind):
         return {} if value.size and float(np.mean(value == 0)) >= 0.05 else None
 
     def project(self, state, weight, spec=None):
+        weight = ops.convert_to_tensor(weight)
         return weight * ops.cast(state["mask"], weight.dtype)
 
     def zero_mask(self, state):

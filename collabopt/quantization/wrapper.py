@@ -344,7 +344,7 @@ class QuantizeWrapper(OptimizationWrapper):
             for var in plain.weights:
                 source = getattr(base, var.path.split("/")[-1], None)
                 if isinstance(source, keras.Variable):
-                    var.assign(source.value)
+                    var.assign(ops.copy(source.value))  # not the source's buffer (JAX donates it in fit)
             plain.bias.assign(np.asarray(folded_bias, np.float32))
         for name, value in weights.items():
             get_variable(plain, spec_for(plain, name)).assign(value)

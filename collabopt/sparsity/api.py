@@ -147,5 +147,5 @@ def pruning_step(model) -> int:
     for layer in iter_layers(model):
         for wrapper in wrapper_chain(layer):
             if isinstance(wrapper, PruneLowMagnitude):
-                return int(wrapper.pruning_step.numpy())
+                return int(keras.ops.convert_to_numpy(wrapper.pruning_step))
     raise InvalidArgumentError(f"pruning_step: model '{model.name}' has no pruning wrappers.")

@@ -125,7 +125,7 @@ def effective_weight(model, layer_name: str, weight: str = "kernel"):
             if isinstance(layer, OptimizationWrapper):
                 return layer.final_weights().get(weight)
             variable = optimizable_variables(layer).get(weight)
-            return None if variable is None else variable.numpy()
+            return None if variable is None else keras.ops.convert_to_numpy(variable)
     return None
 
 

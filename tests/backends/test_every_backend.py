@@ -15,6 +15,9 @@ import pytest
 import collabopt.keras as co
 from collabopt.layers import wrapper_chain
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 BACKEND = keras.backend.backend()
 L = keras.layers
 

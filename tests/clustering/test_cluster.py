@@ -8,6 +8,9 @@ from collabopt.clustering import init_centroids, nearest_centroid
 from collabopt.preserve import constraints_on
 from tests.conftest import MatMul, rand, small_cnn
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 L = keras.layers
 
 
@@ -35,7 +38,7 @@ def test_unique_value_bound_per_tensor_after_training_and_strip(init):
     assert [l.name for l in stripped.layers] == [l.name for l in model.layers]
     for name, kernel in _kernels(stripped).items():
         assert len(np.unique(kernel)) <= 6, name
-    np.testing.assert_allclose(stripped(x), clustered(x), atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(stripped(x)), keras.ops.convert_to_numpy(clustered(x)), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -89,6 +92,7 @@ def test_sparsity_preserving_clustering_keeps_every_zero_over_epochs():
                 assert layer.centroids["kernel"].numpy()[0] == 0.0  # the pinned zero never drifts
 
 
+@pytest.mark.tensorflow_only('exports to TFLite')
 def test_clusters_constraint_recorded_for_later_stages():
     clustered = co.cluster_weights(small_cnn(), number_of_clusters=4)
     wrapper = clustered.get_layer("cluster_dense")
@@ -126,6 +130,7 @@ def test_input_model_is_not_mutated_and_quantizable_after():
     assert all(type(l).__name__ != "ClusterWeights" for l in model.layers)
 
 
+@pytest.mark.tensorflow_only('exports to TFLite')
 def test_int8_flatbuffer_keeps_the_cluster_bound():
     clustered = co.cluster_weights(small_cnn(), number_of_clusters=8)
     x = rand(64, 8, 8, 1)
@@ -139,6 +144,7 @@ def test_int8_flatbuffer_keeps_the_cluster_bound():
             assert t.unique_values <= 8
 
 
+@pytest.mark.tensorflow_only('reads TensorFlow tensors with .numpy()')
 def test_nearest_centroid_matches_brute_force():
     rng = np.random.default_rng(0)
     centroids = rng.normal(size=(3, 7)).astype("float32")

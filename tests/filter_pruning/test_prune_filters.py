@@ -12,6 +12,9 @@ from collabopt.filter_pruning import channel_scores
 from tests.conftest import rand
 from tests.filter_pruning.models import ALL
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 L = keras.layers
 
 
@@ -35,6 +38,7 @@ def test_each_group_masks_the_same_lowest_scoring_channels():
     assert set(np.flatnonzero(masks["stem"] == 0)) == set(np.argsort(total)[:4])
 
 
+@pytest.mark.tensorflow_only('reads TensorFlow tensors with .numpy()')
 def test_pruned_channels_are_zero_during_training_and_inference():
     pruned = co.prune_filters(ALL["depthwise"](), pruning_ratio=0.5)
     probe = keras.Model(pruned.inputs, pruned.get_layer("prune_filters_bn_dw").output)
@@ -125,6 +129,7 @@ def test_count_macs_and_filter_groups():
     assert "prunable" in co.filter_groups(model).report()
 
 
+@pytest.mark.tensorflow_only('exports to TFLite')
 def test_plain_ops_of_a_functional_graph_are_left_alone_and_the_rest_shrinks():
     """Channels reaching ``keras.ops`` calls (not layers) are frozen; others are pruned, stripped and exported."""
     import collabopt.tflite as ct

@@ -9,6 +9,9 @@ from collabopt.errors import OrderError
 from collabopt.filter_pruning import FILTER_PRUNING, FilterPruningConfig, PolynomialRatio
 from collabopt.technique import PRUNE_STAGE, apply, chain_techniques, get_technique
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 L = keras.layers
 
 

@@ -6,6 +6,9 @@ from collabopt import layers as co_layers
 from collabopt.transform import copy_layer
 from tests.conftest import rand
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 L = keras.layers
 
 # (layer factory, input shape) for every built-in supported class.
@@ -58,6 +61,7 @@ def test_replacement_weights_equal_a_clone_holding_them(factory, shape):
         assert not np.array_equal(var.numpy(), replaced[name])
 
 
+@pytest.mark.tensorflow_only('a tf.GradientTape')
 def test_gradient_reaches_the_source_of_the_replacement():
     import tensorflow as tf
 

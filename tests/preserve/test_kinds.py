@@ -24,6 +24,9 @@ from collabopt.tflite.inspection import TensorStats
 from collabopt.transform import map_layers
 from tests.conftest import rand
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 SPEC = WeightSpec("kernel", (-1,), -2)
 
 
@@ -115,7 +118,7 @@ def test_kind_state_round_trips_through_keras_files(tmp_path, kind):
     (constraint,) = loaded.layers[-1].recorded_constraints()["kernel"]
     assert constraint.kind is get_kind(kind)
     x = rand(3, 6)
-    np.testing.assert_array_equal(kept(x), loaded(x))
+    np.testing.assert_array_equal(ops.convert_to_numpy(kept(x)), ops.convert_to_numpy(loaded(x)))
 
 
 class _Ternary(ConstraintKind):
@@ -145,6 +148,7 @@ class _Ternary(ConstraintKind):
         return "no tensor" if value is None else f"{'<= ' if bound else ''}{int(value)} ternary values"
 
 
+@pytest.mark.tensorflow_only('exports to TFLite')
 def test_a_new_kind_is_verified_without_edits_elsewhere():
     # registered with register_kind for the duration of the block only
     with kind_registered(_Ternary()):

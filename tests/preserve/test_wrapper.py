@@ -10,6 +10,9 @@ import collabopt.keras as co
 from collabopt.layers import base_layer, wrapper_chain
 from collabopt.preserve import PreserveWrapper
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 FALSE_ALARMS = ("has no exact zeros", "does not look clustered", "Gradients do not exist")
 
 

@@ -9,6 +9,9 @@ from collabopt.errors import InvalidArgumentError
 from collabopt.sparsity import masks
 from tests.conftest import rand
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 
 def _dense_10x6():
     return keras.Sequential([keras.Input((10,)), keras.layers.Dense(6, name="fc")])

@@ -2,6 +2,9 @@ import pytest
 
 from collabopt.sparsity import ConstantSparsity, PolynomialDecay
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 
 def _at(schedule, step):
     should, sparsity = schedule(step)

@@ -9,6 +9,9 @@ from collabopt.errors import InvalidArgumentError, OrderError
 from collabopt.technique import apply, check_chain, get_technique, strip
 from tests.conftest import rand
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 L = keras.layers
 
 
@@ -83,7 +86,7 @@ def test_strip_clustering_on_a_cqat_model_points_to_strip_clustering_cqat():
     baked = co.strip_clustering_cqat(cqat)  # the way that works keeps QAT
     assert [type(l).__name__ for l in baked.layers] == ["QuantizeWrapper", "QuantizeWrapper"]
     x = rand(3, 8)
-    np.testing.assert_allclose(baked(x), cqat(x), atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(baked(x)), keras.ops.convert_to_numpy(cqat(x)), atol=1e-6)
 
 
 def test_strip_pruning_under_a_stage_that_keeps_its_zeros_is_refused():
@@ -104,7 +107,7 @@ def test_legal_chains_and_strips_work_as_before():
     pqat = co.quantize_model(pruned)
     stripped = co.strip_pruning(pqat)
     assert [type(l).__name__ for l in stripped.layers] == ["QuantizeWrapper", "QuantizeWrapper"]
-    np.testing.assert_allclose(stripped(x), pqat(x), atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(stripped(x)), keras.ops.convert_to_numpy(pqat(x)), atol=1e-6)
     # pruning stripped from under clustering (not sparsity-preserving)
     clustered = co.cluster_weights(pruned, number_of_clusters=4)
     assert [type(l.layer).__name__ for l in co.strip_pruning(clustered).layers] == ["Dense", "Dense"]

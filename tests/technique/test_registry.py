@@ -18,6 +18,9 @@ from collabopt.technique import (
     technique_registered,
 )
 
+#: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
+pytestmark = pytest.mark.every_backend
+
 
 def test_built_in_techniques_are_registered_in_chain_order():
     names = technique_names()
