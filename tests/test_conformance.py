@@ -34,6 +34,9 @@ from collabopt.technique import technique_names
 from tests import harness
 from tests.harness import Expected, run_conformance, technique_settings
 
+#: Every technique on every layer kind: 1-2 min on 2 cores, so CI's run, not the inner loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 L = keras.layers
 
 

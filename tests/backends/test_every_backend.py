@@ -16,7 +16,8 @@ import collabopt.keras as co
 from collabopt.layers import wrapper_chain
 
 #: Runs unchanged on JAX and PyTorch too (CI: KERAS_BACKEND=jax / torch; see README).
-pytestmark = pytest.mark.every_backend
+# (slow: about 1 min on 2 cores; the inner loop leaves it to CI and tests/other_backends.sh)
+pytestmark = [pytest.mark.every_backend, pytest.mark.slow]
 
 BACKEND = keras.backend.backend()
 L = keras.layers
