@@ -41,6 +41,7 @@ from typing import Callable
 import keras
 
 from collabopt.errors import InvalidArgumentError
+from collabopt.scoped import restored_entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,15 +139,9 @@ def layer_support_registered(layer_class: type, **facts):
     >>> layer_roles(Twice).passthrough
     False
     """
-    had, previous = layer_class in _SUPPORT, _SUPPORT.get(layer_class)
-    register_layer_support(layer_class, **facts)
-    try:
+    with restored_entry(_SUPPORT, layer_class):
+        register_layer_support(layer_class, **facts)
         yield
-    finally:
-        if had:
-            _SUPPORT[layer_class] = previous
-        else:
-            _SUPPORT.pop(layer_class, None)
 
 
 def support_fact(layer, name: str):

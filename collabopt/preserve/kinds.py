@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 from keras import ops
 from collabopt.errors import InvalidArgumentError
+from collabopt.scoped import restored_entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,15 +160,9 @@ def kind_registered(kind: ConstraintKind):
     >>> "zeros_toy" in known_kinds()
     False
     """
-    had, previous = kind.name in _KINDS, _KINDS.get(kind.name)
-    register_kind(kind)
-    try:
+    with restored_entry(_KINDS, kind.name):
+        register_kind(kind)
         yield kind
-    finally:
-        if had:
-            _KINDS[kind.name] = previous
-        else:
-            _KINDS.pop(kind.name, None)
 
 
 def get_kind(name: str) -> ConstraintKind:

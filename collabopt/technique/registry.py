@@ -22,6 +22,7 @@ import dataclasses
 import keras
 
 from collabopt.errors import InvalidArgumentError, InvalidTypeError
+from collabopt.scoped import restored_entry
 from collabopt.layers import OptimizationWrapper
 
 #: Chain positions of the built-in techniques (a new technique may take one of
@@ -139,22 +140,18 @@ def technique_registered(technique: Technique):
     >>> "noop" in technique_names(), NoopConfig.technique
     (False, '')
     """
-    name, config = technique.name, technique.config
-    had, previous = name in _TECHNIQUES, _TECHNIQUES.get(name)
+    config = technique.config
     own = "technique" in vars(config)
     attribute = vars(config).get("technique")
-    register_technique(technique)
-    try:
-        yield technique
-    finally:
-        if had:
-            _TECHNIQUES[name] = previous
-        else:
-            _TECHNIQUES.pop(name, None)
-        if own:
-            config.technique = attribute
-        elif "technique" in vars(config):
-            del config.technique
+    with restored_entry(_TECHNIQUES, technique.name):
+        try:
+            register_technique(technique)
+            yield technique
+        finally:
+            if own:
+                config.technique = attribute
+            elif "technique" in vars(config):
+                del config.technique
 
 
 def get_technique(name: str) -> Technique:

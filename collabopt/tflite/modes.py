@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 
 from collabopt.errors import InvalidArgumentError, InvalidTypeError
+from collabopt.scoped import restored_entry
 
 _WEIGHT_TYPES = ("float32", "float16", "int8")
 _IO_TYPES = ("int8", "int16")
@@ -181,15 +182,9 @@ def export_mode_registered(mode: ExportMode):
     >>> "gpu_fp16" in MODES
     False
     """
-    had, previous = mode.name in MODES, MODES.get(mode.name)
-    register_export_mode(mode)
-    try:
+    with restored_entry(MODES, mode.name):
+        register_export_mode(mode)
         yield mode
-    finally:
-        if had:
-            MODES[mode.name] = previous
-        else:
-            MODES.pop(mode.name, None)
 
 
 def export_mode(mode) -> ExportMode:
