@@ -20,29 +20,19 @@ def _on_tensorflow() -> bool:
     return keras.backend.backend() == "tensorflow"
 
 
-def _nonempty(lo, hi):
-    """``hi`` raised above ``lo`` where the range is empty (a channel of zeros: both are 0 once 0 is in range).
-
-    TensorFlow's op gives such a channel zeros; keras.quantizers' divides by
-    the range's width, which would give NaN.
-    """
-    return ops.where(ops.greater(hi, lo), hi, lo + 1e-6)
-
-
 def _per_tensor_op(x, lo, hi, num_bits, narrow_range):
     if _on_tensorflow():
         import tensorflow as tf
 
         return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
-    return keras.quantizers.fake_quant_with_min_max_vars(x, lo, _nonempty(lo, hi), num_bits=num_bits, narrow_range=narrow_range)
+    return keras.quantizers.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
 
 
 def _per_channel_op(x, lo, hi, num_bits, narrow_range, final_range):
     """Per-channel fake quantization over the last axis."""
     if not _on_tensorflow():
-        return keras.quantizers.fake_quant_with_min_max_vars(
-            x, lo, _nonempty(lo, hi), num_bits=num_bits, narrow_range=narrow_range, axis=-1
-        )
+        # (quantization_range never gives an empty range, which keras.quantizers would divide by)
+        return keras.quantizers.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range, axis=-1)
     if len(x.shape) <= 4 or final_range:
         import tensorflow as tf
 
