@@ -149,6 +149,10 @@ def _prune_effect(result, name):
 
 def _filter_prune_effect(result, name):
     _prune_effect(result, name)  # its sparsity constraint: the pruned channels' share of each kernel
+    # Whatever stages follow, the file holds the smaller graph: verify found each
+    # filter-pruned weight's tensor without the pruned channels.
+    channels = [c for c in result.report if c.kind == "channels"]
+    assert channels and all(c.channels_removed and c.holds for c in channels), f"{name}: channels left in the file:\n{result.report}"
     if result.stripped is not None:
         # Kernel values only: the wrapped model's count also holds its wrappers' state.
         before, after = ct.kernel_parameters(result.model), ct.kernel_parameters(result.stripped)

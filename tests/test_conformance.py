@@ -182,13 +182,6 @@ _RECURRENT_QAT_EXPORT = pytest.mark.xfail(
     reason="bug: int8 export of a QAT SimpleRNN/GRU with a non-zero bias is 11-17% off the QAT model "
     "(post-training int8 of the same float model: under 3%; LSTM: 3%)",
 )
-_FILTER_PRUNED_QAT_STRIP = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #26: strip_quantization of quantize_model(prune_filters(m)) gives the right outputs (pruned channels "
-    "stay zero) but drops the filter-pruning wrappers, so the pruned channels are not removed",
-)
-
 #: ``(test function, case id) -> xfail mark``: the cases a library bug fails today.
 KNOWN_BUGS = {
     ("test_conformance", "quantize-simple_rnn"): _RECURRENT_QAT_EXPORT,
@@ -315,7 +308,6 @@ def test_filter_prune_then_quantize(kind):
     assert "channels" in {c.kind for c in result.report}, str(result.report)
 
 
-@_FILTER_PRUNED_QAT_STRIP
 @pytest.mark.parametrize("kind", CHAIN_KINDS, ids=[kind.id for kind in CHAIN_KINDS])
 def test_filter_prune_then_quantize_strips(kind):
     """Stripping ``quantize_model(prune_filters(model))`` keeps its outputs and removes the pruned channels."""

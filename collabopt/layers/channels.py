@@ -42,3 +42,27 @@ def from_channel_rows(rows, spec: WeightSpec, shape):
     if isinstance(rows, np.ndarray):
         return rows.reshape(moved_shape).transpose(inverse)
     return ops.transpose(ops.reshape(rows, moved_shape), inverse)
+
+
+def cut_value(value, cut: dict):
+    """``value`` (numpy) with the entries ``cut`` (``{negative axis: keep mask}``) drops removed."""
+    for axis, keep in cut.items():
+        value = np.compress(keep, value, axis=axis)
+    return value
+
+
+def kept_channels(shape, channel_axes, cut: dict) -> np.ndarray:
+    """Indices of the per-channel entries (channels indexed by ``channel_axes`` of a weight of ``shape``) that ``cut`` keeps.
+
+    >>> import numpy as np
+    >>> from collabopt.layers.channels import kept_channels
+    >>> kept_channels((3, 3, 4, 2), (2, 3), {-2: np.array([True, False, True, False])})
+    array([0, 1, 4, 5])
+    """
+    rank = len(shape)
+    axes = sorted(a - rank if a >= 0 else a for a in channel_axes)  # the order of to_channel_rows
+    ids = np.arange(int(np.prod([shape[a] for a in axes]))).reshape([shape[a] for a in axes])
+    for position, axis in enumerate(axes):
+        if axis in cut:
+            ids = np.compress(cut[axis], ids, axis=position)
+    return ids.reshape(-1)

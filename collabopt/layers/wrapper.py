@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import keras
 
-from collabopt.errors import InvalidArgumentError
+from collabopt.errors import InvalidArgumentError, OrderError
 from collabopt.layers.composite import sublayer_items
 from collabopt.layers.copy import build_by_call, call_signature, copy_layer, held_classes_in_scope, rebuildable_config
 from collabopt.layers.registry import call_with_weights, declared_specs, get_variable, optimizable_variables, spec_for
@@ -68,7 +68,9 @@ class OptimizationWrapper(RewrappingWrapper):
     * quantization facts: :attr:`collabopt_quantized` (carries QAT ranges)
       and :attr:`weight_quantizers`;
     * leaving it: :meth:`final_weights`, :meth:`stripped`,
-      :meth:`export_layer` and :meth:`rewrap`.
+      :meth:`export_layer` and :meth:`rewrap`, and, for an export form,
+      :meth:`can_lose_channels` / :meth:`without_channels` (the file of a
+      filter-pruned chain drops the pruned channels).
 
     ``tests/test_conformance.py`` runs every registered technique's handler
     through the contract on every supported layer kind.
@@ -203,6 +205,33 @@ class OptimizationWrapper(RewrappingWrapper):
         a folded BatchNormalization's bias correction is zero on them.
         """
         return None
+
+    def can_lose_channels(self) -> bool:
+        """Whether :meth:`without_channels` can rebuild this wrapper around a copy of its layer with channels removed.
+
+        False by default: a wrapper in training holds per-channel state
+        (masks, centroids, ranges). The TFLite export form of a QAT layer,
+        whose ranges are constants, can, so the file of a chain holding
+        filter pruning is physically smaller.
+        """
+        return False
+
+    def without_channels(self, new_inner, cuts: dict) -> "OptimizationWrapper":
+        """This wrapper around ``new_inner``, a copy of its inner layer with channels removed.
+
+        Args:
+            new_inner: The unbuilt smaller layer (or inner wrapper).
+            cuts: ``{weight name: {negative axis: bool keep mask}}``, what
+                removing the channels kept of each weight of the base layer
+                (:func:`collabopt.transform.shrink.channel_cuts`).
+
+        Raises:
+            OrderError: this wrapper cannot lose channels (:meth:`can_lose_channels`).
+        """
+        raise OrderError(
+            f"layer '{self.base_layer.name}': {type(self).__name__} holds per-channel training state and cannot "
+            "lose channels; strip it (or strip_pruning before clustering/QAT) before removing pruned channels."
+        )
 
     def transform_outputs(self, outputs, training):
         """This stage's transform of the base layer's outputs (default: the inner chain's)."""

@@ -54,6 +54,10 @@ class ChannelsKind(ConstraintKind):
         # Per-channel mask; stages that keep zeros broadcast it through project().
         return None
 
+    def without_channels(self, state, weight_shape, cut, kept_channels):
+        # Export removes pruned channels, so what is left of the mask is the entries of the channels left.
+        return {"mask": np.asarray(state["mask"])[kept_channels]}
+
     def expected(self, state):
         """The number of output channels kept."""
         return float(np.sum(np.asarray(ops.convert_to_numpy(state["mask"])) != 0))

@@ -83,6 +83,14 @@ class ClustersKind(ConstraintKind):
         per_channel = len(state["centroids"].shape) == 2
         return ops.cast(gather_clustered(state["centroids"], state["indices"], spec, per_channel), weight.dtype)
 
+    def without_channels(self, state, weight_shape, cut, kept_channels):
+        # Indices are cut like the weight; per-channel centroids keep the rows of the channels left.
+        centroids = state["centroids"]
+        return {
+            "centroids": centroids[kept_channels] if np.ndim(centroids) == 2 else centroids,
+            "indices": super().without_channels({"indices": state["indices"]}, weight_shape, cut, kept_channels)["indices"],
+        }
+
     def expected(self, state):
         return float(state["centroids"].shape[-1])
 

@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 from keras import ops
 from collabopt.errors import InvalidArgumentError
+from collabopt.layers.channels import cut_value
 from collabopt.scoped import restored_entry
 
 
@@ -86,6 +87,21 @@ class ConstraintKind(abc.ABC):
         masks of every constraint on a weight without knowing their kinds.
         """
         return None
+
+    def without_channels(self, state: dict, weight_shape, cut: dict, kept_channels) -> dict:
+        """This constraint's state (numpy) on the weight once export removed channels from it.
+
+        Args:
+            state: The state as numpy arrays.
+            weight_shape: The weight's shape before the cut.
+            cut: ``{negative axis: bool keep mask}`` on arrays of the
+                weight's shape (``collabopt.transform.shrink.channel_cuts``).
+            kept_channels: Indices of the output channels left.
+
+        Default: arrays of the weight's shape are cut like the weight; the
+        others stay. A kind holding per-channel state overrides this.
+        """
+        return {k: cut_value(v, cut) if tuple(np.shape(v)) == tuple(weight_shape) else v for k, v in state.items()}
 
     @abc.abstractmethod
     def expected(self, state: dict) -> float:

@@ -15,6 +15,7 @@ from collabopt.quantization.technique import QUANTIZATION, QuantizationConfig
 from collabopt.quantization.wrapper import QuantizeWrapper
 from collabopt.technique import apply, check_chain, tfmot_scope
 from collabopt.transform import iter_layers, map_layers
+from collabopt.transform.shrink import shrunk_once_unwrapped
 
 
 def quantize_annotate_layer(to_annotate, quantize_config: QuantizeConfig | None = None):
@@ -150,12 +151,16 @@ def calibrate(model, data, batches: int = 20):
 
 
 def strip_quantization(model):
-    """Plain float layers holding the fake-quantized (and BN-folded) weights; no fake-quant ops."""
+    """Plain float layers holding the fake-quantized (and BN-folded) weights; no fake-quant ops.
+
+    Stages inside QAT are baked in; channels that filter pruning masked are
+    removed once no wrapper is left, as :func:`strip_pruning` removes them.
+    """
 
     def fn(layer):
         return layer.float_layer() if isinstance(layer, QuantizeWrapper) else None
 
-    return map_layers(model, fn, what="strip_quantization")
+    return shrunk_once_unwrapped(model, map_layers(model, fn, what="strip_quantization"))
 
 
 def strip_clustering_cqat(model):

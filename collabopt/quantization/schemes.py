@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import keras
 
-from collabopt.layers import LayerRoles, handled_as_composite, is_fused_activation, layer_roles, sublayer_at, optimizable_variables, per_channel_by_rank, register_layer, weight_specs
+from collabopt.layers import KEEPS, LayerRoles, handled_as_composite, is_fused_activation, layer_roles, sublayer_at, optimizable_variables, per_channel_by_rank, register_layer, weight_specs
 from collabopt.layers.execution import internal_tensors
 from collabopt.preserve import CLUSTERS, SPARSITY
 from collabopt.quantization.config import QuantizeConfig
@@ -32,7 +32,7 @@ class FoldedBatchNormalization(keras.layers.Layer):
         return input_shape
 
 
-register_layer(FoldedBatchNormalization, roles=LayerRoles(passthrough=True, same_scale=True))
+register_layer(FoldedBatchNormalization, roles=LayerRoles(passthrough=True, same_scale=True, channels=KEEPS))
 
 # TFLite's int8 kernels of these activations have a fixed output quantization
 # (SOFTMAX and LOGISTIC: scale 1/256, zero point -128; TANH: scale 1/128, zero

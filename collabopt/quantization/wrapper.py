@@ -18,7 +18,8 @@ from collabopt.layers import (
     weight_specs,
     wrapper_chain,
 )
-from collabopt.layers.copy import copy_layer_or_share
+from collabopt.layers.channels import cut_value, kept_channels
+from collabopt.layers.copy import copy_layer_or_share, held_classes_in_scope
 from collabopt.layers.execution import (
     composite_batchnorm_folds,
     identity_followed_tensors,
@@ -424,6 +425,43 @@ class QuantizeWrapper(OptimizationWrapper):
                 ranges[key] = quantizer.export_range(None, self._states[key])
         correction = self._kept_correction() if self.folded_batchnorm is not None else None
         return {"weights": weights, "ranges": ranges, "bias_correction": correction}
+
+    def can_lose_channels(self) -> bool:
+        """True for an export form around a plain layer: its weights and ranges are constants that can be cut."""
+        return self._export_constants is not None and self.layer is self.base_layer
+
+    def without_channels(self, new_inner, cuts: dict) -> "QuantizeWrapper":
+        """This export form around ``new_inner`` (the base layer with channels removed), its constants cut to match.
+
+        Frozen weights lose what ``cuts`` drops (negative axes: the same in
+        their execution form), per-channel weight ranges keep the entries of
+        the channels left, and a folded BatchNormalization's bias correction
+        keeps the output channels left. Per-tensor activation ranges stay:
+        the removed channels held exact zeros, inside every range.
+        """
+        if not self.can_lose_channels():
+            return super().without_channels(new_inner, cuts)
+        frozen = self._export_constants
+        weights = {name: cut_value(value, cuts.get(name, {})) for name, value in frozen["weights"].items()}
+        ranges = dict(frozen["ranges"])
+        for name in self.weight_quantizers:
+            lo, hi = (np.asarray(v) for v in ranges[f"w:{name}"])
+            if lo.size > 1:
+                shape = np.shape(frozen["weights"][name])
+                kept = kept_channels(shape, self.spec(name).channel_axes, cuts.get(name, {}))
+                ranges[f"w:{name}"] = (lo.reshape(-1)[kept], hi.reshape(-1)[kept])
+        correction = frozen["bias_correction"]
+        if correction is not None:  # one entry per output channel of the weight BN folds into
+            target = self._fold_target()
+            correction = correction[kept_channels(np.shape(frozen["weights"][target]), self.spec(target).channel_axes, cuts.get(target, {}))]
+        config = self.get_config()
+        config.pop("layer")
+        with held_classes_in_scope(self):
+            new = type(self).from_config_with_layer(config, new_inner)
+        new.export_mode = self.export_mode
+        new._export_constants = {"weights": weights, "ranges": ranges, "bias_correction": correction}
+        new._export_identity_indices = self._export_identity_indices
+        return new
 
     def rewrap(self, new_inner) -> "QuantizeWrapper":
         # An export form keeps its frozen constants around a new inner layer

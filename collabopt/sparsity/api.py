@@ -131,8 +131,8 @@ def strip_pruning(model):
     'Dense'
     """
     channels = pruned_channel_masks(model) if isinstance(model, keras.Model) else None
-    stripped = strip(model, PRUNING.name)
-    if not channels:
+    stripped = strip(model, PRUNING.name)  # removes the channels itself when it leaves no wrapper
+    if not channels or not any(is_channel_pruner(w) for layer in iter_layers(stripped) for w in wrapper_chain(layer)):
         return stripped
     # Filter pruning: remove its wrappers, then make the model physically smaller.
     stripped = map_layers(stripped, lambda layer: remove_wrappers(layer, is_channel_pruner), what="strip_pruning")

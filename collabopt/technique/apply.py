@@ -9,6 +9,7 @@ from collabopt.layers import base_layer, optimizable_layer_names, remove_wrapper
 from collabopt.technique.config import TechniqueConfig
 from collabopt.technique.registry import Technique, chain_techniques, get_technique, technique_of
 from collabopt.transform import apply_per_layer, map_layers
+from collabopt.transform.shrink import shrunk_once_unwrapped
 
 
 def check_chain(layer, technique: Technique, what: str) -> None:
@@ -116,7 +117,8 @@ def strip(model, name: str, *, what: str | None = None):
     and they can be rebuilt without it (a sparsity-preserving clustering
     cannot lose the pruning it keeps); otherwise an OrderError names the
     function that works there.
-    Works on a model or a single layer; the input is not modified.
+    Works on a model or a single layer; the input is not modified. Channels
+    that filter pruning masked are removed once no wrapper is left.
     """
     technique = get_technique(name)
     what = what or technique.strip
@@ -145,4 +147,4 @@ def strip(model, name: str, *, what: str | None = None):
                 f"{held.strip}(model) first."
             ) from error
 
-    return map_layers(model, fn, what=what)
+    return shrunk_once_unwrapped(model, map_layers(model, fn, what=what))

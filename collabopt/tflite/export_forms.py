@@ -24,6 +24,7 @@ from collabopt.layers.support import support_fact
 from collabopt.tflite.fused_lstm import FusedLSTM, is_lstm
 from collabopt.tflite.modes import ExportMode, export_mode
 from collabopt.transform import iter_layers, map_layers
+from collabopt.transform.shrink import pruned_channel_masks, shrink_model
 
 
 def export_model(model: keras.Model, mode: str | ExportMode | None = None, *, fused_lstm: bool = False) -> keras.Model:
@@ -42,7 +43,9 @@ def export_model(model: keras.Model, mode: str | ExportMode | None = None, *, fu
     int8, a quantization wrapper's export form runs the input's own base
     layer, with the chain's final weights, the ranges and any folded bias as
     constants read once here, so the result shares those layers with
-    ``model``: it is for conversion, not for training.
+    ``model``: it is for conversion, not for training. Channels that
+    filter pruning masks (in any chain: under clustering or QAT too) are
+    removed, so the converter sees the physically smaller graph.
 
     Example:
 
@@ -96,7 +99,11 @@ def export_model(model: keras.Model, mode: str | ExportMode | None = None, *, fu
 
     if not any(needs_change(layer) for layer in iter_layers(model)):
         return model  # nothing to replace: convert the model as it is
-    return map_layers(model, export_form, what="export", replaces=needs_change)
+    exported = map_layers(model, export_form, what="export", replaces=needs_change)
+    pruned = pruned_channel_masks(model)
+    # Filter pruning anywhere in a chain: the file holds the smaller graph,
+    # as the strip-first route's does (export forms cut their constants).
+    return shrink_model(exported, pruned) if pruned else exported
 
 
 def _exportable(layer) -> bool:

@@ -9,10 +9,12 @@ import numpy as np
 from keras import ops
 
 from collabopt.layers import base_layer, optimizable_variables, spec_for, to_channel_rows, wrapper_chain
+from collabopt.layers.channels import cut_value, kept_channels
 from collabopt.preserve import constraints_on, get_kind, zero_mask
 from collabopt.tflite.attribution import Weight, attribute, combined_stats
 from collabopt.tflite.model import as_tflite_model
 from collabopt.transform import iter_layers
+from collabopt.transform.shrink import removed_channel_cuts
 
 
 @dataclasses.dataclass
@@ -44,6 +46,10 @@ class ConstraintCheck:
     tensors: tuple[str, ...] = ()
     #: Number of values of the weight.
     size: int = 0
+    #: Whether export removed filter-pruned channels (or the input rows
+    #: reading them) from the weight: ``expected`` is still what training
+    #: recorded, ``found`` and ``holds`` are for what the file keeps.
+    channels_removed: bool = False
 
 
 class VerifyReport(list):
@@ -58,6 +64,8 @@ class VerifyReport(list):
         for c in self:
             kind = get_kind(c.kind)
             recorded, found = kind.describe(c.expected, bound=True), kind.describe(c.found)
+            if c.channels_removed:
+                found += " (pruned channels removed)"
             rows.append((c.layer, c.weight, c.kind, recorded, found, "yes" if c.holds else "NO"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
@@ -96,15 +104,19 @@ def kernel_parameters(model) -> int:
     )
 
 
-def _weight(key, layer, effective, base, weight_name, variable, names, folded) -> Weight:
-    """What :func:`attribute` needs to find one weight: its trained values and recorded zeros as channel rows."""
+def _weight(key, layer, effective, base, weight_name, variable, names, folded, cut) -> Weight:
+    """What :func:`attribute` needs to find one weight: its trained values and recorded zeros as channel rows.
+
+    ``cut``: what export removed of the weight (filter-pruned channels, and
+    the input rows that read them), so the rows are the weight as the file holds it.
+    """
     spec = spec_for(base, weight_name)
     effective = effective.get(weight_name, variable)
-    rows = to_channel_rows(np.asarray(ops.convert_to_numpy(effective), np.float64), spec)
+    rows = to_channel_rows(cut_value(np.asarray(ops.convert_to_numpy(effective), np.float64), cut), spec)
     mask = zero_mask(layer, weight_name)
     zero_rows = None
     if mask is not None:
-        mask = np.broadcast_to(np.asarray(ops.convert_to_numpy(mask)), tuple(variable.shape))
+        mask = cut_value(np.broadcast_to(np.asarray(ops.convert_to_numpy(mask)), tuple(variable.shape)), cut)
         # Only the pinned zeros the trained weight still has: a later stage may
         # not keep an inner one (clustering without preserve_sparsity moves
         # pruned zeros), and stale zeros would hide the weight's tensor.
@@ -129,7 +141,9 @@ def verify(model, tflite) -> VerifyReport:
     tensors along its output channels (one per gate), it is found by content
     (:mod:`collabopt.tflite.attribution`): zero positions against the zeros
     the constraints pin, and real values against the trained weight. No
-    tensor is attributed to two weights.
+    tensor is attributed to two weights. Where export removed filter-pruned
+    channels, each weight and constraint is compared as the file holds it:
+    without those channels and the input rows that read them.
 
     Args:
         model: The trained Keras model holding collabopt wrappers.
@@ -143,6 +157,7 @@ def verify(model, tflite) -> VerifyReport:
     """
     tflite = as_tflite_model(tflite, "verify")
     stats = tflite.inspect()
+    removed = removed_channel_cuts(model)  # export drops filter-pruned channels: compare what is left
     entries, weights = [], []
     for layer in iter_layers(model):
         chain = wrapper_chain(layer)
@@ -160,23 +175,27 @@ def verify(model, tflite) -> VerifyReport:
             if effective is None:
                 effective = chain[0].effective_weights(training=False)
             folded = folded_layer or weight_name in folded_names  # a folded BN scales its channels
-            weight = _weight(len(weights), layer, effective, base, weight_name, variable, names, folded)
+            cut = removed.get(base.name, {}).get(weight_name, {})
+            weight = _weight(len(weights), layer, effective, base, weight_name, variable, names, folded, cut)
             weights.append(weight)
-            entries.append((base.name, weight_name, weight, folded, constraints))
+            kept = kept_channels(tuple(variable.shape), spec_for(base, weight_name).channel_axes, cut)
+            entries.append((base.name, weight_name, weight, folded, constraints, tuple(variable.shape), cut, kept))
     found = attribute(stats, weights)
     report = VerifyReport()
-    for layer_name, weight_name, weight, folded, constraints in entries:
+    for layer_name, weight_name, weight, folded, constraints, shape, cut, kept in entries:
         pieces = found.get(weight.key)
         tensor = combined_stats(pieces, weight) if pieces else None
         tensors = tuple(p.tensor.name for p in pieces) if pieces else ()
         for kind, constraint in constraints.items():
             state = constraint.numpy_state()
-            holds, found_value = constraint.kind.check(state, tensor, channels_rescaled=folded)
             expected = constraint.kind.expected(state)
+            if cut:
+                state = constraint.kind.without_channels(state, shape, cut, kept)
+            holds, found_value = constraint.kind.check(state, tensor, channels_rescaled=folded)
             report.append(
                 ConstraintCheck(
                     layer_name, weight_name, kind, expected, found_value, tensor.name if tensor else None, holds, tensors,
-                    int(np.prod(weight.rows.shape)),
+                    int(np.prod(weight.rows.shape)), bool(cut),
                 )
             )
     return report
