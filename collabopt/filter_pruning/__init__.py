@@ -8,6 +8,7 @@ smaller kernels downstream), which runs faster on every TFLite kernel.
 
 from collabopt.filter_pruning.api import apply_filter_pruning, filter_groups, prune_filters
 from collabopt.filter_pruning.criteria import CRITERIA, channel_scores
+from collabopt.filter_pruning.latency import GroupDecision, Int8Latency, LatencyPlan, latency_guided_plan
 from collabopt.filter_pruning.macs import count_macs, layer_macs
 from collabopt.filter_pruning.schedules import (
     ConstantRatio,
@@ -22,6 +23,9 @@ __all__ = [
     "ConstantRatio",
     "FILTER_PRUNING",
     "FilterPruningConfig",
+    "GroupDecision",
+    "Int8Latency",
+    "LatencyPlan",
     "PolynomialRatio",
     "PruneFilters",
     "RatioSchedule",
@@ -29,6 +33,7 @@ __all__ = [
     "channel_scores",
     "count_macs",
     "filter_groups",
+    "latency_guided_plan",
     "layer_macs",
     "prune_filters",
     "rank_channels",

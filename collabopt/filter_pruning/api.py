@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collabopt.filter_pruning.criteria import check_criterion
 from collabopt.filter_pruning.schedules import RatioSchedule, as_schedule
+from collabopt.errors import InvalidTypeError
+from collabopt.filter_pruning.latency import LatencyPlan, latency_guided_plan
 from collabopt.filter_pruning.technique import FilterPruningConfig
 from collabopt.filter_pruning.wrapper import DEFAULT_CHANNEL_MULTIPLE
 from collabopt.technique import apply
-from collabopt.transform import analyze_channels
+from collabopt.transform import analyze_channels, map_layers
 
 
 def filter_groups(model):
@@ -32,6 +34,7 @@ def filter_groups(model):
 def prune_filters(
     model, pruning_ratio: float = 0.5, criterion: str = "l2", pruning_schedule: RatioSchedule | None = None,
     channel_multiple: int = DEFAULT_CHANNEL_MULTIPLE,
+    latency_guided=False,
 ):
     """Wraps a model so that whole output channels (filters) are pruned while it fine-tunes.
 
@@ -65,6 +68,14 @@ def prune_filters(
             count LiteRT's kernels run at full speed
             (``benchmarks/channel_multiple.py``). 1: keep exactly
             ``(1 - ratio)`` of each group.
+        latency_guided: ``True``: first measure, on this machine, which
+            groups' pruning makes the model's int8 file faster, and leave the
+            others alone (:func:`latency_guided_plan` at the schedule's final
+            ratio; about one int8 conversion per group). Or a
+            :class:`~collabopt.filter_pruning.latency.LatencyPlan` from
+            :func:`latency_guided_plan` (its measurements and report).
+            When no step makes the model faster, the returned model has
+            nothing pruned (a copy with no wrapper; the plan says why).
 
     Returns:
         A new model whose pruned layers are :class:`PruneFilters` wrappers.
@@ -90,7 +101,19 @@ def prune_filters(
     """
     if isinstance(pruning_ratio, RatioSchedule) and pruning_schedule is None:
         pruning_ratio, pruning_schedule = 0.5, pruning_ratio
-    config = FilterPruningConfig(as_schedule(pruning_ratio, pruning_schedule), check_criterion(criterion), channel_multiple)
+    schedule = as_schedule(pruning_ratio, pruning_schedule)
+    left_alone = ()
+    if latency_guided is True:
+        latency_guided = latency_guided_plan(model, schedule.final_ratio, criterion, channel_multiple)
+    if isinstance(latency_guided, LatencyPlan):
+        if not any(d.pruned for d in latency_guided.decisions):
+            return map_layers(model, lambda layer: None, what="prune_filters")  # no step pays off here
+        left_alone = latency_guided.left_alone
+    elif latency_guided is not False:
+        raise InvalidTypeError(
+            f"prune_filters: latency_guided must be True, False or a LatencyPlan from latency_guided_plan; received {latency_guided!r}."
+        )
+    config = FilterPruningConfig(schedule, check_criterion(criterion), channel_multiple, left_alone)
     return apply_filter_pruning(model, config)
 
 

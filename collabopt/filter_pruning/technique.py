@@ -41,6 +41,9 @@ class FilterPruningConfig(TechniqueConfig):
         pruning_schedule: The ratio schedule (:class:`RatioSchedule`).
         criterion: ``"l1"``, ``"l2"`` or ``"geometric_median"``.
         channel_multiple: Kept channel counts are rounded up to a multiple of it.
+        left_alone: Layers whose dependency groups keep every channel (e.g.
+            the groups a :class:`~collabopt.filter_pruning.latency.LatencyPlan`
+            refused because pruning them made the int8 file slower).
 
     Example:
 
@@ -56,8 +59,10 @@ class FilterPruningConfig(TechniqueConfig):
     pruning_schedule: RatioSchedule
     criterion: str = "l2"
     channel_multiple: int = DEFAULT_CHANNEL_MULTIPLE
+    left_alone: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "left_alone", tuple(self.left_alone))
         self.validate()
 
     def validate(self):
@@ -107,7 +112,20 @@ class FilterPruningConfig(TechniqueConfig):
                 stacklevel=4,
             )
         ranking = rank_channels(graph, self.criterion)
-        return {name: value for name, value in ranking.items() if value[1].any()}
+        unknown = sorted(set(self.left_alone) - set(graph.members))
+        if unknown:
+            raise InvalidArgumentError(
+                f"{what}: left_alone names {unknown}, which produce no output channels in model '{model.name}'; "
+                f"layers with output channels: {sorted(graph.members)[:20]}."
+            )
+        for group in graph.prunable_groups():
+            if any(name in self.left_alone for name, _ in group.members):
+                for name, offset in group.members:  # group size 0: never pruned
+                    ranking[name][1][offset : offset + group.size] = 0
+        planned = {name: value for name, value in ranking.items() if value[1].any()}
+        if not planned:
+            raise InvalidArgumentError(f"{what}: left_alone {list(self.left_alone)} leaves no group of model '{model.name}' to prune.")
+        return planned
 
     def classify(self, layer, plan):
         return WRAP if layer.name in plan else PASS

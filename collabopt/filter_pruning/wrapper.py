@@ -30,6 +30,23 @@ _CHANNEL_VECTORS = ("bias", "gamma", "beta")
 DEFAULT_CHANNEL_MULTIPLE = 1
 
 
+def pruned_channel_count(ratio: float, group_size: int, channel_multiple: int = DEFAULT_CHANNEL_MULTIPLE) -> int:
+    """How many channels of a group of ``group_size`` a :class:`PruneFilters` masks at ``ratio``.
+
+    ``floor(ratio * size)``, at least one channel kept, then the kept count
+    rounded up to a multiple of ``channel_multiple`` (at most the group's size).
+
+    >>> from collabopt.filter_pruning.wrapper import pruned_channel_count
+    >>> pruned_channel_count(0.5, 24), pruned_channel_count(0.5, 24, channel_multiple=8), pruned_channel_count(0.99, 4)
+    (12, 8, 3)
+    """
+    size = int(group_size)
+    k = max(min(int(np.floor(float(ratio) * size + 1e-4)), size - 1), 0)
+    if channel_multiple > 1:
+        k = max(size - min(size, int(np.ceil((size - k) / channel_multiple)) * channel_multiple), 0)
+    return k
+
+
 @keras.saving.register_keras_serializable(package="collabopt")
 class PruneFilters(OptimizationWrapper):
     """Masks whole output channels of a layer (Conv, Dense, DepthwiseConv, SeparableConv, BatchNormalization).
@@ -127,6 +144,7 @@ class PruneFilters(OptimizationWrapper):
         self.channel_mask.assign(ops.convert_to_numpy(self._mask_at(self.pruning_step)))
 
     def _mask_at(self, step):
+        # pruned_channel_count, per channel, in tensor ops.
         ratio = self.pruning_schedule(step)
         size = ops.cast(self.group_size, "float32")
         k = ops.maximum(ops.minimum(ops.floor(ratio * size + 1e-4), size - 1.0), 0.0)

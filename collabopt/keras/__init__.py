@@ -24,11 +24,13 @@ from collabopt.clustering import (
 from collabopt.filter_pruning import (
     ConstantRatio,
     FilterPruningConfig,
+    LatencyPlan,
     PolynomialRatio,
     PruneFilters,
     RatioSchedule,
     count_macs,
     filter_groups,
+    latency_guided_plan,
     prune_filters,
 )
 from collabopt.layers import LayerRoles, OptimizableLayer, WeightSpec, register_layer, register_layer_roles
@@ -92,6 +94,7 @@ __all__ = [
     "FixedQuantizer",
     "FoldedBatchNormalization",
     "LastValueQuantizer",
+    "LatencyPlan",
     "LayerRoles",
     "MovingAverageQuantizer",
     "OptimizableLayer",
@@ -119,6 +122,7 @@ __all__ = [
     "cluster_weights",
     "count_macs",
     "filter_groups",
+    "latency_guided_plan",
     "prune_filters",
     "prune_low_magnitude",
     "prune_scope",
