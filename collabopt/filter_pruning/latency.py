@@ -95,11 +95,13 @@ class LatencyPlan:
 
 
 class Int8Latency:
-    """The default measurement: each model's int8 file, timed batch-1 in interleaved rounds (median µs).
+    """The default measurement: each model's int8 file, timed batch-1 in interleaved rounds (µs).
 
     Calibration uses random inputs (latency does not depend on the values);
     each model is converted once and its interpreter timed ``rounds`` times,
     alternating between the models, so drift of the machine hits them alike.
+    A model's latency is the fastest of its rounds' medians: other processes
+    only ever add time, so the fastest round is the least disturbed one.
 
     Args:
         rounds: Interleaved rounds per comparison.
@@ -127,7 +129,7 @@ class Int8Latency:
         for _ in range(self.rounds):
             for i, tfl in enumerate(files):
                 samples[i].append(tfl.latency_stats(self.runs, 2, self.num_threads, self.min_sample_us)["median_us"])
-        return [float(np.median(s)) for s in samples]
+        return [float(np.min(s)) for s in samples]
 
 
 def _random_inputs(model, n: int = 8):

@@ -206,6 +206,14 @@ class OptimizationWrapper(RewrappingWrapper):
         """
         return None
 
+    def compute_output_shape(self, input_shape):
+        """The wrapped layer's output shape: no stage changes shapes.
+
+        Without it a Sequential of wrapped layers cannot tell its shapes
+        layer by layer (Keras' ``Wrapper`` does not implement it).
+        """
+        return self.layer.compute_output_shape(input_shape)
+
     def can_lose_channels(self) -> bool:
         """Whether :meth:`without_channels` can rebuild this wrapper around a copy of its layer with channels removed.
 

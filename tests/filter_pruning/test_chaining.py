@@ -152,3 +152,27 @@ def test_strip_quantization_of_a_filter_pruned_qat_model_removes_the_pruned_chan
     fc = plain.get_layer("fc")
     assert fc.units == 4 and not wrapper_chain(fc)  # the pruned channels are removed, as strip_pruning removes them
     np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x)), keras.ops.convert_to_numpy(qat(x)), atol=0.1)  # was 0.91 off
+
+
+def test_direct_chain_removes_channels_inside_a_nested_sequential():
+    """A group inside a nested Sequential block (conv, folded BN, depthwise) leaves the direct chain's file too."""
+    L = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    block = keras.Sequential(
+        [keras.Input((8, 8, 8)), L.Conv2D(8, 3, padding="same", name="b_conv"), L.BatchNormalization(name="b_bn"), L.ReLU(),
+         L.DepthwiseConv2D(3, padding="same", name="b_dw"), L.ReLU(), L.Conv2D(8, 1, name="b_project")],
+        name="block",
+    )
+    x = L.Add()([x, block(x)])
+    model = keras.Model(inputs, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(x)))
+    x_data, y = _data(model)
+    pruned = co.prune_filters(model, co.ConstantRatio(0.5))
+    direct = _fit(co.quantize_model(pruned), x_data, y)
+    strip_first = _fit(co.quantize_model(co.strip_pruning(pruned)), x_data, y)
+
+    def shapes(qat):
+        return sorted(t.data.shape for t in parse(ct.convert(qat, "int8").content).tensors if t.data is not None)
+
+    assert shapes(direct) == shapes(strip_first)
+    assert (4, 3, 3, 4) in shapes(direct)  # b_conv: 4 of 8 filters, reading 4 of stem's 8 channels
