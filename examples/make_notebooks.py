@@ -15,6 +15,7 @@ published figures.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 
 import nbformat
@@ -295,6 +296,9 @@ def main():
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("names", nargs="*", default=list(NOTEBOOKS))
     args = parser.parse_args()
+    if args.execute and not args.no_save and os.environ.get("COLLABOPT_QUICK") == "1":
+        # The saved outputs are what a reader sees: they come from the full run only.
+        parser.error("COLLABOPT_QUICK=1 is the CI switch: execute with --no-save, or unset it for the full run that saves")
     for name in args.names:
         nb = build(name)
         if args.execute:

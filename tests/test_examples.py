@@ -22,6 +22,27 @@ def test_notebooks_use_the_public_api_step_by_step(path):
     assert "co.prune_low_magnitude(" in code or "co.cluster_weights(" in code
 
 
+#: Float top-1 (%) a converged baseline reaches in the full run: what the saved outputs must show.
+CONVERGED = {"Fashion-MNIST": 88.0, "spoken digits": 95.0}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_saved_outputs_come_from_a_full_run(path):
+    """What a reader sees was produced by the full run: converged baselines, never the CI quick mode."""
+    import re
+
+    nbformat = pytest.importorskip("nbformat")
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    text = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
+    assert "full run" in text and "quick run" not in text, f"{path.name}: saved outputs are not from a full run"
+    for data, floor in CONVERGED.items():
+        found = re.findall(rf"^{data}: .* vs baseline float ([0-9.]+)%", text, re.M)
+        assert found, f"{path.name}: no {data} baseline in the saved outputs"
+        assert float(found[0]) >= floor, f"{path.name}: saved {data} baseline {found[0]}% is not a converged one (>= {floor}%)"
+    first = re.search(r"baseline float top-1: ([0-9.]+)%", text)
+    assert first and float(first.group(1)) >= CONVERGED["Fashion-MNIST"], f"{path.name}: step-by-step baseline {first and first.group(1)}%"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_quick_mode(path, monkeypatch):
