@@ -215,7 +215,8 @@ def cmd_tree(args) -> int:
     exhaustive = args.exhaustive or args.quick or not any_target
     report = tree.run(
         model, (x, y), (xt, yt), targets, stages=tree.default_stages(int4=args.int4, filter_ratios=args.filter_ratios), epochs=epochs, out_dir=out,
-        exhaustive=exhaustive, latency_runs=20 if args.quick else 100, verbose=2 if args.verbose else 0,
+        exhaustive=exhaustive, latency_runs=20 if args.quick else 50, allow_float32=args.allow_float32,
+        verbose=2 if args.verbose else 0,
         metadata={
             "data": {"name": data_name, "train_samples": len(x), "test_samples": len(xt),
                      "sample_shape": list(x.shape[1:]), "quick": bool(args.quick), "note": note},
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, help="largest gzip size of the int8 .tflite, bytes")
     p.add_argument("--max-latency", type=float, help="largest batch-1 latency, microseconds")
     p.add_argument("--max-raw-size", type=int, help="largest raw size of the int8 .tflite, bytes")
+    p.add_argument("--allow-float32", action="store_true", help="a node missing a target with its int8 file may meet "
+                   "them with its float32 file (where int8 runs slower than float32 on this machine)")
     p.add_argument("--int4", action="store_true", help="add the 4-bit branches (4-bit QAT, P4QAT, PC4QAT; INT4 weights)")
     p.add_argument("--filter-ratios", type=float, nargs="*", default=[0.3, 0.5], metavar="R",
                    help="filter-pruning ratios of the filter-pruned branches (fewer filters: fewer MACs, lower latency), "

@@ -124,12 +124,13 @@ class Int8Latency:
         return self._files[id(model)][1]
 
     def __call__(self, models: Sequence[keras.Model]) -> list[float]:
-        files = [self._file(m) for m in models]
-        samples = [[] for _ in files]
-        for _ in range(self.rounds):
-            for i, tfl in enumerate(files):
-                samples[i].append(tfl.latency_stats(self.runs, 2, self.num_threads, self.min_sample_us)["median_us"])
-        return [float(np.min(s)) for s in samples]
+        from collabopt.tflite import compare_latency
+
+        files = {i: self._file(m) for i, m in enumerate(models)}
+        figures = compare_latency(
+            files, rounds=self.rounds, runs=self.runs, min_sample_us=self.min_sample_us, num_threads=self.num_threads
+        )
+        return [figures[i].median_us for i in files]
 
 
 def _random_inputs(model, n: int = 8):

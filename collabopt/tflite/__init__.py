@@ -19,6 +19,7 @@ import types
 
 from collabopt.errors import ConversionError
 from collabopt.tflite.inspection import InspectionReport, TensorStats
+from collabopt.tflite.latency import LatencyFigure, compare_latency
 from collabopt.tflite.model import SizeBreakdown, SizeReport, TFLiteModel, load
 
 # Names whose modules import TensorFlow / Keras: loaded on first use.
@@ -73,10 +74,12 @@ __all__ = [
     "MODES",
     "ConversionError",
     "InspectionReport",
+    "LatencyFigure",
     "SizeBreakdown",
     "SizeReport",
     "TFLiteModel",
     "TensorStats",
+    "compare_latency",
     "convert",
     "convert_in_subprocess",
     "export_model",

@@ -391,25 +391,35 @@ class TFLiteModel:
         """
         return self.latency_stats(runs, warmup, num_threads)["median_us"]
 
-    def latency_stats(self, runs: int = 200, warmup: int = 10, num_threads: int = 1, min_sample_us: float = 1000.0) -> dict:
-        """Batch-1 latency: median and quartiles over ``runs`` timed samples.
+    def latency_stats(
+        self, runs: int = 200, warmup: int = 10, num_threads: int = 1, min_sample_us: float = 1000.0, batch_size: int = 1
+    ) -> dict:
+        """Latency of one ``invoke`` on a batch (batch 1 by default): median and quartiles over ``runs`` timed samples.
 
         A single ``invoke`` of a small model lasts a few microseconds, close
         to the cost of calling the timer, so each sample times a loop of
         ``repeat`` consecutive invokes, with ``repeat`` chosen so that one
         sample lasts at least ``min_sample_us``; the per-invoke time is the
-        sample's time divided by ``repeat``.
+        sample's time divided by ``repeat``. At batch 1 a tiny model's time
+        is mostly the interpreter's fixed cost per invoke; with
+        ``batch_size=64`` the per-sample time (``median_us / batch_size``)
+        is the arithmetic the kernels do, which separates a model with a
+        quarter of the MACs from its parent.
 
         Returns:
-            ``{"median_us", "p25_us", "p75_us", "repeat", "runs"}``.
+            ``{"median_us", "p25_us", "p75_us", "repeat", "runs", "batch_size"}`` (times per invoke).
         """
-        if runs < 1 or warmup < 0:
-            raise InvalidArgumentError(f"latency: runs must be >= 1 and warmup >= 0; received runs={runs}, warmup={warmup}.")
+        if runs < 1 or warmup < 0 or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgumentError(
+                f"latency: runs must be >= 1, batch_size >= 1 and warmup >= 0; received runs={runs}, warmup={warmup}, "
+                f"batch_size={batch_size!r}."
+            )
         interp = _interpreter(self.content, num_threads, self.source)
         ins = interp.get_input_details()
         for d in ins:
-            if d["shape"][0] != 1:
-                self._run(interp, lambda d=d: interp.resize_tensor_input(d["index"], [1] + list(d["shape"][1:])))
+            if d["shape"][0] != batch_size:
+                shape = [batch_size] + list(d["shape"][1:])
+                self._run(interp, lambda d=d, shape=shape: interp.resize_tensor_input(d["index"], shape))
         self._run(interp, interp.allocate_tensors)
         for d in interp.get_input_details():
             interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
@@ -433,7 +443,7 @@ class TFLiteModel:
                 invoke()
             times.append((time.perf_counter() - t) / repeat * 1e6)
         q25, median, q75 = (float(v) for v in np.percentile(times, [25, 50, 75]))
-        return {"median_us": median, "p25_us": q25, "p75_us": q75, "repeat": repeat, "runs": runs}
+        return {"median_us": median, "p25_us": q25, "p75_us": q75, "repeat": repeat, "runs": runs, "batch_size": batch_size}
 
     def __repr__(self) -> str:
         return f"TFLiteModel(mode={self.mode!r}, raw_bytes={len(self.content)})"

@@ -32,6 +32,24 @@ class NodeResult:
     macs: int | None = None
     macs_uncounted: list = dataclasses.field(default_factory=list)
     params: int | None = None
+    float32_latency_us: float | None = None
+    batched_latency_us: float | None = None
+    float32_batched_latency_us: float | None = None
+    float32_top1: float | None = None
+    float32_raw_bytes: int | None = None
+    float32_gzip_bytes: int | None = None
+    int8_slower: bool | None = None
+    deploy_format: str = "int8"
+
+    @property
+    def deployed_gzip_bytes(self) -> int:
+        """Gzip bytes of the file the node deploys (``deploy_format``)."""
+        return self.float32_gzip_bytes if self.deploy_format == "float32" else self.gzip_bytes
+
+    @property
+    def deployed_top1(self) -> float:
+        """Top-1 of the file the node deploys (``deploy_format``)."""
+        return self.float32_top1 if self.deploy_format == "float32" else self.int8_top1
 
 
 def format_macs(node: NodeResult) -> str:
@@ -57,15 +75,15 @@ SIZE_KEY = "gzip_bytes"
 
 
 def choose(nodes: list[NodeResult]) -> str | None:
-    """Name of the smallest node (gzip bytes of its int8 .tflite) meeting every target.
+    """Name of the smallest node (gzip bytes of the file it deploys, int8 unless float32 was allowed and needed) meeting every target.
 
-    Ties go to the higher int8 top-1, then to the earlier node. None if no
+    Ties go to the higher top-1, then to the earlier node. None if no
     node meets every target.
     """
     met = [n for n in nodes if n.meets_targets]
     if not met:
         return None
-    return min(met, key=lambda n: (getattr(n, SIZE_KEY), -n.int8_top1, nodes.index(n))).name
+    return min(met, key=lambda n: (n.deployed_gzip_bytes, -n.deployed_top1, nodes.index(n))).name
 
 
 def pareto_front(nodes: list[NodeResult]) -> list[NodeResult]:
@@ -129,8 +147,9 @@ class TreeReport:
 
     def to_markdown(self) -> str:
         lines = [
-            "| stage | float top-1 % | int8 top-1 % | MACs | params | weight zeros % | raw bytes | gzip bytes | vs float32 gzip | latency us (IQR) | targets | Pareto |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| stage | float top-1 % | int8 top-1 % | MACs | params | weight zeros % | raw bytes | gzip bytes | vs float32 gzip "
+            "| int8 us (IQR) | float32 us | us/sample at batch 64, int8 / float32 | targets | Pareto |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for n in self.nodes:
             met = "met" if n.meets_targets else "missed: " + "; ".join(n.misses)
@@ -139,13 +158,14 @@ class TreeReport:
                 f"| {label} | {100 * n.float_top1:.2f} | {100 * n.int8_top1:.2f} | {format_macs(n)} | "
                 f"{'n/a' if n.params is None else f'{n.params:,}'} | "
                 f"{'' if n.zeros_fraction is None else f'{100 * n.zeros_fraction:.1f}'} | {n.raw_bytes:,} | {n.gzip_bytes:,} | "
-                f"{n.compression:.2f}x | {_latency(n)} | {met} | {'*' if n.pareto else ''} |"
+                f"{n.compression:.2f}x | {_latency(n)} | {_us(n.float32_latency_us)} | "
+                f"{_us(n.batched_latency_us, 2)} / {_us(n.float32_batched_latency_us, 2)} | {met} | {'*' if n.pareto else ''} |"
             )
         if self.chosen:
             c = self.node(self.chosen)
             head = (
-                f"Chosen: **{c.label}**, the smallest int8 .tflite (gzip bytes: {c.gzip_bytes:,}) that meets every target"
-                f"{_targets_text(self.settings.get('targets'))}."
+                f"Chosen: **{c.label}**, the smallest {c.deploy_format} .tflite (gzip bytes: {c.deployed_gzip_bytes:,}) "
+                f"that meets every target{_targets_text(self.settings.get('targets'))}."
             )
         else:
             head = f"No node met every target{_targets_text(self.settings.get('targets'))}."
@@ -154,7 +174,27 @@ class TreeReport:
             head += f"\nData: {data['name']} ({data.get('train_samples', '?'):,} train / {data.get('test_samples', '?'):,} test)."
             if data.get("note"):
                 head += f" {data['note']}."
-        return head + "\n\n" + "\n".join(lines) + "\n"
+        notes = "".join(f"\n{note}\n" for note in self.notes())
+        return head + "\n\n" + "\n".join(lines) + "\n" + notes
+
+    def notes(self) -> list[str]:
+        """What a reader of the table should know: where int8 runs slower than float32 on this machine.
+
+        Example:
+
+        >>> node = NodeResult("a", "A", None, 0.9, 0.9, 10, 9, 1.0, 40.0, 0.0, True, float32_latency_us=25.0, int8_slower=True)
+        >>> TreeReport([node], "a", {}).notes()[0][:73]
+        'On this machine int8 runs slower than float32 (batch 1) for: A (40.0 vs 2'
+        """
+        slower = [n for n in self.nodes if n.int8_slower]
+        if not slower:
+            return []
+        names = ", ".join(f"{n.label} ({n.latency_us:.1f} vs {n.float32_latency_us:.1f} us)" for n in slower)
+        return [
+            f"On this machine int8 runs slower than float32 (batch 1) for: {names}. "
+            "Latency targets judge the int8 file; allow_float32=True (--allow-float32) lets a node meet them with its "
+            "float32 file instead (4x the weight bytes, float accuracy)."
+        ]
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -174,6 +214,10 @@ def _jsonable(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
+
+
+def _us(value, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _latency(n: NodeResult) -> str:

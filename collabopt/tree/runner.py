@@ -19,10 +19,16 @@ from collabopt.errors import InvalidArgumentError, InvalidTypeError
 from collabopt.filter_pruning import count_macs
 from collabopt.filter_pruning.macs import uncounted_layers
 from collabopt.technique import apply, get_technique
-from collabopt.tflite import convert, has_trained_ranges
+from collabopt.tflite import compare_latency, convert, has_trained_ranges
 from collabopt.tflite.modes import export_mode
 from collabopt.tree.report import NodeResult, TreeReport, choose, format_macs, pareto_front
 from collabopt.tree.stages import BASELINE, Stage, Targets, check_stages, default_stages
+
+#: Interleaved rounds of each node's int8 and float32 latency (the fastest kept).
+LATENCY_ROUNDS = 3
+#: Batch of the per-sample latency figure.
+LATENCY_BATCH = 64
+
 
 def fresh_run_dir(base, force: bool = False, now=None) -> pathlib.Path:
     """The folder one tree run writes to: a new timestamped folder under ``base``.
@@ -141,6 +147,7 @@ def run(
     batch_size: int = 64,
     calibration_samples: int = 200,
     latency_runs: int = 50,
+    allow_float32: bool = False,
     compile_fn=default_compile,
     verbose: int = 1,
     progress=print,
@@ -151,9 +158,14 @@ def run(
     Each node starts from its parent's trained model, trains ``epochs`` epochs,
     is exported to int8 TFLite (post-training calibration for nodes without QAT,
     the trained ranges otherwise) and measured: float and int8 top-1 on
-    ``val_data``, raw and gzip size, batch-1 latency, and the MACs and
+    ``val_data``, raw and gzip size, latency, and the MACs and
     parameters of the model it exports (:func:`node_macs`,
-    :func:`parameter_count`). A filter-pruning node (``"filter_prune"``) is
+    :func:`parameter_count`). Latency is measured for the node's int8 and
+    float32 files side by side (:func:`collabopt.tflite.compare_latency`,
+    interleaved rounds), at batch 1 and per sample at batch 64 (where a
+    tiny model's batch-1 time is the interpreter's fixed cost, batch 64
+    shows its arithmetic); ``int8_slower`` marks nodes whose int8 file runs
+    slower than their float32 file on this machine, and the report says so. A filter-pruning node (``"filter_prune"``) is
     stripped after fine-tuning: it exports, saves and hands its children the
     physically smaller model, so its file and latency really drop. The *chosen* node is the
     smallest one (gzip bytes of its int8 .tflite) that meets every target. By
@@ -174,6 +186,14 @@ def run(
             weight_density.png, written into this folder as is (see
             :func:`fresh_run_dir` for a new folder per run).
         exhaustive: Run every node.
+        latency_runs: Timed samples per latency round (each sample a loop of
+            invokes lasting at least 2 ms; three interleaved rounds, the
+            fastest kept).
+        allow_float32: A node that misses a target with its int8 file may
+            meet them all with its float32 file (for instance where int8 is
+            slower than float32 on this machine); it is then judged, chosen
+            and reported by that file (``deploy_format="float32"``). Off by
+            default: the int8 file is what every node is judged by.
         compile_fn: ``(model, learning_rate) -> compiled model``.
         verbose: Keras fit verbosity.
         progress: Called with one line per stage (``print`` by default; None: silent).
@@ -199,6 +219,10 @@ def run(
                 f"epochs must be an integer >= 1 (each node fine-tunes from its parent, and pruning "
                 f"reaches its sparsity over the first epoch); received {epochs!r} for stages {trained_stages}."
             )
+    if not isinstance(allow_float32, bool):
+        raise InvalidTypeError(f"allow_float32 must be True or False; received {allow_float32!r}.")
+    if not isinstance(latency_runs, int) or isinstance(latency_runs, bool) or latency_runs < 1:
+        raise InvalidArgumentError(f"latency_runs must be an integer >= 1; received {latency_runs!r}.")
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidTypeError(f"metadata must be a dict; received {type(metadata).__name__}.")
     (x, y), (xv, yv) = train_data, val_data
@@ -236,7 +260,11 @@ def run(
         int8 = convert(trained, "int8", x if needs_data else None, calibration_samples=calibration_samples)
         float_top1 = _top1(trained, xv, yv, batch_size)
         size = int8.size_report()
-        latency = int8.latency_stats(runs=latency_runs)
+        float32 = baseline_float32 if stage.technique == BASELINE else convert(trained, "float32")
+        float32_size = float32.size_report()
+        files = {"int8": int8, "float32": float32}
+        single = compare_latency(files, rounds=LATENCY_ROUNDS, runs=latency_runs)
+        batched = compare_latency(files, batch_size=LATENCY_BATCH, rounds=LATENCY_ROUNDS, runs=latency_runs)
         node = NodeResult(
             name=stage.name,
             label=stage.label or stage.name,
@@ -246,27 +274,36 @@ def run(
             raw_bytes=size.raw_bytes,
             gzip_bytes=size.gzip_bytes,
             compression=base_gzip / size.gzip_bytes,
-            latency_us=latency["median_us"],
+            latency_us=single["int8"].median_us,
             seconds=0.0,
             meets_targets=False,
-            latency_p25_us=latency["p25_us"],
-            latency_p75_us=latency["p75_us"],
+            latency_p25_us=single["int8"].p25_us,
+            latency_p75_us=single["int8"].p75_us,
             zeros_fraction=_weight_zeros(int8),
             params=parameter_count(trained),
             **node_macs(trained),
+            float32_latency_us=single["float32"].median_us,
+            batched_latency_us=batched["int8"].median_us,
+            float32_batched_latency_us=batched["float32"].median_us,
+            float32_top1=float32.evaluate(xv, yv),
+            float32_raw_bytes=float32_size.raw_bytes,
+            float32_gzip_bytes=float32_size.gzip_bytes,
+            int8_slower=int8_is_slower(single["int8"], single["float32"]),
         )
         if out is not None:
             node.tflite = str(int8.save(out / f"{stage.name}.tflite"))
             node.keras = str(out / f"{stage.name}.keras")
             trained.save(node.keras)
         baseline_float = nodes[0].float_top1 if nodes else float_top1
-        node.misses = targets.misses(node, baseline_float)
-        node.meets_targets = not node.misses
+        targets.judge(node, baseline_float, allow_float32)
         node.seconds = time.perf_counter() - start
         nodes.append(node)
         say(
             f"[{i}/{len(ordered)}] {node.label}: float {100 * node.float_top1:.2f}%  int8 {100 * node.int8_top1:.2f}%  "
-            f"gzip {node.gzip_bytes:,} B ({node.compression:.2f}x)  {node.latency_us:.1f} us  MACs {format_macs(node)}  "
+            f"gzip {node.gzip_bytes:,} B ({node.compression:.2f}x)  int8 {node.latency_us:.1f} us"
+            f"{' (slower than float32 ' + format(node.float32_latency_us, '.1f') + ' us)' if node.int8_slower else ''}  "
+            f"MACs {format_macs(node)}  "
+            f"{'as float32  ' if node.deploy_format == 'float32' else ''}"
             f"{'meets targets' if node.meets_targets else 'misses: ' + '; '.join(node.misses)}  ({node.seconds:.1f} s)"
         )
         if node.meets_targets and stage.technique != "baseline" and not exhaustive:
@@ -289,8 +326,13 @@ def run(
             "val_samples": int(len(xv)),
             "stages": [{"name": s.name, "technique": s.technique, "parent": s.parent, "settings": {k: v for k, v in s.settings.items() if isinstance(v, (int, float, str, bool))}} for s in ordered],
             "float32_baseline_gzip_bytes": base_gzip,
-            "latency": {"runs": latency_runs, "batch": 1, "threads": 1, "statistic": "median (interquartile range) of per-invoke time"},
-            "chosen_by": "smallest gzip bytes of the int8 .tflite among nodes meeting every target",
+            "latency": {
+                "runs": latency_runs, "rounds": LATENCY_ROUNDS, "batch": 1, "batched": LATENCY_BATCH, "threads": 1,
+                "statistic": "median (interquartile range) of per-sample time in the fastest of interleaved int8/float32 rounds",
+            },
+            "allow_float32": allow_float32,
+            "int8_slower": [n.name for n in nodes if n.int8_slower],
+            "chosen_by": "smallest gzip bytes of the deployed .tflite (int8 unless allow_float32 and needed) among nodes meeting every target",
             "versions": versions(),
         },
     )
@@ -302,6 +344,20 @@ def run(
         path = ["baseline", "pruned", "sparse_clustered", "pcqat"]
         plot_density({n: densities[n] for n in path if densities.get(n) is not None}, kernel_name, out / "weight_density.png", report)
     return report
+
+
+def int8_is_slower(int8, float32, margin: float = 0.05) -> bool:
+    """Whether an int8 file runs slower than its float32 file: median more than ``margin`` above, quartiles apart.
+
+    Example:
+
+    >>> from collabopt.tflite import LatencyFigure
+    >>> int8_is_slower(LatencyFigure(40.0, 39.0, 41.0, 1, 3), LatencyFigure(25.0, 24.5, 25.5, 1, 3))
+    True
+    >>> int8_is_slower(LatencyFigure(5.9, 5.7, 6.1, 1, 3), LatencyFigure(5.8, 5.6, 6.0, 1, 3))
+    False
+    """
+    return bool(int8.median_us > (1 + margin) * float32.median_us and int8.p25_us > float32.p75_us)
 
 
 def _top1(model, x, y, batch_size):

@@ -225,17 +225,39 @@ class Targets:
         if self.max_raw_bytes is not None and self.max_raw_bytes <= 0:
             raise InvalidArgumentError(f"max_raw_bytes must be a positive number of bytes; received {self.max_raw_bytes!r}.")
 
-    def misses(self, node, baseline_float: float) -> list[str]:
-        """Which targets ``node`` misses (empty: it meets them all)."""
+    def judge(self, node, baseline_float: float, allow_float32: bool = False) -> None:
+        """Sets ``node``'s ``misses``, ``meets_targets`` and ``deploy_format``.
+
+        The int8 file is judged first; with ``allow_float32`` a node that
+        misses a target with it but meets every target with its float32 file
+        (where int8 runs slower than float32 on this machine, say) deploys
+        the float32 file.
+        """
+        node.deploy_format, node.misses = "int8", self.misses(node, baseline_float)
+        if node.misses and allow_float32 and not self.misses(node, baseline_float, "float32"):
+            node.deploy_format, node.misses = "float32", []
+        node.meets_targets = not node.misses
+
+    def misses(self, node, baseline_float: float, file_format: str = "int8") -> list[str]:
+        """Which targets ``node`` misses (empty: it meets them all) with its ``file_format`` file ("int8" or "float32")."""
+        if file_format not in ("int8", "float32"):
+            raise InvalidArgumentError(f"file_format must be 'int8' or 'float32'; received {file_format!r}.")
+        if file_format == "float32":
+            top1, gzip, raw, latency = node.float32_top1, node.float32_gzip_bytes, node.float32_raw_bytes, node.float32_latency_us
+            if None in (top1, gzip, raw, latency):
+                return ["float32 file not measured"]
+        else:
+            top1, gzip, raw, latency = node.int8_top1, node.gzip_bytes, node.raw_bytes, node.latency_us
+        prefix = "" if file_format == "int8" else "float32 "
         out = []
-        if self.max_accuracy_drop is not None and baseline_float - node.int8_top1 > self.max_accuracy_drop + 1e-12:
+        if self.max_accuracy_drop is not None and baseline_float - top1 > self.max_accuracy_drop + 1e-12:
             out.append(
-                f"accuracy drop {100 * (baseline_float - node.int8_top1):.2f} > {100 * self.max_accuracy_drop:.2f} points"
+                f"{prefix}accuracy drop {100 * (baseline_float - top1):.2f} > {100 * self.max_accuracy_drop:.2f} points"
             )
-        if self.max_gzip_bytes is not None and node.gzip_bytes > self.max_gzip_bytes:
-            out.append(f"gzip {node.gzip_bytes:,} > {self.max_gzip_bytes:,} bytes")
-        if self.max_raw_bytes is not None and node.raw_bytes > self.max_raw_bytes:
-            out.append(f"raw {node.raw_bytes:,} > {self.max_raw_bytes:,} bytes")
-        if self.max_latency_us is not None and node.latency_us > self.max_latency_us:
-            out.append(f"latency {node.latency_us:.0f} > {self.max_latency_us:.0f} us")
+        if self.max_gzip_bytes is not None and gzip > self.max_gzip_bytes:
+            out.append(f"{prefix}gzip {gzip:,} > {self.max_gzip_bytes:,} bytes")
+        if self.max_raw_bytes is not None and raw > self.max_raw_bytes:
+            out.append(f"{prefix}raw {raw:,} > {self.max_raw_bytes:,} bytes")
+        if self.max_latency_us is not None and latency > self.max_latency_us:
+            out.append(f"{prefix}latency {latency:.0f} > {self.max_latency_us:.0f} us")
         return out

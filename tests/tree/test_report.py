@@ -64,3 +64,48 @@ def test_reports_written_before_macs_were_recorded_still_load():
            "raw_bytes": 10, "gzip_bytes": 9, "compression": 1.0, "latency_us": 1.0, "seconds": 0.0, "meets_targets": True}]}
     (node,) = tree.TreeReport.from_json(json.dumps(old)).nodes
     assert node.macs is None and format_macs(node) == "n/a"
+
+
+def _timed(name, gzip, int8_us, float32_us, acc=0.9, parent="baseline"):
+    node = _node(name, gzip, int8_us, 1000, acc=acc, parent=parent)
+    node.float32_latency_us, node.float32_top1 = float32_us, acc + 0.002
+    node.float32_raw_bytes, node.float32_gzip_bytes = 8 * gzip, 4 * gzip
+    node.int8_slower = int8_us > 1.05 * float32_us
+    return node
+
+
+def _judged(nodes, targets, allow_float32=False):
+    for n in nodes:
+        targets.judge(n, nodes[0].float_top1, allow_float32)
+    return choose(nodes)
+
+
+def test_where_int8_is_slower_than_float32_the_report_says_so_and_float32_can_meet_a_latency_target():
+    # As on the int8-slow machine of benchmarks/RESULTS.md ("tree latency"): every int8 file slower than its float32 file.
+    def measured():
+        return [_timed("baseline", 100_000, 40.0, 25.0, acc=0.90, parent=None), _timed("pcqat", 30_000, 39.0, 24.0),
+                _timed("filter_pruned_50", 50_000, 39.0, 12.4)]
+
+    targets = tree.Targets(max_accuracy_drop=0.01, max_latency_us=30.0)
+    nodes = measured()
+    assert _judged(nodes, targets) is None  # judged by the int8 files: no node is fast enough
+    assert all("latency 39 > 30 us" in n.misses or "latency 40 > 30 us" in n.misses for n in nodes)
+    nodes = measured()
+    # allowed, every node's float32 file meets 30 us; the smallest deployed file wins (float32 gzip = 4x int8 gzip here)
+    assert _judged(nodes, targets, allow_float32=True) == "pcqat"
+    assert [n.deploy_format for n in nodes] == ["float32"] * 3
+    report = tree.TreeReport(nodes, "pcqat", {"targets": {"max_latency_us": 30.0}})
+    md = report.to_markdown()
+    assert "smallest float32 .tflite (gzip bytes: 120,000)" in md
+    assert "int8 runs slower than float32 (batch 1) for: baseline (40.0 vs 25.0 us), pcqat (39.0 vs 24.0 us)" in md
+    assert tree.TreeReport.from_json(report.to_json()) == report
+    # a tighter target only the filter-pruned float32 file meets
+    nodes = measured()
+    assert _judged(nodes, tree.Targets(max_accuracy_drop=0.01, max_latency_us=20.0), allow_float32=True) == "filter_pruned_50"
+    assert "float32 latency 24 > 20 us" not in nodes[1].misses and "latency 39 > 20 us" in nodes[1].misses
+
+
+def test_a_node_without_float32_figures_is_judged_by_its_int8_file_only():
+    node = _node("old", 10, 50.0, 100)  # a report written before float32 latency was measured
+    tree.Targets(max_latency_us=30.0).judge(node, 0.9, allow_float32=True)
+    assert node.deploy_format == "int8" and node.misses == ["latency 50 > 30 us"]

@@ -150,12 +150,14 @@ def test_cli_bad_input_exits_2(capsys):
 
 @pytest.mark.slow
 def test_cli_unreachable_target_lists_the_closest_nodes(tmp_path, capsys):
-    code = main(["tree", "--quick", "--data", "digits", "--max-size", "100", "--filter-ratios", "--out", str(tmp_path)])
+    code = main(["tree", "--quick", "--data", "digits", "--max-size", "100", "--filter-ratios", "--allow-float32", "--out", str(tmp_path)])
     assert code == 1
     err = capsys.readouterr().err
     assert "no node met every target; closest:" in err and "gzip" in err and "MACs" in err
     data = json.loads(next(tmp_path.iterdir()).joinpath("report.json").read_text())
     assert len(data["nodes"]) == 8  # --filter-ratios with no value: TFMOT's tree only
+    assert data["settings"]["allow_float32"] is True  # and no float32 file meets 100 bytes either
+    assert all(n["deploy_format"] == "int8" and n["float32_latency_us"] > 0 for n in data["nodes"])
 
 
 @pytest.mark.slow
@@ -211,9 +213,17 @@ def test_filter_pruned_node_exports_the_physically_smaller_model(small_run_input
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [saved.get_layer(c.name).filters for c in convs] == [c.filters // 2 for c in convs]
     assert any(f"MACs {fp.macs:,}" in line for line in lines)
+    for node in (base, fp):  # int8 and float32 files timed side by side, at batch 1 and per sample at batch 64
+        assert node.float32_latency_us > 0 and node.batched_latency_us > 0 and node.float32_batched_latency_us > 0
+        assert node.float32_gzip_bytes > node.gzip_bytes and node.deploy_format == "int8"
+        assert abs(node.float32_top1 - node.float_top1) <= 0.02  # the float32 file computes what the model computes
+        assert isinstance(node.int8_slower, bool)
+    assert base.float32_gzip_bytes == report.settings["float32_baseline_gzip_bytes"]
     assert "| MACs | params |" in report.to_markdown() and f"| {fp.macs:,} | {fp.params:,} |" in report.to_markdown()
     data = json.loads((tmp_path / "report.json").read_text())
     assert [n["macs"] for n in data["nodes"]] == [base.macs, fp.macs]
+    assert data["settings"]["int8_slower"] == [n.name for n in report.nodes if n.int8_slower]
+    assert data["settings"]["latency"]["batched"] == 64 and data["nodes"][1]["float32_latency_us"] == fp.float32_latency_us
     assert data["settings"]["stages"][1] == {"name": "filter_pruned_50", "technique": "filter_prune", "parent": "baseline",
                                              "settings": {"pruning_ratio": 0.5}}
 
