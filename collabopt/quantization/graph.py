@@ -155,6 +155,9 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
     result = result or Plan()
     layers, producers, consumers, calls = _edges(model)
     outputs = _output_names(model)
+    # conv name -> the folded BatchNormalization's name in this graph (an
+    # annotated model names it after its wrapper, not after the BN inside).
+    folded_node = {}
 
     for name, layer in layers.items():
         if isinstance(layer, keras.layers.InputLayer) or not quantized(layer):
@@ -163,12 +166,10 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
         if len(after) == 1 and name not in outputs and _foldable_bn(layer, layers[after[0]]):
             result.fold_into[name] = core(layers[after[0]])
             result.folded.add(after[0])
+            folded_node[name] = after[0]
 
     def effective_consumers(name):
-        after = consumers.get(name, [])
-        if name in result.fold_into:
-            after = consumers.get(result.fold_into[name].name, [])
-        return after
+        return consumers.get(folded_node.get(name, name), [])
 
     for name, layer in layers.items():
         if isinstance(layer, keras.layers.InputLayer) or not quantized(layer):
@@ -180,7 +181,7 @@ def plan(model, quantized, *, inputs_quantized=False, result: Plan | None = None
             and has_linear_activation(core(layer))
             and len(after) == 1
             and name not in outputs
-            and (name not in result.fold_into or result.fold_into[name].name not in outputs)
+            and folded_node.get(name) not in outputs
             and quantized(layers[after[0]])
             and fusable_activation(core(layers[after[0]]))
         ):
