@@ -50,7 +50,7 @@ def test_trained_on_another_backend_loads_bitwise_and_exports_full_int8(backend,
         smaller = ct.convert(collabopt.keras.strip_pruning(model), "int8", x)
         assert tfl.size_report().raw_bytes == smaller.size_report().raw_bytes
         kernel_elements = sum(int(np.prod(v.shape)) for v in model.weights if v.path.endswith("kernel"))
-        assert tfl.size_report().by_dtype["int8"] < 0.7 * kernel_elements
+        assert tfl.size_report().breakdown.weights_by_dtype["int8"] < 0.7 * kernel_elements
         assert np.mean(smaller.predict(xt).argmax(-1) == predictions.argmax(-1)) >= 0.97
     assert np.mean(tfl.predict(xt).argmax(-1) == predictions.argmax(-1)) >= 0.97
     report = ct.verify(model, tfl)
