@@ -38,22 +38,54 @@ def wrap(model, technique):
         ), []
     if technique == "quantize":
         return tfmot.quantization.keras.quantize_model(model), []
+    if technique == "pcqat":
+        # The guide's chain: prune, strip, sparsity-preserving cluster, strip, cluster-preserving QAT.
+        sp, cl, qz = tfmot.sparsity.keras, tfmot.clustering.keras, tfmot.quantization.keras
+        pruned = sp.strip_pruning(sp.prune_low_magnitude(model, pruning_schedule=sp.ConstantSparsity(0.5, 0)))
+        clustered = cl.strip_clustering(
+            cl.cluster_weights(pruned, number_of_clusters=16, cluster_centroids_init=cl.CentroidInitialization.LINEAR, preserve_sparsity=True)
+        )
+        return qz.quantize_apply(qz.quantize_annotate_model(clustered), _pcqat_scheme()), []
     raise ValueError(technique)
 
 
-def step_time(technique, steps, batch_size, repeats):
+def _pcqat_scheme():
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        default_8bit_cluster_preserve_quantize_scheme as cps,
+    )
+
+    return cps.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)
+
+
+def _step_model(name, input_size):
+    if name == "reference_cnn":
+        return reference_cnn(keras_module=keras), (28, 28, 1)
+    from collabopt.reference_models import application
+
+    return application(name, input_size, classifier_activation=None, keras_module=keras), (input_size, input_size, 3)
+
+
+def step_time(technique, steps, batch_size, repeats, model_name="reference_cnn", input_size=None):
+    """``(plain s/step, wrapped s/step)``: compiled fit, best of ``repeats`` rounds that alternate the two models."""
+    entries = []
+    for t in ("none", technique):
+        tf.keras.utils.set_random_seed(0)
+        model, shape = _step_model(model_name, input_size)
+        model, callbacks = wrap(model, t)
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        entries.append((model, callbacks))
     rng = np.random.default_rng(0)
-    x = rng.random((steps * batch_size, 28, 28, 1), dtype=np.float32)
+    x = rng.random((steps * batch_size, *shape), dtype=np.float32)
     y = rng.integers(0, 10, steps * batch_size)
-    model, callbacks = wrap(reference_cnn(keras_module=keras), technique)
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x[: 5 * batch_size], y[: 5 * batch_size], batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks)
-    times = []
+    for model, callbacks in entries:
+        model.fit(x[: 2 * batch_size], y[: 2 * batch_size], batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks)
+    best = [float("inf"), float("inf")]
     for _ in range(repeats):
-        t = time.perf_counter()
-        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks)
-        times.append((time.perf_counter() - t) / steps)
-    return min(times)
+        for i, (model, callbacks) in enumerate(entries):
+            t = time.perf_counter()
+            model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks)
+            best[i] = min(best[i], (time.perf_counter() - t) / steps)
+    return tuple(best)
 
 
 def _fit(model, x, y, epochs, lr, callbacks=()):
@@ -137,6 +169,102 @@ def collaborative(args):
                 f.write(fp)
             out["float32_path"] = fpath
     print(json.dumps({"tfmot_version": tfmot.__version__, "stages": out}))
+
+
+def mobilenet_tables(args):
+    """TFMOT's tree on MobileNetV2 (alpha 0.35, Fashion-MNIST 32x32x3) from collabopt's trained baseline weights.
+
+    The same data, stage epochs, learning rates and seed as examples/mobilenet_v2.ipynb; each stage is
+    stripped before the next, as TFMOT's guide does. Writes .tflite files and prints a JSON line.
+    """
+    from collabopt import datasets
+    from collabopt.reference_models import application
+
+    (x, y), (xt, yt) = datasets.fashion_mnist(n_train=args.n_train, n_test=args.n_test)
+    x, xt = (np.repeat(np.pad(a, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1) for a in (x, xt))
+    tf.keras.utils.set_random_seed(0)
+    sp, cl, qz = tfmot.sparsity.keras, tfmot.clustering.keras, tfmot.quantization.keras
+    e, batch = args.stage_epochs, 64
+    base = application("MobileNetV2", 32, classifier_activation=None, keras_module=keras)
+    saved = np.load(args.weights)
+    base.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
+
+    def fit(model, lr, callbacks=()):
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        model.fit(x, y, epochs=e, batch_size=batch, verbose=2, callbacks=list(callbacks))
+        return model
+
+    steps = int(np.ceil(len(x) / batch))
+    init = cl.CentroidInitialization.KMEANS_PLUS_PLUS
+    schedule = sp.PolynomialDecay(0.0, 0.5, 0, steps, frequency=max(steps // 10, 1))
+    stages, errors = {"Baseline": (base, False)}, {}
+
+    def stage(name, make, is_qat=False):
+        try:
+            stages[name] = (make(), is_qat)
+        except Exception as error:  # noqa: BLE001 - recorded as the row's result
+            errors[name] = _error(name, error)
+
+    stage("Pruned", lambda: sp.strip_pruning(fit(sp.prune_low_magnitude(_copy(base), pruning_schedule=schedule), 5e-4, [sp.UpdatePruningStep()])))
+    stage("Clustered", lambda: cl.strip_clustering(fit(cl.cluster_weights(_copy(base), number_of_clusters=16, cluster_centroids_init=init), 1e-4)))
+    stage(
+        "Clustered per channel",
+        lambda: cl.strip_clustering(
+            fit(cl.cluster_weights(_copy(base), number_of_clusters=16, cluster_centroids_init=init, cluster_per_channel=True), 1e-4)
+        ),
+    )
+    if "Pruned" in stages:
+        stage(
+            "Sparsity-preserving clustered",
+            lambda: cl.strip_clustering(
+                fit(cl.cluster_weights(_copy(stages["Pruned"][0]), number_of_clusters=16, cluster_centroids_init=init, preserve_sparsity=True), 1e-4)
+            ),
+        )
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        default_8bit_cluster_preserve_quantize_scheme as cps,
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+        default_8bit_prune_preserve_quantize_scheme as pps,
+    )
+
+    def qat(source, scheme=None):
+        annotated = qz.quantize_annotate_model(_copy(stages[source][0]))
+        return fit(qz.quantize_apply(annotated, scheme) if scheme is not None else qz.quantize_apply(annotated), 1e-4)
+
+    for name, source, scheme in (
+        ("QAT", "Baseline", None),
+        ("PQAT", "Pruned", pps.Default8BitPrunePreserveQuantizeScheme()),
+        ("CQAT", "Clustered", cps.Default8BitClusterPreserveQuantizeScheme()),
+        ("CQAT per channel", "Clustered per channel", cps.Default8BitClusterPreserveQuantizeScheme()),
+        ("PCQAT", "Sparsity-preserving clustered", cps.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)),
+    ):
+        if source in stages:
+            stage(name, lambda source=source, scheme=scheme: qat(source, scheme), is_qat=True)
+        else:
+            errors[name] = f"{name}: its parent stage {source} failed"
+    out = {}
+    os.makedirs(args.out, exist_ok=True)
+    rep = x[:500]
+    for name, (model, is_qat) in stages.items():
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        acc = model.evaluate(xt, yt, verbose=0)[1]
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if not is_qat:
+            conv.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+        path = os.path.join(args.out, f"tfmot_{name.replace(' ', '_')}.tflite")
+        try:
+            content = conv.convert()
+        except Exception as error:  # noqa: BLE001
+            errors[name] = _error(f"{name} int8 conversion", error)
+            continue
+        with open(path, "wb") as f:
+            f.write(content)
+        out[name] = {"float_top1": acc, "int8_path": path}
+    print(json.dumps({"tfmot_version": tfmot.__version__, "stages": out, "errors": errors}))
 
 
 def int4(args):
@@ -288,11 +416,13 @@ def coverage(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["step_time", "collaborative", "coverage", "int4"])
+    parser.add_argument("what", choices=["step_time", "collaborative", "coverage", "int4", "mobilenet_tables"])
     parser.add_argument("--model", default="MobileNetV2")
     parser.add_argument("--arch", default="mobilenet_style")
     parser.add_argument("--data", default="fashion_mnist")
     parser.add_argument("--n-train", type=int, default=None)
+    parser.add_argument("--n-test", type=int, default=None)
+    parser.add_argument("--weights", default=None, help="mobilenet_tables: the baseline's weights (.npz, w0, w1, ...)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--stage-epochs", type=int, default=1)
     parser.add_argument("--clusters", type=int, default=16)
@@ -301,6 +431,8 @@ def main():
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--step-model", default="reference_cnn", help="step_time: reference_cnn or a keras.applications name")
+    parser.add_argument("--input-size", type=int, default=None)
     args = parser.parse_args()
     if args.what == "collaborative":
         return collaborative(args)
@@ -308,9 +440,9 @@ def main():
         return coverage(args)
     if args.what == "int4":
         return int4(args)
-    tf.random.set_seed(0)
-    plain = step_time("none", args.steps, args.batch_size, args.repeats)
-    wrapped = step_time(args.technique, args.steps, args.batch_size, args.repeats)
+    if args.what == "mobilenet_tables":
+        return mobilenet_tables(args)
+    plain, wrapped = step_time(args.technique, args.steps, args.batch_size, args.repeats, args.step_model, args.input_size)
     print(json.dumps({"tfmot_version": tfmot.__version__, "plain_s": plain, "wrapped_s": wrapped}))
 
 
