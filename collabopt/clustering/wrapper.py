@@ -7,8 +7,11 @@ import numpy as np
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
+from collabopt.clustering.fused import clustered_for_training
 from collabopt.clustering.init import CentroidInitialization, init_centroids, parse_init
 from collabopt.layers import OptimizationWrapper, base_layer, from_channel_rows, num_channels, to_channel_rows
+from collabopt.layers.channels import channel_permutation
+from collabopt.fused import fused_on_tensorflow
 from collabopt.preserve import CLUSTERS, Constraint, gather_clustered, zero_mask
 from collabopt.layers.checks import check_finite
 
@@ -181,11 +184,36 @@ class ClusterWeights(OptimizationWrapper):
             c = c / counts + ops.stop_gradient(c - c / counts)  # same value, gradient averaged
         return c
 
+    def _fused_training_step(self, name, w_in, mask):
+        """``(clustered, indices)`` by :mod:`collabopt.clustering.fused`, or None where the op-by-op path runs.
+
+        Fused: TensorFlow, a float32 weight of at least
+        ``collabopt.fused.FUSED_MIN_ELEMENTS``, SUM aggregation (AVG needs the indices
+        before the centroids it divides).
+        """
+        if self.cluster_gradient_aggregation != "SUM" or w_in.dtype != "float32" or not fused_on_tensorflow(w_in):
+            return None
+        spec = self.spec(name)
+        rank = len(w_in.shape)
+        perm = channel_permutation(spec, rank) if self.cluster_per_channel else None
+        rows = num_channels(spec, w_in.shape) if self.cluster_per_channel else 1
+        effective = self._effective_centroids(name, None)
+        if not self.cluster_per_channel:
+            effective = ops.expand_dims(effective, 0)
+        clustered, indices = clustered_for_training(w_in, self._centroid_rows(name), effective, mask, perm, rows)
+        return clustered, indices
+
     def transform_weights(self, weights, training):
         out = dict(weights)
         for name in self.centroids:
             w_in = ops.convert_to_tensor(weights[name])
             mask = self._sparsity_mask(name)
+            fused = self._fused_training_step(name, w_in, mask) if training else None
+            if fused is not None:
+                clustered, indices = fused
+                self.indices[name].assign(indices)
+                out[name] = clustered * ops.cast(mask, clustered.dtype) if mask is not None else clustered
+                continue
             if training:
                 indices = self._assign(ops.stop_gradient(w_in), name, mask)
                 self.indices[name].assign(indices)

@@ -10,10 +10,13 @@ TensorFlow process, on the saved model).
 
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
+from collabopt.fused import fused_on_tensorflow
 
 
 def _on_tensorflow() -> bool:
@@ -38,6 +41,72 @@ def _per_channel_op(x, lo, hi, num_bits, narrow_range, final_range):
 
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
     return _per_channel_any_rank(x, lo, hi, num_bits, narrow_range)
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_kernel(num_bits: int, narrow_range: bool):
+    """An XLA-compiled fake quant on TF's nudged grid: ``(x, lo, hi) -> (y, inside)`` (``lo``/``hi`` broadcast over the last axis)."""
+    import tensorflow as tf
+
+    qmin = 1.0 if narrow_range else 0.0
+    qmax = float(2**num_bits - 1)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def kernel(x, lo, hi):
+        # TF's FakeQuantWithMinMaxVars: the zero point is rounded onto the
+        # integer grid (half away from zero) and the range moved with it.
+        scale = (hi - lo) / (qmax - qmin)
+        inverse = (qmax - qmin) / (hi - lo)
+        zero_point = tf.clip_by_value(tf.floor(qmin - lo / scale + 0.5), qmin, qmax)
+        nudged_lo = (qmin - zero_point) * scale
+        nudged_hi = (qmax - zero_point) * scale
+        clamped = tf.clip_by_value(x, nudged_lo, nudged_hi)
+        y = tf.floor((clamped - nudged_lo) * inverse + 0.5) * scale + nudged_lo
+        return y, tf.logical_and(x >= nudged_lo, x <= nudged_hi)
+
+    return kernel
+
+
+def _fused_fake_quant(x, lo, hi, num_bits: int, narrow_range: bool):
+    """Fake quantization (per tensor, or per channel on the last axis) with a straight-through gradient, fused by XLA.
+
+    The same grid as TF's op (values may differ in the last bit of the
+    float32 result); the ranges get no gradient (they are read under
+    ``stop_gradient``), the input the upstream gradient inside the range.
+    Used for training only: inference and export keep TF's op, which the
+    TFLite converter reads.
+    """
+    import tensorflow as tf
+
+    kernel = _fused_kernel(num_bits, bool(narrow_range))
+    lo, hi = tf.cast(lo, x.dtype), tf.cast(hi, x.dtype)
+
+    @tf.custom_gradient
+    def quantize(t):
+        y, inside = kernel(t, lo, hi)
+        return y, lambda dy: dy * tf.cast(inside, dy.dtype)
+
+    return quantize(tf.convert_to_tensor(x))
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_finite_minmax_kernel():
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True, autograph=False)
+    def kernel(x):
+        finite = tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
+        return tf.reduce_min(finite), tf.reduce_max(finite)
+
+    return kernel
+
+
+def finite_minmax(x):
+    """Min and max of the finite values of ``x`` (0 stands in for the others), in one fused pass where it pays."""
+    if fused_on_tensorflow(x) and x.dtype == "float32":
+        return _fused_finite_minmax_kernel()(x)
+    x = ops.where(ops.isfinite(x), x, ops.zeros_like(x))
+    return ops.min(x), ops.max(x)
 
 
 def _nudge_range(lo, hi):
@@ -88,24 +157,30 @@ def quantization_range(lo, hi, num_bits: int, narrow_range: bool, per_channel: b
     return lo, hi
 
 
-def fake_quant(x, lo, hi, num_bits: int, narrow_range: bool, final_range: bool = False):
+def fake_quant(x, lo, hi, num_bits: int, narrow_range: bool, final_range: bool = False, training: bool = False):
     """Per-tensor fake quantization of ``x`` to ``num_bits`` on ``[lo, hi]``.
 
     ``final_range``: ``lo`` and ``hi`` already come from
     :func:`quantization_range` (e.g. constants frozen for export).
+    ``training``: a training step, where a large tensor on TensorFlow takes
+    the fused path (:func:`fused_on_tensorflow`).
     """
     if not final_range:
         lo, hi = quantization_range(lo, hi, num_bits, narrow_range)
+    if training and fused_on_tensorflow(x):
+        return _fused_fake_quant(x, lo, hi, num_bits, narrow_range)
     return _per_tensor_op(x, lo, hi, num_bits, narrow_range)
 
 
-def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range: bool, final_range: bool = False):
+def fake_quant_per_channel(
+    x, lo, hi, channel_axes, num_bits: int, narrow_range: bool, final_range: bool = False, training: bool = False
+):
     """Per-channel fake quantization along ``channel_axes`` (``lo``/``hi``: one value per channel).
 
     Channels on the last axis are quantized in place; the two trailing axes
     of a depthwise kernel (in, multiplier) are merged by a reshape; any other
     axis is moved last and back. These are the forms the TFLite converter
-    folds into per-channel int8 weights. ``final_range`` as in :func:`fake_quant`.
+    folds into per-channel int8 weights. ``final_range`` and ``training`` as in :func:`fake_quant`.
     """
     if not final_range:
         lo, hi = quantization_range(lo, hi, num_bits, narrow_range, per_channel=True)
@@ -113,6 +188,8 @@ def fake_quant_per_channel(x, lo, hi, channel_axes, num_bits: int, narrow_range:
     axes = tuple(sorted(a % rank for a in channel_axes))
 
     def fq(t):
+        if training and fused_on_tensorflow(t):
+            return _fused_fake_quant(t, lo, hi, num_bits, narrow_range)
         return _per_channel_op(t, lo, hi, num_bits, narrow_range, final_range)
 
     if axes == (rank - 1,):

@@ -13,8 +13,7 @@ import keras
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.layers import to_channel_rows
-from collabopt.quantization.fake_quant import fake_quant, fake_quant_per_channel, quantization_range
+from collabopt.quantization.fake_quant import fake_quant, fake_quant_per_channel, finite_minmax, quantization_range
 
 
 class Quantizer(abc.ABC):
@@ -54,7 +53,7 @@ class Quantizer(abc.ABC):
 
     def __call__(self, x, state: dict, training=False, spec=None, export=False):
         lo, hi = self._symmetric(*self.range(x, state, training, spec))
-        q = self._fake_quant(x, lo, hi, spec, final_range=False)
+        q = self._fake_quant(x, lo, hi, spec, final_range=False, training=bool(training) and not export)
         if export or training or type(self).is_initialized is Quantizer.is_initialized:
             # (A stateless range, e.g. a weight's own min/max, is always known:
             # no select, which would also keep the TFLite converter from
@@ -86,10 +85,12 @@ class Quantizer(abc.ABC):
             return -m, m
         return lo, hi
 
-    def _fake_quant(self, x, lo, hi, spec, final_range):
+    def _fake_quant(self, x, lo, hi, spec, final_range, training=False):
         if self.per_axis:
-            return fake_quant_per_channel(x, lo, hi, spec.channel_axes, self.num_bits, self.narrow_range, final_range=final_range)
-        return fake_quant(x, lo, hi, self.num_bits, self.narrow_range, final_range=final_range)
+            return fake_quant_per_channel(
+                x, lo, hi, spec.channel_axes, self.num_bits, self.narrow_range, final_range=final_range, training=training
+            )
+        return fake_quant(x, lo, hi, self.num_bits, self.narrow_range, final_range=final_range, training=training)
 
     def get_config(self) -> dict:
         return {
@@ -108,8 +109,11 @@ class Quantizer(abc.ABC):
 
 
 def _channel_minmax(x, spec):
-    rows = to_channel_rows(x, spec)
-    return ops.min(rows, axis=1), ops.max(rows, axis=1)
+    """Per-channel min and max, in the order of :func:`collabopt.layers.to_channel_rows` (reduced in place, no transpose)."""
+    rank = len(x.shape)
+    channel_axes = {a % rank for a in spec.channel_axes}
+    others = tuple(a for a in range(rank) if a not in channel_axes)
+    return ops.reshape(ops.min(x, axis=others), (-1,)), ops.reshape(ops.max(x, axis=others), (-1,))
 
 
 def _finite_minmax(x):
@@ -117,8 +121,7 @@ def _finite_minmax(x):
     # form a tensor can overflow for one sample (RSQRT of a variance that
     # quantized to zero), where TFLite saturates; the range must stay finite.
     # (Every range holds 0, so 0 stands in for a non-finite value.)
-    x = ops.where(ops.isfinite(x), x, ops.zeros_like(x))
-    return ops.min(x), ops.max(x)
+    return finite_minmax(x)
 
 
 @keras.saving.register_keras_serializable(package="collabopt")
