@@ -119,15 +119,26 @@ def _eager_step(model):
 
 
 def times(name: str, techniques, steps: int, repeats: int, batch_size: int, eager_steps: int) -> dict:
-    """``{technique: {"fit": s/step, "eager": s/step}}``: fit best of ``repeats`` interleaved rounds; eager mean."""
+    """``{technique: {"fit": s/step, "eager": s/step}}``: fit best of ``repeats`` interleaved rounds; eager mean.
+
+    A technique that does not apply to the model (a collabopt error) is ``{"skipped": reason}``.
+    """
+    from collabopt.errors import CollaboptError
+
     x, y = data(name, steps * batch_size)
-    entries = {}
+    entries, skipped = {}, {}
     for technique in ("plain", *techniques):
-        model, callbacks = wrap(technique, build(name))
+        try:
+            model, callbacks = wrap(technique, build(name))
+        except CollaboptError as error:  # e.g. filter pruning on a model whose channels all reach an EinsumDense
+            skipped[technique] = str(error).splitlines()[0][:120]
+            print(f"  [{name}] {technique}: not applicable ({skipped[technique]})", flush=True)
+            continue
         _compiled(model).fit(x[: 2 * batch_size], y[: 2 * batch_size], batch_size=batch_size, verbose=0, callbacks=callbacks)
         entries[technique] = (model, callbacks)
         print(f"  [{name}] {technique} built and traced", flush=True)
     out = {t: {"fit": float("inf")} for t in entries}
+    out.update({t: {"skipped": reason} for t, reason in skipped.items()})
     for _ in range(repeats):
         for technique, (model, callbacks) in entries.items():
             start = time.perf_counter()
@@ -207,17 +218,18 @@ def _ratio(value, plain, target=None):
 def report(results: dict, tfmot: dict | None, args) -> str:
     from results_file import table
 
-    rows, eager_rows, memory_rows = [], [], []
+    rows, eager_rows, memory_rows, skipped = [], [], [], {}
     for name, r in results.items():
         label = MODELS[name][0]
         fit = r["times"]
         plain = fit["plain"]["fit"]
         rows.append({"model": label, "plain ms/step": f"{1e3 * plain:.0f}",
-                     **{t: _ratio(fit[t]["fit"], plain, TARGETS[t]) for t in fit if t != "plain"}})
+                     **{t: _ratio(fit[t].get("fit"), plain, TARGETS[t]) if "skipped" not in fit[t] else "n/a" for t in TECHNIQUES if t in fit}})
+        skipped.update({f"{label}, {t}": fit[t]["skipped"] for t in fit if "skipped" in fit[t]})
         if "eager" in fit["plain"]:
             e = fit["plain"]["eager"]
             eager_rows.append({"model": label, "plain ms/step": f"{1e3 * e:.0f}",
-                               **{t: _ratio(fit[t]["eager"], e, EAGER_TARGET) for t in fit if t != "plain"}})
+                               **{t: _ratio(fit[t].get("eager"), e, EAGER_TARGET) if "skipped" not in fit[t] else "n/a" for t in TECHNIQUES if t in fit}})
         if r.get("memory"):
             m = r["memory"]
             memory_rows.append({"model": label, "plain MiB": f"{m['plain']:.0f}",
@@ -229,6 +241,8 @@ def report(results: dict, tfmot: dict | None, args) -> str:
         "model's in the same run. \"(over)\" marks a ratio above the issue's target (prune / filter-prune / cluster "
         "1.1x, QAT 1.2x, PCQAT 1.3x).\n\n" + table(rows) + "\n"
     )
+    if skipped:
+        text += "\nn/a: " + "; ".join(f"{where}: {reason}" for where, reason in skipped.items()) + "\n"
     if eager_rows:
         text += (
             f"\n**Custom loop** (eager `tf.GradientTape` step, no `tf.function`, batch {args.batch_size}, mean of "

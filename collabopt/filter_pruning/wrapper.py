@@ -15,7 +15,6 @@ from collabopt.layers import (
     get_variable,
     layer_roles,
     spec_for,
-    to_channel_rows,
 )
 from collabopt.layers.copy import copy_layer
 from collabopt.technique.schedules import step_dtype
@@ -169,8 +168,11 @@ class PruneFilters(OptimizationWrapper):
         out = dict(weights)
         if spec is not None and spec.name in out:
             w = ops.convert_to_tensor(out[spec.name])
-            rows = to_channel_rows(w, spec)
-            out[spec.name] = from_channel_rows(rows * ops.cast(mask, w.dtype)[:, None], spec, w.shape)
+            # The mask broadcast along the channel axes (in to_channel_rows' order): no transpose of the weight.
+            rank = len(w.shape)
+            channel_axes = {a % rank for a in spec.channel_axes}
+            shape = [int(w.shape[a]) if a in channel_axes else 1 for a in range(rank)]
+            out[spec.name] = w * ops.reshape(ops.cast(mask, w.dtype), shape)
         return out
 
     def transform_outputs(self, outputs, training):
