@@ -100,6 +100,18 @@ def _copy(model):
     return clone
 
 
+def _full_int8_converter(model, representative=None):
+    """TFMOT's int8 recipe with int8 input and output: trained ranges (QAT), else calibration on ``representative``."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if representative is not None:
+        conv.representative_dataset = lambda: ([representative[i : i + 1]] for i in range(len(representative)))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return conv
+
+
 def collaborative(args):
     """TFMOT's deployment tree on the same architecture and data; writes .tflite files and a JSON line."""
     from collabopt import datasets
@@ -151,13 +163,7 @@ def collaborative(args):
     for name, (model, is_qat) in stages.items():
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
         acc = model.evaluate(xt, yt, verbose=0)[1]
-        conv = tf.lite.TFLiteConverter.from_keras_model(model)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        if not is_qat:
-            conv.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
+        conv = _full_int8_converter(model, None if is_qat else rep)
         path = os.path.join(args.out, f"tfmot_{name.replace(' ', '_')}.tflite")
         with open(path, "wb") as f:
             f.write(conv.convert())
@@ -248,13 +254,7 @@ def mobilenet_tables(args):
     for name, (model, is_qat) in stages.items():
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
         acc = model.evaluate(xt, yt, verbose=0)[1]
-        conv = tf.lite.TFLiteConverter.from_keras_model(model)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        if not is_qat:
-            conv.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
+        conv = _full_int8_converter(model, None if is_qat else rep)
         path = os.path.join(args.out, f"tfmot_{name.replace(' ', '_')}.tflite")
         try:
             content = conv.convert()
