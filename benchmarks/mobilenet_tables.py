@@ -43,9 +43,9 @@ def run_notebook(out: pathlib.Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "examples" / "make_notebooks.py"), "--execute", "mobilenet_v2"], env=env, check=True)
 
 
-def run_tfmot(python: str, out: pathlib.Path, stage_epochs: int) -> dict:
+def run_tfmot(python: str, out: pathlib.Path, stage_epochs: int, prune_epochs: int) -> dict:
     command = [python, str(HERE / "peer_tfmot.py"), "mobilenet_tables", "--weights", str(out / "baseline_weights.npz"),
-               "--stage-epochs", str(stage_epochs), "--out", str(out / "tfmot")]
+               "--stage-epochs", str(stage_epochs), "--prune-epochs", str(prune_epochs), "--out", str(out / "tfmot")]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
     for line in reversed(done.stdout.strip().splitlines()):
         if line.startswith("{"):
@@ -137,7 +137,7 @@ def main(argv=None):
             parser.error(f"{out / 'rows.json'} comes from a quick run; the tables come from the full run only")
         theirs = {}
         if args.tfmot_python:
-            theirs = run_tfmot(args.tfmot_python, out, ours["stage_epochs"]) if not args.reuse else json.loads((out / "tfmot.json").read_text())
+            theirs = run_tfmot(args.tfmot_python, out, ours["stage_epochs"], ours.get("prune_epochs", ours["stage_epochs"])) if not args.reuse else json.loads((out / "tfmot.json").read_text())
             (out / "tfmot.json").write_text(json.dumps(theirs))
         rows = measure(out, ours, theirs, args.rounds, args.runs)
     command = "python benchmarks/mobilenet_tables.py" + (" --tfmot-python PATH" if args.tfmot_python else "")
@@ -147,7 +147,8 @@ def main(argv=None):
         "(executes `examples/mobilenet_v2.ipynb`, whose saved outputs are this run's)\n\n"
         f"Baseline trained from scratch for {ours['base_epochs']} epochs (Adam, cosine-decayed learning rate from 2e-3, "
         f"batch 64, all 60,000 training images padded to 32x32 and tiled to 3 channels); every later stage fine-tunes "
-        f"{ours['stage_epochs']} epochs from its parent (prune 5e-4 with 50% sparsity reached over the first epoch, "
+        f"{ours['stage_epochs']} epoch(s) from its parent, pruning {ours.get('prune_epochs', ours['stage_epochs'])} (prune 5e-4 "
+        "with 50% sparsity reached over the first epoch, then the masks fixed; "
         "cluster and QAT 1e-4). int8: post-training full-integer quantization with 500 calibration images for the rows "
         "without QAT, the trained ranges for the QAT rows; top-1 of the int8 file on the 10,000 test images. Latency: "
         f"LiteRT, batch 1, one thread, the fastest of {args.rounds} interleaved rounds over every file of both "

@@ -195,9 +195,9 @@ def mobilenet_tables(args):
     saved = np.load(args.weights)
     base.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
 
-    def fit(model, lr, callbacks=()):
+    def fit(model, lr, callbacks=(), epochs=e):
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-        model.fit(x, y, epochs=e, batch_size=batch, verbose=2, callbacks=list(callbacks))
+        model.fit(x, y, epochs=epochs, batch_size=batch, verbose=2, callbacks=list(callbacks))
         return model
 
     steps = int(np.ceil(len(x) / batch))
@@ -211,7 +211,12 @@ def mobilenet_tables(args):
         except Exception as error:  # noqa: BLE001 - recorded as the row's result
             errors[name] = _error(name, error)
 
-    stage("Pruned", lambda: sp.strip_pruning(fit(sp.prune_low_magnitude(_copy(base), pruning_schedule=schedule), 5e-4, [sp.UpdatePruningStep()])))
+    stage(
+        "Pruned",
+        lambda: sp.strip_pruning(
+            fit(sp.prune_low_magnitude(_copy(base), pruning_schedule=schedule), 5e-4, [sp.UpdatePruningStep()], epochs=args.prune_epochs)
+        ),
+    )
     stage("Clustered", lambda: cl.strip_clustering(fit(cl.cluster_weights(_copy(base), number_of_clusters=16, cluster_centroids_init=init), 1e-4)))
     stage(
         "Clustered per channel",
@@ -425,6 +430,7 @@ def main():
     parser.add_argument("--weights", default=None, help="mobilenet_tables: the baseline's weights (.npz, w0, w1, ...)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--stage-epochs", type=int, default=1)
+    parser.add_argument("--prune-epochs", type=int, default=1, help="mobilenet_tables: epochs of the pruning stage")
     parser.add_argument("--clusters", type=int, default=16)
     parser.add_argument("--out", default="/tmp/collabopt_tfmot")
     parser.add_argument("--technique", default="prune")

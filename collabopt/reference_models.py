@@ -73,13 +73,13 @@ def ds_cnn(input_shape=(40, 13, 1), num_classes: int = 10, width: int = 64, *, k
 
 
 def compile_for_classification(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
-    """Compiles ``model`` with Adam and sparse categorical cross-entropy on logits."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+    """Compiles ``model`` with Adam and sparse categorical cross-entropy on logits (one trace per ``fit``).
+
+    See :func:`collabopt.training.compile_classifier`.
+    """
+    from collabopt.training import compile_classifier
+
+    return compile_classifier(model, learning_rate)
 
 
 # --- the model zoo: the architectures users bring -------------------------------------------------

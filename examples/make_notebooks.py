@@ -281,11 +281,12 @@ def to_rgb32(images):
 x, xt = to_rgb32(x), to_rgb32(xt)
 BASE_EPOCHS = 1 if QUICK else 10
 STAGE_EPOCHS = 1
+PRUNE_EPOCHS = 1 if QUICK else 3  # sparsity reached over the first epoch, then fine-tuned with the masks fixed
 BATCH = 64
 STEPS = int(np.ceil(len(x) / BATCH))
 OUT = pathlib.Path(os.environ.get("COLLABOPT_MOBILENET_OUT", "runs/mobilenet_v2"))
 print(f"Fashion-MNIST as 32x32x3: {len(x):,} training and {len(xt):,} test images; "
-      f"baseline {BASE_EPOCHS} epochs, every later stage {STAGE_EPOCHS} from its parent")'''
+      f"baseline {BASE_EPOCHS} epochs, pruning {PRUNE_EPOCHS}, every other stage {STAGE_EPOCHS} from its parent")'''
 
 MOBILENET_BASELINE = '''keras.utils.set_random_seed(0)
 base = application("MobileNetV2", 32, classifier_activation=None)   # alpha 0.35, random weights
@@ -311,9 +312,9 @@ def record(name, model):
           f"{size.gzip_bytes:,} gzip bytes")
 
 
-def fine_tune(model, learning_rate, callbacks=()):
+def fine_tune(model, learning_rate, callbacks=(), epochs=STAGE_EPOCHS):
     compile_for_classification(model, learning_rate).fit(
-        x, y, epochs=STAGE_EPOCHS, batch_size=BATCH, verbose=0, callbacks=list(callbacks))
+        x, y, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=list(callbacks))
     return model
 
 
@@ -321,9 +322,10 @@ float32 = ct.convert(base, "float32")
 files["Baseline float32"] = float32
 record("Baseline", base)'''
 
-MOBILENET_PRUNE_CLUSTER = '''# Pruned: 50% sparsity reached over the first epoch, then fine-tuned with the masks fixed.
+MOBILENET_PRUNE_CLUSTER = '''# Pruned: 50% sparsity reached over the first epoch, then fine-tuned with the masks fixed (PRUNE_EPOCHS in all).
 prune_schedule = co.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=STEPS, frequency=max(STEPS // 10, 1))
-pruned = fine_tune(co.prune_low_magnitude(base, pruning_schedule=prune_schedule), 5e-4, [co.UpdatePruningStep()])
+pruned = fine_tune(co.prune_low_magnitude(base, pruning_schedule=prune_schedule), 5e-4, [co.UpdatePruningStep()],
+                   epochs=PRUNE_EPOCHS)
 record("Pruned", pruned)
 
 # Clustered: 16 shared values per weight tensor (k-means++), centroids fine-tuned.
@@ -389,6 +391,7 @@ for name, r in rows.items():
           f"| {base_gzip / r['gzip_bytes']:.2f}x | {r['latency_us']:.0f} |")
 OUT.mkdir(parents=True, exist_ok=True)
 (OUT / "rows.json").write_text(json.dumps({"quick": QUICK, "base_epochs": BASE_EPOCHS, "stage_epochs": STAGE_EPOCHS,
+                                          "prune_epochs": PRUNE_EPOCHS,
                                           "float32_gzip_bytes": base_gzip, "rows": rows}, indent=1))'''
 
 MOBILENET_TARGETS = '''# The issue's targets, read from the table above.

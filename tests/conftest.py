@@ -23,6 +23,31 @@ import keras  # noqa: E402
 
 _START_DIR = os.getcwd()
 
+#: The longest tests, longest first (the notebooks' quick runs: minutes each), started before every other.
+LONGEST_FIRST = (
+    "tests/test_examples.py::test_notebook_runs_in_quick_mode[mobilenet_v2]",
+    "tests/test_examples.py::test_notebook_runs_in_quick_mode",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest first: the notebooks' quick runs, then every ``slow`` test, then the rest, each in collection order.
+
+    With two xdist workers (CI: ``-n 2``) the last tests to start decide when
+    the run ends; started early, the long ones overlap the short ones instead
+    of running alone at the end (pyproject's ``--maxschedchunk`` keeps each
+    worker's queue short, so the order is the order they start in). Every
+    worker sorts the same collection the same way, as xdist requires.
+    """
+
+    def rank(item):
+        first = [i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)]
+        if first:
+            return first[0]
+        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=rank)  # stable: collection order within a rank
+
 
 @pytest.fixture(autouse=True)
 def _seed():

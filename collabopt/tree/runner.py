@@ -21,6 +21,7 @@ from collabopt.filter_pruning.macs import uncounted_layers
 from collabopt.technique import apply, get_technique
 from collabopt.tflite import compare_latency, convert, has_trained_ranges
 from collabopt.tflite.modes import export_mode
+from collabopt.training import build_optimizer, compile_classifier
 from collabopt.tree.report import NodeResult, TreeReport, choose, format_macs, pareto_front
 from collabopt.tree.stages import BASELINE, Stage, Targets, check_stages, default_stages
 
@@ -113,12 +114,7 @@ def default_compile(model, learning_rate):
     """Adam and sparse categorical cross-entropy (from logits unless the model ends in softmax)."""
     last = model.layers[-1]
     activation = getattr(getattr(last, "activation", None), "__name__", "")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=activation != "softmax"),
-        metrics=["accuracy"],
-    )
-    return model
+    return compile_classifier(model, learning_rate, from_logits=activation != "softmax")
 
 
 def effective_weight(model, layer_name: str, weight: str = "kernel"):
@@ -247,6 +243,7 @@ def run(
             say(f"[{i}/{len(ordered)}] {stage.label or stage.name}: {stage.technique} from {stage.parent} ...")
             trained = apply(models[stage.parent], stage.config(steps_per_epoch))
             compile_fn(trained, stage.learning_rate)
+            build_optimizer(trained)  # fit traces its step once (collabopt.training)
             if epochs:
                 trained.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose)
             if stage.strips:
