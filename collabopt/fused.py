@@ -5,9 +5,14 @@ element on one thread, and their gradients likewise: on ResNet50's 23.5
 million weights they took longer than the convolutions. Compiled with XLA,
 each transform becomes one multi-threaded pass over the tensor
 (:mod:`collabopt.quantization.fake_quant`, :mod:`collabopt.clustering.fused`).
-Small tensors keep the op-by-op path, whose cost is the launch of each op and
-which XLA would only add a compilation to. Inference and export never take
-the fused path.
+Small tensors keep the op-by-op path, whose cost is the launch of each op,
+with one exception: a cluster assignment is several ops (compare, gather,
+index) per weight, so inside a traced step (``fit``, a ``tf.function`` loop)
+every clustered weight takes the fused path; XLA compiles each kernel once,
+on the step's first run (measured on MobileNetV2 alpha 0.35, 96x96, batch 32:
+the first ``fit`` step no slower, clustering's steps 1.15x -> 0.98x of plain
+Keras). Eager code compiles a kernel for every new shape it meets, so there
+only large tensors take it. Inference and export never take the fused path.
 """
 
 from __future__ import annotations
@@ -19,15 +24,22 @@ import numpy as np
 #: training path on TensorFlow; below it TF's fake-quant op costs its launch, not its elements.
 FUSED_MIN_ELEMENTS = 1 << 16
 
+#: Inside a traced step, clustered weights of at least this many elements take the fused path (all of them).
+CLUSTERING_TRACED_MIN_ELEMENTS = 1
 
-def fused_on_tensorflow(x) -> bool:
-    """Whether a training-time fake quant (or range) of ``x`` takes the fused XLA path (TensorFlow, large tensors).
 
-    TF's fake-quant ops and their gradients run element by element on one
-    thread: on ResNet50's 23.5 million weights they took longer than the
-    convolutions. Compiled with XLA, clip, round and the straight-through
-    mask fuse into one multi-threaded pass over the tensor.
+def fused_on_tensorflow(x, traced_min_elements: int | None = None) -> bool:
+    """Whether a training-time transform of ``x`` (fake quant, range, cluster assignment) takes the fused XLA path.
+
+    On TensorFlow, for tensors of at least :data:`FUSED_MIN_ELEMENTS`
+    elements; inside a traced function, of at least ``traced_min_elements``
+    where given (see the module).
     """
     if not keras.backend.backend() == "tensorflow":
         return False
-    return int(np.prod([d or 1 for d in x.shape])) >= FUSED_MIN_ELEMENTS
+    import tensorflow as tf
+
+    threshold = FUSED_MIN_ELEMENTS
+    if traced_min_elements is not None and not tf.executing_eagerly():
+        threshold = traced_min_elements
+    return int(np.prod([d or 1 for d in x.shape])) >= threshold

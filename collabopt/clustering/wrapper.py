@@ -11,7 +11,7 @@ from collabopt.clustering.fused import clustered_for_training
 from collabopt.clustering.init import CentroidInitialization, init_centroids, parse_init
 from collabopt.layers import OptimizationWrapper, base_layer, from_channel_rows, num_channels, to_channel_rows
 from collabopt.layers.channels import channel_permutation
-from collabopt.fused import fused_on_tensorflow
+from collabopt import fused as fusing
 from collabopt.preserve import CLUSTERS, Constraint, gather_clustered, zero_mask
 from collabopt.layers.checks import check_finite
 
@@ -188,10 +188,12 @@ class ClusterWeights(OptimizationWrapper):
         """``(clustered, indices)`` by :mod:`collabopt.clustering.fused`, or None where the op-by-op path runs.
 
         Fused: TensorFlow, a float32 weight of at least
-        ``collabopt.fused.FUSED_MIN_ELEMENTS``, SUM aggregation (AVG needs the indices
+        ``collabopt.fused.FUSED_MIN_ELEMENTS`` (in a traced step: any), SUM aggregation (AVG needs the indices
         before the centroids it divides).
         """
-        if self.cluster_gradient_aggregation != "SUM" or w_in.dtype != "float32" or not fused_on_tensorflow(w_in):
+        if self.cluster_gradient_aggregation != "SUM" or w_in.dtype != "float32" or not fusing.fused_on_tensorflow(
+            w_in, traced_min_elements=fusing.CLUSTERING_TRACED_MIN_ELEMENTS
+        ):
             return None
         spec = self.spec(name)
         rank = len(w_in.shape)

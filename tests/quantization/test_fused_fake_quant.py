@@ -69,7 +69,7 @@ def test_fused_and_op_by_op_qat_train_alike(monkeypatch):
     """One fit of the same QAT model with each path: the same loss, weights within float32 rounding."""
     results = []
     for fused in (True, False):
-        monkeypatch.setattr(fusing, "FUSED_MIN_ELEMENTS", 1 if fused else 1 << 40)
+        _set_fused(monkeypatch, fused)
         keras.utils.set_random_seed(0)
         model = keras.Sequential([
             keras.Input((8, 8, 3)), keras.layers.Conv2D(16, 3), keras.layers.BatchNormalization(), keras.layers.ReLU(),
@@ -84,3 +84,10 @@ def test_fused_and_op_by_op_qat_train_alike(monkeypatch):
     assert loss_a == pytest.approx(loss_b, rel=1e-3)
     for a, b in zip(weights_a, weights_b):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def _set_fused(monkeypatch, fused):
+    """Every tensor takes the fused path (eager and traced), or none does."""
+    for threshold in ("FUSED_MIN_ELEMENTS", "CLUSTERING_TRACED_MIN_ELEMENTS"):
+        monkeypatch.setattr(fusing, threshold, 1 if fused else 1 << 40)
+
