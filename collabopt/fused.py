@@ -10,8 +10,8 @@ with one exception: a cluster assignment is several ops (compare, gather,
 index) per weight, so inside a traced step (``fit``, a ``tf.function`` loop)
 every clustered weight takes the fused path; XLA compiles each kernel once,
 on the step's first run (measured on MobileNetV2 alpha 0.35, 96x96, batch 32:
-the first ``fit`` step no slower, clustering's steps 1.15x -> 0.98x of plain
-Keras). Eager code compiles a kernel for every new shape it meets, so there
+the first ``fit`` step no slower; clustering's steps 1.15x -> 0.98x of plain
+Keras in one run, 1.06x -> 1.04x in another). Eager code compiles a kernel for every new shape it meets, so there
 only large tensors take it. Inference and export never take the fused path.
 """
 
