@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 from collabopt.errors import InvalidArgumentError
+from collabopt.training import compile_classifier
 
 
 def _conv_bn_relu(L, x, filters, kernel, name, strides=1):
@@ -77,8 +78,6 @@ def compile_for_classification(model: keras.Model, learning_rate: float = 1e-3) 
 
     See :func:`collabopt.training.compile_classifier`.
     """
-    from collabopt.training import compile_classifier
-
     return compile_classifier(model, learning_rate)
 
 
