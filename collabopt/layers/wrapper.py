@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import keras
 
 from collabopt.errors import InvalidArgumentError, OrderError
+from collabopt.layers import eager
 from collabopt.layers.composite import sublayer_items
 from collabopt.layers.copy import build_by_call, call_signature, copy_layer, held_classes_in_scope, rebuildable_config
 from collabopt.layers.registry import call_with_weights, declared_specs, get_variable, optimizable_variables, spec_for
@@ -256,13 +257,16 @@ class OptimizationWrapper(RewrappingWrapper):
             inputs, args = transformed[0], tuple(transformed[1:])
         else:
             inputs = self.transform_inputs(inputs, training)
-        weights = self.effective_weights(training)
+        traced = eager.traced_eager_training(training)
+        weights = eager.effective_weights(self) if traced else self.effective_weights(training)
         between = self.transform_internal(training)
         outputs = call_with_weights(
             self.base_layer, inputs, weights, *args, between=between, tflite_form=self.tflite_form,
             sublayer_calls=self.sublayer_calls(training), variables=self.replaced_variables(training),
             training=training, **kwargs,
         )
+        if traced:
+            return eager.transformed_outputs(self, outputs)
         return self.transform_outputs(outputs, training)
 
     def compute_output_spec(self, *args, **kwargs):
