@@ -190,7 +190,7 @@ def memory(name: str, techniques, steps: int, batch_size: int) -> dict:
     return out
 
 
-def tfmot_times(python: str, steps: int, repeats: int, batch_size: int) -> dict:
+def tfmot_times(python: str, steps: int, repeats: int, batch_size: int, timeout_s: float = 1200) -> dict:
     """TFMOT's fit step time on MobileNetV2 (alpha 0.35, 96x96) over its own plain tf_keras, in its own process.
 
     ``{technique: {"plain_s", "wrapped_s"}}`` (or ``{"error"}``); each call alternates its plain and wrapped model.
@@ -201,7 +201,12 @@ def tfmot_times(python: str, steps: int, repeats: int, batch_size: int) -> dict:
                    "MobileNetV2", "--input-size", "96", "--steps", str(steps), "--batch-size", str(batch_size),
                    "--repeats", str(repeats)]
         env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            out[technique] = {"error": f"not measured: no result within {timeout_s / 60:.0f} minutes (wrapping, tracing and timing)"}
+            print(f"  [tfmot] {technique}: {out[technique]}", flush=True)
+            continue
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         out[technique] = json.loads(lines[-1]) if lines else {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:200]}
         print(f"  [tfmot] {technique}: {out[technique]}", flush=True)
@@ -278,6 +283,7 @@ def main(argv=None):
     parser.add_argument("--memory-steps", type=int, default=4)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--tfmot-python", default=None)
+    parser.add_argument("--tfmot-timeout-min", type=float, default=20, help="per TFMOT technique (its own process)")
     parser.add_argument("--section", default="training speed")
     parser.add_argument("--quick", action="store_true", help="CI switch: transformer only, 2 steps, nothing written")
     parser.add_argument("--memory-worker", nargs=2, help=argparse.SUPPRESS)
@@ -295,7 +301,7 @@ def main(argv=None):
         if not args.skip_memory:
             results[name]["memory"] = memory(name, techniques, args.memory_steps, args.batch_size)
         print(json.dumps(results[name]), flush=True)
-    tfmot = tfmot_times(args.tfmot_python, args.steps, args.repeats, args.batch_size) if args.tfmot_python else None
+    tfmot = tfmot_times(args.tfmot_python, args.steps, args.repeats, args.batch_size, 60 * args.tfmot_timeout_min) if args.tfmot_python else None
     body = report(results, tfmot, args)
     print(body)
     if not args.quick:

@@ -99,7 +99,7 @@ _CONV_TRANSPOSE = (WeightSpec("kernel", (-2,), -1, per_channel_quantization=Fals
 # in * multiplier + m, which is what TFLite quantizes per channel.
 _DEPTHWISE = (WeightSpec("kernel", (-2, -1), None),)
 _SEPARABLE = (WeightSpec("depthwise_kernel", (-2, -1), None), WeightSpec("pointwise_kernel", (-1,), -2))
-_PRODUCES = LayerRoles(output_weight="kernel", channels=PRODUCES)
+_PRODUCES = LayerRoles(output_weight="kernel", channels=PRODUCES, channel_vectors=("bias",))
 
 _record(
     L.Dense,
@@ -120,15 +120,15 @@ _record(
 )  # fmt: skip
 _record(
     L.DepthwiseConv1D,
-    weights=_DEPTHWISE, roles=LayerRoles(output_weight="kernel", channels=KEEPS), macs=_depthwise_macs,
+    weights=_DEPTHWISE, roles=LayerRoles(output_weight="kernel", channels=KEEPS, channel_vectors=("bias",)), macs=_depthwise_macs,
     export=ExportForm(ex.run_depthwise_conv1d, ("kernel",), always=True),
 )  # fmt: skip
 _record(
     L.DepthwiseConv2D,
-    weights=_DEPTHWISE, roles=LayerRoles(output_weight="kernel", channels=KEEPS), macs=_depthwise_macs,
+    weights=_DEPTHWISE, roles=LayerRoles(output_weight="kernel", channels=KEEPS, channel_vectors=("bias",)), macs=_depthwise_macs,
     export=ExportForm(ex.run_depthwise_conv2d),
 )  # fmt: skip
-_SEPARABLE_ROLES = LayerRoles(output_weight="pointwise_kernel", channels=PRODUCES)
+_SEPARABLE_ROLES = LayerRoles(output_weight="pointwise_kernel", channels=PRODUCES, channel_vectors=("bias",))
 _record(
     L.SeparableConv1D,
     weights=_SEPARABLE, roles=_SEPARABLE_ROLES, macs=_separable_macs,
@@ -152,7 +152,7 @@ _record(
 
 _record(
     L.BatchNormalization,
-    roles=LayerRoles(passthrough=True, channels=KEEPS, folds_into_producer=True),
+    roles=LayerRoles(passthrough=True, channels=KEEPS, folds_into_producer=True, channel_vectors=("gamma", "beta")),
     export=ExportForm(ex.run_batch_normalization, always=True, internal=ex.batch_normalization_tensors),
 )
 _record(

@@ -468,7 +468,10 @@ def call_with_weights(
         The layer's outputs computed with the replacement weights.
     """
     if tflite_form and has_tflite_form(layer):
-        return call_in_tflite_form(layer, inputs, weights, between)
+        if not variables:
+            return call_in_tflite_form(layer, inputs, weights, between)
+        with _RecordingScope(state_mapping=list(variables)):  # the runners read the layer's other variables
+            return call_in_tflite_form(layer, inputs, weights, between)
     specs = {s.name: s for s in weight_specs(layer) or ()}
     mapping = []
     for name, value in weights.items():

@@ -25,6 +25,13 @@ ones in :mod:`collabopt.layers.builtin`) that every consumer reads:
   into (Add); layers with weights are such ops already.
 * ``output_activation``: the activation a weightless layer ends in
   (``"softmax"`` for Softmax), for the fixed output ranges of int8 kernels.
+* ``channel_vectors``: the per-output-channel vectors besides
+  ``output_weight`` that reach an output channel (a conv's ``bias``, a
+  BatchNormalization's ``gamma`` and ``beta``). With these and the output
+  weight zeroed on a channel, and an activation that keeps 0
+  (:func:`activation_keeps_zero`), the channel outputs exact zeros, so
+  filter pruning masks them instead of every output activation. None: not
+  known (filter pruning masks the outputs).
 * ``channels``: what the layer does to the channel axis, for filter pruning
   (one of :data:`CHANNEL_BEHAVIOURS`, or a function of the layer giving one
   when it depends on the configuration; None: filter pruning does not handle
@@ -90,6 +97,8 @@ class LayerRoles:
             ``layer -> bool``).
         fuses_activation: A weightless op a following activation fuses into.
         output_activation: The activation a weightless layer ends in.
+        channel_vectors: Per-output-channel vectors besides ``output_weight``
+            that reach an output channel (``("bias",)``), or None: not known.
 
     Example:
 
@@ -106,6 +115,7 @@ class LayerRoles:
     fused_activation: bool | Callable = False
     fuses_activation: bool = False
     output_activation: str | None = None
+    channel_vectors: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if not (self.channels is None or callable(self.channels) or self.channels in CHANNEL_BEHAVIOURS):
@@ -154,6 +164,32 @@ def register_layer_roles(layer_class: type, roles: LayerRoles) -> None:
 def layer_roles(layer) -> LayerRoles:
     """The :class:`LayerRoles` of a layer (or layer class): its class's, else its nearest registered base's."""
     return support_fact(layer, "roles") or _NONE
+
+
+#: Element-wise activations (by their Keras name) that map 0 to exactly 0.
+ZERO_KEEPING_ACTIVATIONS = frozenset(
+    {"linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "hard_silu", "tanh", "mish", "softsign"}
+)
+
+
+def activation_keeps_zero(layer) -> bool:
+    """True if ``layer``'s own activation maps an all-zero output channel to zeros (no ``activation``: linear).
+
+    False for an activation not known to (softmax, sigmoid, a custom function).
+
+    >>> import keras
+    >>> from collabopt.layers.roles import activation_keeps_zero
+    >>> activation_keeps_zero(keras.layers.Conv2D(4, 3, activation="relu6")), activation_keeps_zero(keras.layers.Dense(4, activation="sigmoid"))
+    (True, False)
+    """
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return True
+    try:
+        name = keras.activations.serialize(activation)
+    except (TypeError, ValueError):  # a callable Keras cannot name
+        return False
+    return isinstance(name, str) and name in ZERO_KEEPING_ACTIVATIONS
 
 
 def is_fused_activation(layer) -> bool:

@@ -65,7 +65,8 @@ class OptimizationWrapper(RewrappingWrapper):
       chain acts whichever stage is outermost;
     * what it records: :meth:`recorded_constraints` (the preserve registry
       reads it; default none) and :meth:`pruned_output_channels` (whole
-      output channels it removes; default None: none);
+      output channels it removes; default None: none), as a tensor during a
+      call by :meth:`output_channel_mask`;
     * quantization facts: :attr:`collabopt_quantized` (carries QAT ranges)
       and :attr:`weight_quantizers`;
     * leaving it: :meth:`final_weights`, :meth:`stripped`,
@@ -205,6 +206,17 @@ class OptimizationWrapper(RewrappingWrapper):
         ``strip_pruning`` removes the channels physically (``shrink_model``);
         a folded BatchNormalization's bias correction is zero on them.
         """
+        return None
+
+    def output_channel_mask(self):
+        """A float 0/1 tensor over the base layer's output channels, 0 where the chain up to this stage removes the channel now; None if none does.
+
+        Default: the inner chain's. A stage that adds to the outputs per
+        channel (QAT's folded BatchNormalization correction) multiplies what it
+        adds by it, so a removed channel stays exact zeros.
+        """
+        if isinstance(self.layer, OptimizationWrapper):
+            return self.layer.output_channel_mask()
         return None
 
     def compute_output_shape(self, input_shape):

@@ -244,8 +244,8 @@ class QuantizeWrapper(OptimizationWrapper):
     def _kept_correction(self) -> np.ndarray:
         """The folded BatchNormalization's bias correction as numpy, zero on the channels the inner chain prunes.
 
-        In training the inner chain's output mask zeroes those channels after
-        the correction is added; an exported layer has no mask, so the
+        In training the correction is masked by the inner chain's
+        :meth:`output_channel_mask`; an exported layer has no mask, so the
         correction it adds must be zero there already.
         """
         correction = np.array(ops.convert_to_numpy(self._bias_correction()), np.float32)
@@ -314,7 +314,13 @@ class QuantizeWrapper(OptimizationWrapper):
     def transform_outputs(self, outputs, training):
         if self.folded_batchnorm is not None:
             frozen = self._export_constants
-            correction = frozen["bias_correction"] if frozen is not None else self._bias_correction()
+            if frozen is not None:
+                correction = frozen["bias_correction"]
+            else:
+                correction = self._bias_correction()
+                kept = self.output_channel_mask()  # filter pruning inside: its removed channels get no correction
+                if kept is not None and tuple(kept.shape) == tuple(correction.shape):
+                    correction = correction * ops.cast(kept, correction.dtype)
             outputs = outputs + ops.cast(correction, outputs.dtype)  # (float16 under mixed precision)
         # The inner chain's output transform (filter pruning's channel mask)
         # acts on the folded output, before the output range.
