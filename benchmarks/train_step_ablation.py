@@ -33,7 +33,7 @@ def main(name, variants):
     base = ts.build(name)
     x, y = ts.data(name, 32 * 6)
     transform = PruneLowMagnitude.transform_weights
-    clustering_threshold = fusing.CLUSTERING_TRACED_MIN_ELEMENTS
+    clustering_threshold = fusing.TRACED_WEIGHT_MIN_ELEMENTS
 
     def masks_only(self, weights, training):
         return {**weights, **{n: weights[n] * ops.cast(m, weights[n].dtype) for n, m in self.masks.items()}}
@@ -58,7 +58,7 @@ def main(name, variants):
     def fit(variant, steps):
         model, callbacks, prune_transform, threshold = models[variant]
         PruneLowMagnitude.transform_weights = prune_transform  # read when the step is traced (its first fit)
-        fusing.CLUSTERING_TRACED_MIN_ELEMENTS = threshold
+        fusing.TRACED_WEIGHT_MIN_ELEMENTS = threshold
         start = time.perf_counter()
         model.fit(x, y, batch_size=32, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=callbacks)
         return time.perf_counter() - start

@@ -6,9 +6,11 @@ million weights they took longer than the convolutions. Compiled with XLA,
 each transform becomes one multi-threaded pass over the tensor
 (:mod:`collabopt.quantization.fake_quant`, :mod:`collabopt.clustering.fused`).
 Small tensors keep the op-by-op path, whose cost is the launch of each op,
-with one exception: a cluster assignment is several ops (compare, gather,
-index) per weight, so inside a traced step (``fit``, a ``tf.function`` loop)
-every clustered weight takes the fused path; XLA compiles each kernel once,
+with two exceptions: a cluster assignment is several ops (compare, gather,
+index) per weight, and a fake-quantized weight's range is a reduction and
+some ten scalar ops besides TF's single-threaded fake quant, so inside a
+traced step (``fit``, a ``tf.function`` loop) every clustered or
+fake-quantized weight takes the fused path; XLA compiles each kernel once,
 on the step's first run (measured on MobileNetV2 alpha 0.35, 96x96, batch 32:
 the first ``fit`` step no slower; clustering's steps 1.15x -> 0.98x of plain
 Keras in one run, 1.06x -> 1.04x in another). Eager code compiles a kernel for every new shape it meets, so there
@@ -17,6 +19,9 @@ only large tensors take it. Inference and export never take the fused path.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 import numpy as np
 
@@ -24,8 +29,27 @@ import numpy as np
 #: training path on TensorFlow; below it TF's fake-quant op costs its launch, not its elements.
 FUSED_MIN_ELEMENTS = 1 << 16
 
-#: Inside a traced step, clustered weights of at least this many elements take the fused path (all of them).
-CLUSTERING_TRACED_MIN_ELEMENTS = 1
+#: Inside a traced step, clustered and fake-quantized weights of at least this many elements take the fused path (all of them).
+TRACED_WEIGHT_MIN_ELEMENTS = 1
+
+
+_thresholds = threading.local()
+
+
+@contextlib.contextmanager
+def eager_thresholds():
+    """Inside: traced code chooses as eager code does (large tensors only).
+
+    For a function traced for an eager caller (:mod:`collabopt.layers.eager`),
+    which would otherwise compile an XLA kernel for every small weight and
+    activation shape on its first call.
+    """
+    previous = getattr(_thresholds, "eager", False)
+    _thresholds.eager = True
+    try:
+        yield
+    finally:
+        _thresholds.eager = previous
 
 
 def fused_on_tensorflow(x, traced_min_elements: int | None = None) -> bool:
@@ -40,6 +64,6 @@ def fused_on_tensorflow(x, traced_min_elements: int | None = None) -> bool:
     import tensorflow as tf
 
     threshold = FUSED_MIN_ELEMENTS
-    if traced_min_elements is not None and not tf.executing_eagerly():
+    if traced_min_elements is not None and not tf.executing_eagerly() and not getattr(_thresholds, "eager", False):
         threshold = traced_min_elements
     return int(np.prod([d or 1 for d in x.shape])) >= threshold

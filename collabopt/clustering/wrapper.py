@@ -192,7 +192,7 @@ class ClusterWeights(OptimizationWrapper):
         before the centroids it divides).
         """
         if self.cluster_gradient_aggregation != "SUM" or w_in.dtype != "float32" or not fusing.fused_on_tensorflow(
-            w_in, traced_min_elements=fusing.CLUSTERING_TRACED_MIN_ELEMENTS
+            w_in, traced_min_elements=fusing.TRACED_WEIGHT_MIN_ELEMENTS
         ):
             return None
         spec = self.spec(name)

@@ -5,7 +5,8 @@ step) runs every op of a wrapper's transforms one at a time, and each op
 costs its Python dispatch: a fake-quantized activation's range update and
 nudging are some twenty scalar ops, a clustered weight's assignment several
 more. On MobileNetV2 that made an eager PCQAT step 1.9-2.7x a plain Keras
-eager step (benchmarks/RESULTS.md). Here a wrapper's weight transform and
+eager step (benchmarks/RESULTS.md). Here, after a wrapper's first
+:data:`TRACE_AFTER_CALLS` eager training calls, its weight transform and
 output transform are each traced once into a ``tf.function`` and called as
 one op, which the tape differentiates as one op too; the base layer itself
 still runs eagerly, as it would unwrapped. Results are the same values the
@@ -20,17 +21,31 @@ from __future__ import annotations
 
 import keras
 
+from collabopt.fused import eager_thresholds
+
 #: Set False to run eager training calls op by op (benchmarks compare both).
 ENABLED = True
 
+#: A wrapper's first eager training calls run op by op; the later ones take
+#: the traced path. Tracing, differentiating and optimizing a wrapper's two
+#: functions costs about ten op-by-op calls (MobileNetV2 alpha 0.35, PCQAT: a
+#: first eager step of 24 s against 3 s op by op, then 0.8 s against 2.0 s),
+#: so a loop of a few steps (a test, a calibration) never pays it, and a
+#: long one pays it once.
+TRACE_AFTER_CALLS = 10
 
-def traced_eager_training(training) -> bool:
-    """Whether a wrapper call with ``training`` takes the traced path (see the module)."""
+
+def traced_eager_training(wrapper, training) -> bool:
+    """Whether this call of ``wrapper`` with ``training`` takes the traced path (see the module); counts the call."""
     if not ENABLED or training is not True or keras.backend.backend() != "tensorflow":
         return False
     import tensorflow as tf
 
-    return tf.executing_eagerly() and not tf.distribute.has_strategy()
+    if not tf.executing_eagerly() or tf.distribute.has_strategy():
+        return False
+    calls = wrapper.__dict__.get("_collabopt_eager_calls", 0) + 1
+    object.__setattr__(wrapper, "_collabopt_eager_calls", calls)  # past Keras' attribute tracking
+    return calls > TRACE_AFTER_CALLS
 
 
 class _Transform:
@@ -72,9 +87,11 @@ def traced_functions(wrapper) -> dict:
 
 def effective_weights(wrapper) -> dict:
     """``wrapper.effective_weights(True)``, computed by one traced call."""
-    return _function(wrapper, "weights")()
+    with eager_thresholds():  # (traces on the first call)
+        return _function(wrapper, "weights")()
 
 
 def transformed_outputs(wrapper, outputs):
     """``wrapper.transform_outputs(outputs, True)``, computed by one traced call."""
-    return _function(wrapper, "outputs")(outputs)
+    with eager_thresholds():
+        return _function(wrapper, "outputs")(outputs)

@@ -269,7 +269,7 @@ class OptimizationWrapper(RewrappingWrapper):
             inputs, args = transformed[0], tuple(transformed[1:])
         else:
             inputs = self.transform_inputs(inputs, training)
-        traced = eager.traced_eager_training(training)
+        traced = eager.traced_eager_training(self, training)
         weights = eager.effective_weights(self) if traced else self.effective_weights(training)
         between = self.transform_internal(training)
         outputs = call_with_weights(

@@ -43,28 +43,45 @@ def _per_channel_op(x, lo, hi, num_bits, narrow_range, final_range):
     return _per_channel_any_rank(x, lo, hi, num_bits, narrow_range)
 
 
+def _nudged_fake_quant(x, lo, hi, num_bits: int, narrow_range: bool):
+    """TF's FakeQuantWithMinMaxVars in plain TF ops (for XLA): ``(y, inside)``, ``lo``/``hi`` broadcast over the last axis."""
+    import tensorflow as tf
+
+    qmin = 1.0 if narrow_range else 0.0
+    qmax = float(2**num_bits - 1)
+    # The zero point is rounded onto the integer grid (half away from zero)
+    # and the range moved with it.
+    scale = (hi - lo) / (qmax - qmin)
+    inverse = (qmax - qmin) / (hi - lo)
+    zero_point = tf.clip_by_value(tf.floor(qmin - lo / scale + 0.5), qmin, qmax)
+    nudged_lo = (qmin - zero_point) * scale
+    nudged_hi = (qmax - zero_point) * scale
+    clamped = tf.clip_by_value(x, nudged_lo, nudged_hi)
+    y = tf.floor((clamped - nudged_lo) * inverse + 0.5) * scale + nudged_lo
+    return y, tf.logical_and(x >= nudged_lo, x <= nudged_hi)
+
+
 @functools.lru_cache(maxsize=None)
 def _fused_kernel(num_bits: int, narrow_range: bool):
     """An XLA-compiled fake quant on TF's nudged grid: ``(x, lo, hi) -> (y, inside)`` (``lo``/``hi`` broadcast over the last axis)."""
     import tensorflow as tf
 
-    qmin = 1.0 if narrow_range else 0.0
-    qmax = float(2**num_bits - 1)
-
     @tf.function(jit_compile=True, autograph=False)
     def kernel(x, lo, hi):
-        # TF's FakeQuantWithMinMaxVars: the zero point is rounded onto the
-        # integer grid (half away from zero) and the range moved with it.
-        scale = (hi - lo) / (qmax - qmin)
-        inverse = (qmax - qmin) / (hi - lo)
-        zero_point = tf.clip_by_value(tf.floor(qmin - lo / scale + 0.5), qmin, qmax)
-        nudged_lo = (qmin - zero_point) * scale
-        nudged_hi = (qmax - zero_point) * scale
-        clamped = tf.clip_by_value(x, nudged_lo, nudged_hi)
-        y = tf.floor((clamped - nudged_lo) * inverse + 0.5) * scale + nudged_lo
-        return y, tf.logical_and(x >= nudged_lo, x <= nudged_hi)
+        return _nudged_fake_quant(x, lo, hi, num_bits, narrow_range)
 
     return kernel
+
+
+def _straight_through(x, y, inside):
+    """``y`` in the forward pass; the upstream gradient to ``x`` where ``inside``, 0 elsewhere."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def quantize(t):
+        return tf.identity(y), lambda dy: dy * tf.cast(inside, dy.dtype)
+
+    return quantize(tf.convert_to_tensor(x))
 
 
 def _fused_fake_quant(x, lo, hi, num_bits: int, narrow_range: bool):
@@ -80,13 +97,87 @@ def _fused_fake_quant(x, lo, hi, num_bits: int, narrow_range: bool):
 
     kernel = _fused_kernel(num_bits, bool(narrow_range))
     lo, hi = tf.cast(lo, x.dtype), tf.cast(hi, x.dtype)
+    y, inside = kernel(tf.stop_gradient(x), lo, hi)
+    return _straight_through(x, y, inside)
 
-    @tf.custom_gradient
-    def quantize(t):
-        y, inside = kernel(t, lo, hi)
-        return y, lambda dy: dy * tf.cast(inside, dy.dtype)
 
-    return quantize(tf.convert_to_tensor(x))
+#: ``key -> kernel`` of :func:`fused_range_fake_quant` (a key names the range update and the grid).
+_RANGE_KERNELS: dict = {}
+
+
+def fused_range_fake_quant(x, state, update, key, num_bits: int, narrow_range: bool, symmetric: bool):
+    """A training step of a per-tensor activation range and its fake quantization, as one XLA kernel.
+
+    The batch's finite min and max, the range update ``update(batch_lo,
+    batch_hi, {"min": lo, "max": hi}) -> (lo, hi)`` (the first batch sets
+    the range), :func:`quantization_range` and the fake quant on TF's grid:
+    the op-by-op path's arithmetic, run as one kernel instead of some thirty
+    ops around two passes over the tensor. ``key`` names ``update`` and the
+    grid (equal keys share a kernel). Returns ``(y, lo, hi)``: ``x``
+    fake-quantized with a straight-through gradient, and the range to store.
+    """
+    import tensorflow as tf
+
+    kernel = _RANGE_KERNELS.get(key)
+    if kernel is None:
+
+        @tf.function(jit_compile=True, autograph=False)
+        def kernel(t, state_lo, state_hi, initialized):
+            finite = tf.where(tf.math.is_finite(t), t, tf.zeros_like(t))
+            batch_lo, batch_hi = tf.reduce_min(finite), tf.reduce_max(finite)
+            lo, hi = update(batch_lo, batch_hi, {"min": state_lo, "max": state_hi})
+            fresh = tf.logical_not(initialized > 0.5)
+            lo, hi = tf.where(fresh, batch_lo, lo), tf.where(fresh, batch_hi, hi)
+            q_lo, q_hi = lo, hi
+            if symmetric:
+                m = tf.maximum(tf.abs(lo), tf.abs(hi))
+                q_lo, q_hi = -m, m
+            q_lo, q_hi = quantization_range(q_lo, q_hi, num_bits, narrow_range)
+            y, inside = _nudged_fake_quant(t, q_lo, q_hi, num_bits, narrow_range)
+            return y, inside, lo, hi
+
+        _RANGE_KERNELS[key] = kernel
+    y, inside, lo, hi = kernel(
+        tf.stop_gradient(x), tf.convert_to_tensor(state["min"]), tf.convert_to_tensor(state["max"]),
+        tf.convert_to_tensor(state["initialized"]),
+    )
+    return _straight_through(x, y, inside), lo, hi
+
+
+@functools.lru_cache(maxsize=None)
+def _weight_kernel(reduce_axes: tuple, num_bits: int, narrow_range: bool, symmetric: bool, per_channel: bool):
+    """``w -> (y, inside)``: a weight's own range (per channel: over ``reduce_axes``) and its fake quant, XLA-compiled."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True, autograph=False)
+    def kernel(w):
+        lo = tf.reduce_min(w, axis=reduce_axes, keepdims=per_channel)
+        hi = tf.reduce_max(w, axis=reduce_axes, keepdims=per_channel)
+        if symmetric:
+            m = tf.maximum(tf.abs(lo), tf.abs(hi))
+            lo, hi = -m, m
+        lo, hi = quantization_range(lo, hi, num_bits, narrow_range, per_channel=per_channel)
+        return _nudged_fake_quant(w, lo, hi, num_bits, narrow_range)
+
+    return kernel
+
+
+def fused_weight_fake_quant(w, channel_axes, num_bits: int, narrow_range: bool, symmetric: bool):
+    """A training step's fake quant of a weight on its own range (per channel along ``channel_axes``, or per tensor: None).
+
+    One XLA kernel for the min and max, :func:`quantization_range` and the
+    fake quant on TF's grid (each channel's range broadcast in place, so no
+    axis is moved), with a straight-through gradient: the op-by-op path's
+    arithmetic, values equal up to the last bit of the float32 grid.
+    """
+    import tensorflow as tf
+
+    rank = len(w.shape)
+    per_channel = channel_axes is not None
+    kept = {a % rank for a in channel_axes} if per_channel else set()
+    reduce_axes = tuple(a for a in range(rank) if a not in kept)
+    y, inside = _weight_kernel(reduce_axes, num_bits, bool(narrow_range), bool(symmetric), per_channel)(tf.stop_gradient(w))
+    return _straight_through(w, y, inside)
 
 
 @functools.lru_cache(maxsize=None)

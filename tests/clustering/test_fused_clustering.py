@@ -62,14 +62,14 @@ def test_a_large_layer_trains_without_search_and_segment_sum():
 
 def _set_fused(monkeypatch, fused):
     """Every tensor takes the fused path (eager and traced), or none does."""
-    for threshold in ("FUSED_MIN_ELEMENTS", "CLUSTERING_TRACED_MIN_ELEMENTS"):
+    for threshold in ("FUSED_MIN_ELEMENTS", "TRACED_WEIGHT_MIN_ELEMENTS"):
         monkeypatch.setattr(fusing, threshold, 1 if fused else 1 << 40)
 
 
 def test_a_traced_step_fuses_every_clustered_weight_and_an_eager_one_only_large_ones():
     small = tf.zeros((3, 3, 4, 8))
-    assert not fusing.fused_on_tensorflow(small, traced_min_elements=fusing.CLUSTERING_TRACED_MIN_ELEMENTS)
-    traced = tf.function(lambda a: fusing.fused_on_tensorflow(a, traced_min_elements=fusing.CLUSTERING_TRACED_MIN_ELEMENTS))
+    assert not fusing.fused_on_tensorflow(small, traced_min_elements=fusing.TRACED_WEIGHT_MIN_ELEMENTS)
+    traced = tf.function(lambda a: fusing.fused_on_tensorflow(a, traced_min_elements=fusing.TRACED_WEIGHT_MIN_ELEMENTS))
     assert traced(small)
     clustered = co.cluster_weights(keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3)]), number_of_clusters=4)
     x = tf.TensorSpec((2, 6, 6, 3), tf.float32)

@@ -12,6 +12,12 @@ from collabopt.transform import iter_layers
 L = keras.layers
 
 
+@pytest.fixture(autouse=True)
+def _trace_from_the_first_call(monkeypatch):
+    """Every eager training call takes the traced path (the default waits TRACE_AFTER_CALLS calls)."""
+    monkeypatch.setattr(eager, "TRACE_AFTER_CALLS", 0)
+
+
 def _model(seed=0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8, 8, 3))
@@ -84,6 +90,16 @@ def test_each_wrapper_traces_its_transforms_once():
         assert functions["weights"].experimental_get_tracing_count() == 1, w.name
         # two batch sizes: at most one more trace, with the batch dimension left unknown
         assert functions["outputs"].experimental_get_tracing_count() <= 2, w.name
+
+
+def test_a_wrapper_traces_only_after_its_first_calls(monkeypatch):
+    monkeypatch.setattr(eager, "TRACE_AFTER_CALLS", 2)
+    x, y = _data()
+    model = _pcqat(_model())
+    _eager_steps(model, [(x, y)] * 2)  # a short loop (a test, a calibration) never traces
+    assert not any(eager.traced_functions(w) for w in _outermost_wrappers(model))
+    _eager_steps(model, [(x, y)])
+    assert all(eager.traced_functions(w) for w in _outermost_wrappers(model))
 
 
 def test_pruning_masks_and_ranges_are_kept_on_the_traced_path():

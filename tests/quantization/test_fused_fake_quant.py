@@ -8,6 +8,7 @@ import tensorflow as tf
 import collabopt.keras as co
 import collabopt.fused as fusing
 from collabopt.quantization import fake_quant
+from collabopt.quantization.quantizers import Quantizer
 
 pytestmark = pytest.mark.tensorflow_only
 
@@ -88,6 +89,59 @@ def test_fused_and_op_by_op_qat_train_alike(monkeypatch):
 
 def _set_fused(monkeypatch, fused):
     """Every tensor takes the fused path (eager and traced), or none does."""
-    for threshold in ("FUSED_MIN_ELEMENTS", "CLUSTERING_TRACED_MIN_ELEMENTS"):
+    for threshold in ("FUSED_MIN_ELEMENTS", "TRACED_WEIGHT_MIN_ELEMENTS"):
         monkeypatch.setattr(fusing, threshold, 1 if fused else 1 << 40)
 
+
+
+class _Owner(keras.layers.Layer):
+    """Holds a quantizer's state variables."""
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        co.MovingAverageQuantizer(),
+        co.AllValuesQuantizer(),
+        co.MovingAverageQuantizer(symmetric=True, narrow_range=True),
+    ],
+    ids=["moving_average", "all_values", "symmetric"],
+)
+def test_an_activation_range_and_its_fake_quant_as_one_kernel_match_the_op_by_op_step(quantizer):
+    """Four training steps (the first sets the range): outputs, gradients and stored ranges as op by op, to float32 rounding."""
+    rng = np.random.default_rng(0)
+    batches = [tf.constant(rng.normal(size=(16, 64, 64)).astype(np.float32) * scale) for scale in (1.0, 3.0, 0.5, 2.0)]
+    assert fusing.fused_on_tensorflow(batches[0])
+    runs = []
+    for call in (type(quantizer).__call__, Quantizer.__call__):  # the fused path, the op-by-op one
+        state = quantizer.build(_Owner(), "act", ())
+        out = []
+        for x in batches:
+            y, grad = _gradient(lambda u, call=call, state=state: call(quantizer, u, state, training=True), x)
+            out.append((y, grad, float(state["min"].numpy()), float(state["max"].numpy())))
+        runs.append(out)
+    for (y, grad, lo, hi), (y_ref, grad_ref, lo_ref, hi_ref) in zip(*runs):
+        assert lo == pytest.approx(lo_ref, rel=1e-6) and hi == pytest.approx(hi_ref, rel=1e-6)
+        close = np.isclose(y, y_ref, rtol=0, atol=1e-5)
+        assert close.mean() > 0.999
+        np.testing.assert_allclose(grad, grad_ref, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer", ["conv", "depthwise", "dense"])
+def test_a_weights_range_and_fake_quant_in_a_traced_step_are_one_kernel_with_tfs_grid(layer):
+    """Every fake-quantized weight of a traced step (however small) takes one XLA kernel: TF's per-channel op is gone."""
+    base = {
+        "conv": keras.layers.Conv2D(8, 3),
+        "depthwise": keras.layers.DepthwiseConv2D(3, depth_multiplier=2),
+        "dense": keras.layers.Dense(8),
+    }[layer]
+    shape = (6, 6, 4) if layer != "dense" else (12,)
+    qat = co.quantize_model(keras.Sequential([keras.Input(shape), base]))
+    x = np.random.default_rng(0).random((2, *shape)).astype(np.float32)
+    assert "FakeQuantWithMinMaxVarsPerChannel" not in _training_op_types(qat, x)
+    wrapper = qat.layers[0]
+    traced = tf.function(lambda: wrapper.effective_weights(True))()
+    eager = wrapper.effective_weights(True)  # eager, small: TF's ops
+    for name, value in eager.items():
+        close = np.isclose(traced[name].numpy(), value.numpy(), rtol=0, atol=1e-6)
+        assert close.mean() > 0.99, name
