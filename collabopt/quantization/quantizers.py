@@ -13,7 +13,6 @@ import keras
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
-from collabopt import fused as fusing
 from collabopt.fused import fused_on_tensorflow
 from collabopt.quantization.fake_quant import (
     fake_quant,
@@ -143,13 +142,13 @@ class LastValueQuantizer(Quantizer):
         return ops.min(x), ops.max(x)
 
     def __call__(self, x, state: dict, training=False, spec=None, export=False):
-        traced_min = fusing.TRACED_WEIGHT_MIN_ELEMENTS
-        if training and not export and x.dtype == "float32" and fused_on_tensorflow(x, traced_min_elements=traced_min):
-            # A training step on TensorFlow: range and fake quant as one XLA
-            # kernel (fake_quant.fused_weight_fake_quant); in a traced step
-            # for every weight, as it costs less than TF's ops from 256
-            # weights up (per-channel, 20 weights of 1x1x16x16: 0.42 against
-            # 0.50 ms a step, of 1x1x512x1024: 10.9 against 15.2 ms).
+        if training and not export and x.dtype == "float32" and fused_on_tensorflow(x):
+            # A training step on TensorFlow, a large weight: range and fake
+            # quant as one XLA kernel (fake_quant.fused_weight_fake_quant).
+            # Small weights keep TF's ops: fused, they were a little faster
+            # (20 per-channel 1x1x16x16 weights: 0.42 against 0.50 ms a step)
+            # but each XLA kernel costs resident memory (MobileNetV2 QAT's
+            # peak 950 -> 999 MiB).
             axes = spec.channel_axes if self.per_axis else None
             return fused_weight_fake_quant(x, axes, self.num_bits, self.narrow_range, self.symmetric)
         return super().__call__(x, state, training, spec, export)

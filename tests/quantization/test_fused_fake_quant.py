@@ -127,21 +127,20 @@ def test_an_activation_range_and_its_fake_quant_as_one_kernel_match_the_op_by_op
         np.testing.assert_allclose(grad, grad_ref, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("layer", ["conv", "depthwise", "dense"])
-def test_a_weights_range_and_fake_quant_in_a_traced_step_are_one_kernel_with_tfs_grid(layer):
-    """Every fake-quantized weight of a traced step (however small) takes one XLA kernel: TF's per-channel op is gone."""
-    base = {
-        "conv": keras.layers.Conv2D(8, 3),
-        "depthwise": keras.layers.DepthwiseConv2D(3, depth_multiplier=2),
-        "dense": keras.layers.Dense(8),
+@pytest.mark.parametrize("layer", ["conv", "dense"])
+def test_a_large_weights_range_and_fake_quant_in_a_training_step_are_one_kernel(layer):
+    """A large weight's min, max and fake quant, and a large activation's, run inside XLA kernels: no reduction op is left."""
+    base, shape = {
+        "conv": (keras.layers.Conv2D(256, 3), (16, 16, 64)),  # kernel 3x3x64x256; input 4x16x16x64, output 4x14x14x256
+        "dense": (keras.layers.Dense(512), (64, 256)),  # kernel 256x512; input 4x64x256, output 4x64x512
     }[layer]
-    shape = (6, 6, 4) if layer != "dense" else (12,)
     qat = co.quantize_model(keras.Sequential([keras.Input(shape), base]))
-    x = np.random.default_rng(0).random((2, *shape)).astype(np.float32)
-    assert "FakeQuantWithMinMaxVarsPerChannel" not in _training_op_types(qat, x)
+    x = np.random.default_rng(0).random((4, *shape)).astype(np.float32)
+    left = _training_op_types(qat, x) & {"Min", "Max", "FakeQuantWithMinMaxVarsPerChannel", "FakeQuantWithMinMaxVars"}
+    assert not left, left
     wrapper = qat.layers[0]
     traced = tf.function(lambda: wrapper.effective_weights(True))()
-    eager = wrapper.effective_weights(True)  # eager, small: TF's ops
-    for name, value in eager.items():
+    reference = wrapper.effective_weights(False)  # inference: TF's per-channel op on the same range
+    for name, value in reference.items():
         close = np.isclose(traced[name].numpy(), value.numpy(), rtol=0, atol=1e-6)
-        assert close.mean() > 0.99, name
+        assert close.mean() > 0.999, name
