@@ -10,7 +10,12 @@ eager step (benchmarks/RESULTS.md). Here, after a wrapper's first
 output transform are each traced once into a ``tf.function`` and called as
 one op, which the tape differentiates as one op too; the base layer itself
 still runs eagerly, as it would unwrapped. Results are the same values the
-op-by-op path computes (the traced path is what ``fit`` runs).
+op-by-op path computes (the traced path is what ``fit`` runs). A layer
+that runs in its TFLite form with a range for each tensor inside it (a
+quantized LayerNormalization: eight internal ranges, some 200 ops op by op)
+has its whole call traced instead (on the Transformer block of
+``benchmarks/train_speed.py``, its two LayerNormalizations' internal ranges
+took 45 of an eager QAT step's 185 ms).
 
 Only eager training calls on TensorFlow take this path, outside any
 distribution strategy: inference, export, traced code (``fit``, a user's
@@ -59,10 +64,12 @@ class _Transform:
     def __init__(self, wrapper, kind: str):
         self.wrapper, self.kind = wrapper, kind
 
-    def __call__(self, *outputs):
+    def __call__(self, *tensors):
         if self.kind == "weights":
             return self.wrapper.effective_weights(True)
-        return self.wrapper.transform_outputs(outputs[0], True)
+        if self.kind == "call":  # traced, so the call inside takes the plain path
+            return self.wrapper.call(tensors[0], training=True)
+        return self.wrapper.transform_outputs(tensors[0], True)
 
 
 def _function(wrapper, kind: str):
@@ -81,7 +88,7 @@ def _function(wrapper, kind: str):
 
 
 def traced_functions(wrapper) -> dict:
-    """``{"weights"|"outputs": tf.function}`` traced so far for ``wrapper``'s eager training calls."""
+    """``{"weights"|"outputs"|"call": tf.function}`` traced so far for ``wrapper``'s eager training calls."""
     return dict(wrapper.__dict__.get("_collabopt_eager_functions") or {})
 
 
@@ -95,3 +102,9 @@ def transformed_outputs(wrapper, outputs):
     """``wrapper.transform_outputs(outputs, True)``, computed by one traced call."""
     with eager_thresholds():
         return _function(wrapper, "outputs")(outputs)
+
+
+def traced_call(wrapper, inputs):
+    """``wrapper.call(inputs, training=True)``, computed by one traced call."""
+    with eager_thresholds():
+        return _function(wrapper, "call")(inputs)

@@ -261,6 +261,11 @@ class OptimizationWrapper(RewrappingWrapper):
         return outputs
 
     def call(self, inputs, *args, training=None, **kwargs):
+        traced = eager.traced_eager_training(self, training)
+        if traced and not args and not kwargs and self.transform_internal(training) is not None:
+            # A layer run in its TFLite form with a range for each internal
+            # tensor (a LayerNormalization has eight): the whole call traced.
+            return eager.traced_call(self, inputs)
         # ``args``: further positional inputs (MultiHeadAttention's value and
         # key); they are inputs i = 1, 2, ... of the layer's node, as its
         # serialized inbound tensors list them.
@@ -269,7 +274,6 @@ class OptimizationWrapper(RewrappingWrapper):
             inputs, args = transformed[0], tuple(transformed[1:])
         else:
             inputs = self.transform_inputs(inputs, training)
-        traced = eager.traced_eager_training(self, training)
         weights = eager.effective_weights(self) if traced else self.effective_weights(training)
         between = self.transform_internal(training)
         outputs = call_with_weights(

@@ -79,6 +79,31 @@ def test_eager_steps_match_the_op_by_op_steps(technique, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def _normalized_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 8))
+    x = L.LayerNormalization(name="ln")(L.Dense(8, name="up")(inputs))
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, L.Dense(5, name="fc")(x))
+
+
+def test_a_layer_with_internal_ranges_traces_its_whole_call_with_the_same_results(monkeypatch):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(24, 6, 8)).astype("float32"), rng.integers(0, 5, 24)
+    batches = [(x[:16], y[:16]), (x[16:], y[16:]), (x[:16], y[:16])]
+    model = co.quantize_model(_normalized_model())
+    traced = _eager_steps(model, batches)
+    ln = model.get_layer("quant_ln")
+    assert ln.internal_quantizers  # a range for each tensor inside the LayerNormalization's TFLite form
+    assert set(eager.traced_functions(ln)) == {"call"}
+    assert eager.traced_functions(ln)["call"].experimental_get_tracing_count() <= 2
+    monkeypatch.setattr(eager, "ENABLED", False)
+    plain = _eager_steps(co.quantize_model(_normalized_model()), batches)
+    np.testing.assert_allclose(traced[0], plain[0], rtol=1e-5)
+    for a, b in zip(traced[1], plain[1]):  # weights and every range, the internal ones included
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_each_wrapper_traces_its_transforms_once():
     x, y = _data(24)
     model = _pcqat(_model())
