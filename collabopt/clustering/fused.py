@@ -23,12 +23,14 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(perm: tuple | None, rows: int, masked: bool):
+def _kernel(perm: tuple | None, rows: int, masked: bool, chain: bool):
     """``(weight, centroids, effective centroids[, mask]) -> (values, indices, flat index)``, all in the weight's layout.
 
     ``perm`` moves the channel axes to the front (None: one row, per tensor);
     centroids are ``(rows, K)``. With ``masked``, centroid 0 is the pinned
     zero: kept weights go to the nearest of the others, masked ones to it.
+    ``chain``: walk the midpoints as a chain of selects (faster; a larger
+    kernel), else count them and gather.
     """
     import tensorflow as tf
 
@@ -45,12 +47,17 @@ def _kernel(perm: tuple | None, rows: int, masked: bool):
         midpoints = (ordered[:, 1:] + ordered[:, :-1]) / 2.0
         # The sorted position is searchsorted(midpoints, value, side="left"):
         # the number of midpoints below the value (a NaN is below none).
-        index = tf.broadcast_to(order[:, :1] + first, tf.shape(values_rows))
-        values = tf.broadcast_to(ordered_effective[:, :1], tf.shape(values_rows))
-        for j in range(candidates.shape[-1] - 1):
-            above = values_rows > midpoints[:, j : j + 1]
-            index = tf.where(above, order[:, j + 1 : j + 2] + first, index)
-            values = tf.where(above, ordered_effective[:, j + 1 : j + 2], values)
+        if chain:
+            index = tf.broadcast_to(order[:, :1] + first, tf.shape(values_rows))
+            values = tf.broadcast_to(ordered_effective[:, :1], tf.shape(values_rows))
+            for j in range(candidates.shape[-1] - 1):
+                above = values_rows > midpoints[:, j : j + 1]
+                index = tf.where(above, order[:, j + 1 : j + 2] + first, index)
+                values = tf.where(above, ordered_effective[:, j + 1 : j + 2], values)
+        else:
+            position = tf.reduce_sum(tf.cast(values_rows[:, :, None] > midpoints[:, None, :], tf.int32), axis=-1)
+            index = tf.gather(order, position, batch_dims=1) + first
+            values = tf.gather(ordered_effective, position, batch_dims=1)
         if masked:
             pruned = tf.equal(tf.reshape(tf.transpose(mask, perm) if perm is not None else mask, (rows, -1)), 0)
             index = tf.where(pruned, tf.zeros_like(index), index)
@@ -67,6 +74,27 @@ def _kernel(perm: tuple | None, rows: int, masked: bool):
         return back(values), back(index), (back(flat) if flat is not None else None)
 
     return kernel
+
+
+#: A per-tensor weight of fewer elements than this runs as a flat vector padded to a power of two (:func:`padded_size`).
+PADDED_BELOW = 1 << 16
+
+
+def padded_size(size: int) -> int:
+    """The length a per-tensor weight of ``size`` elements is padded to in a fused training step.
+
+    XLA compiles a kernel for every input shape, and each costs memory
+    (compiling it, and holding it): MobileNetV2 has some fifty distinct
+    weight shapes. Padded to the next power of two (at least 1024), small
+    weights share about ten kernels, at the cost of a few spare elements;
+    weights of :data:`PADDED_BELOW` elements or more keep their own.
+
+    >>> padded_size(432), padded_size(5000), padded_size(1 << 20)
+    (1024, 8192, 1048576)
+    """
+    if size >= PADDED_BELOW:
+        return size
+    return max(1024, 1 << (size - 1).bit_length())
 
 
 def clustered_for_training(weight, centroids, effective, mask, perm, rows: int):
@@ -88,11 +116,18 @@ def clustered_for_training(weight, centroids, effective, mask, perm, rows: int):
     """
     import tensorflow as tf
 
-    kernel = _kernel(None if perm is None else tuple(int(a) for a in perm), int(rows), mask is not None)
+    size = int(np.prod(weight.shape))
+    chain = size >= PADDED_BELOW
+    kernel = _kernel(None if perm is None else tuple(int(a) for a in perm), int(rows), mask is not None, chain)
     arguments = [tf.stop_gradient(weight), tf.stop_gradient(centroids), tf.stop_gradient(effective)]
     if mask is not None:
         arguments.append(tf.cast(mask, weight.dtype))
+    bucket = padded_size(size) if perm is None else size
+    if bucket != size:  # one kernel for the weights of this bucket: run on the flat weight, padded
+        arguments = [tf.pad(tf.reshape(a, (-1,)), [[0, bucket - size]]) if i in (0, 3) else a for i, a in enumerate(arguments)]
     values, indices, flat = kernel(*arguments)
+    if bucket != size:
+        values, indices = (tf.reshape(t[:size], tf.shape(weight)) for t in (values, indices))
     flat = indices if flat is None else flat
 
     @tf.custom_gradient

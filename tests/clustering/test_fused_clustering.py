@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import collabopt.clustering.fused as fused_clustering
 import collabopt.keras as co
 import collabopt.fused as fusing
 
@@ -36,7 +37,10 @@ def _step(wrapper, fused, monkeypatch):
 @pytest.mark.parametrize("kind", ["conv", "depthwise"])
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "preserve_sparsity"])
-def test_fused_step_matches_the_op_by_op_step(kind, per_channel, sparse, monkeypatch):
+@pytest.mark.parametrize("large", [False, True], ids=["counted", "select_chain"])
+def test_fused_step_matches_the_op_by_op_step(kind, per_channel, sparse, large, monkeypatch):
+    # (large: the weights take the form of large ones, a chain of selects in a kernel of their own)
+    monkeypatch.setattr(fused_clustering, "PADDED_BELOW", 1 if large else fused_clustering.PADDED_BELOW)
     clustered = co.cluster_weights(_model(kind, sparse), number_of_clusters=8, cluster_per_channel=per_channel, preserve_sparsity=sparse)
     wrapper = clustered.layers[0]
     y_fused, grads_fused, indices_fused = _step(wrapper, True, monkeypatch)
@@ -58,6 +62,19 @@ def test_a_large_layer_trains_without_search_and_segment_sum():
     types = {op.type for op in function.get_concrete_function(x).graph.get_operations()}
     assert not types & {"LowerBound", "UnsortedSegmentSum", "GatherV2"}, types & {"LowerBound", "UnsortedSegmentSum", "GatherV2"}
     assert "DenseBincount" in types or "Bincount" in types
+
+
+def test_small_per_tensor_weights_of_one_size_class_share_one_kernel():
+    fused_clustering._kernel.cache_clear()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(30), keras.layers.Dense(25), keras.layers.Dense(10)])
+    clustered = co.cluster_weights(model, number_of_clusters=4)  # kernels of 600, 750 and 250 elements: all padded to 1024
+    x = tf.constant(np.random.default_rng(0).random((4, 20)).astype("float32"))
+    grads = tf.function(lambda a: tf.gradients(tf.reduce_sum(clustered(a, training=True)), clustered.trainable_variables))(x)
+    assert all(g is not None for g in grads)
+    assert fused_clustering._kernel(None, 1, False, False).experimental_get_tracing_count() == 1
+    for layer in clustered.layers:  # the padding is not in the weights or their indices
+        assert layer.indices["kernel"].shape == layer.layer.kernel.shape
 
 
 def _set_fused(monkeypatch, fused):
