@@ -124,12 +124,14 @@ def clustered_for_training(weight, centroids, effective, mask, perm, rows: int):
     size = int(np.prod(weight.shape))
     chain = size >= PADDED_BELOW
     kernel = _kernel(None if perm is None else tuple(int(a) for a in perm), int(rows), mask is not None, chain)
-    arguments = [tf.stop_gradient(weight), tf.stop_gradient(centroids), tf.stop_gradient(effective)]
-    if mask is not None:
-        arguments.append(tf.cast(mask, weight.dtype))
     bucket = padded_size(size) if perm is None else size
-    if bucket != size:  # one kernel for the weights of this bucket: run on the flat weight, padded
-        arguments = [tf.pad(tf.reshape(a, (-1,)), [[0, bucket - size]]) if i in (0, 3) else a for i, a in enumerate(arguments)]
+
+    def laid_out(t):  # padded: the flat tensor, so that the weights of one bucket share the kernel
+        return tf.pad(tf.reshape(t, (-1,)), [[0, bucket - size]]) if bucket != size else t
+
+    arguments = [laid_out(tf.stop_gradient(weight)), tf.stop_gradient(centroids), tf.stop_gradient(effective)]
+    if mask is not None:
+        arguments.append(laid_out(tf.cast(mask, weight.dtype)))
     values, indices, flat = kernel(*arguments)
     if bucket != size:
         values, indices = (tf.reshape(t[:size], tf.shape(weight)) for t in (values, indices))
