@@ -195,12 +195,15 @@ def mobilenet_tables(args):
     saved = np.load(args.weights)
     base.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
 
+    steps = int(np.ceil(len(x) / batch))
+
     def fit(model, lr, callbacks=(), epochs=e):
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        # From lr decayed to 0 along a cosine over the stage, as the notebook's fine_tune.
+        schedule = keras.optimizers.schedules.CosineDecay(lr, epochs * steps)
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
         model.fit(x, y, epochs=epochs, batch_size=batch, verbose=2, callbacks=list(callbacks))
         return model
 
-    steps = int(np.ceil(len(x) / batch))
     init = cl.CentroidInitialization.KMEANS_PLUS_PLUS
     schedule = sp.PolynomialDecay(0.0, 0.5, 0, steps, frequency=max(steps // 10, 1))
     stages, errors = {"Baseline": (base, False)}, {}

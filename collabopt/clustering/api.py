@@ -42,7 +42,9 @@ def cluster_weights(
         cluster_centroids_init: A :class:`CentroidInitialization` or its name.
         preserve_sparsity: Keep every zero: read from the pruning wrapper
             inside, or derived from the zeros of a stripped model (with a
-            warning if that is ambiguous).
+            warning if that is ambiguous). In a model whose other layers are
+            pruned, a layer with no exact zero (left dense, e.g. by a
+            ``pruning_policy``) is clustered as without it.
         cluster_per_channel: K centroids per output channel (convolutions).
         cluster_gradient_aggregation: ``"SUM"`` or ``"AVG"``.
 

@@ -4,11 +4,39 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+from keras import ops
+
 from collabopt.clustering.init import CentroidInitialization, parse_init
 from collabopt.clustering.wrapper import ClusterWeights, validate_clustering_args
-from collabopt.layers import base_layer, transformable_weight_names
+from collabopt.layers import OptimizationWrapper, base_layer, optimizable_variables, transformable_weight_names
 from collabopt.preserve import CLUSTERS, SPARSITY, PreserveWrapper, constraints_on
 from collabopt.technique import CLUSTER_STAGE, Technique, TechniqueConfig, register_technique
+from collabopt.transform import iter_layers
+
+
+def _current_values(layer) -> dict:
+    """The values the chain of a built ``layer`` hands on, by weight name ({} before it is built)."""
+    if not layer.built:
+        return {}
+    weights = layer.effective_weights() if isinstance(layer, OptimizationWrapper) else optimizable_variables(layer)
+    return {name: ops.convert_to_numpy(value) for name, value in weights.items()}
+
+
+def _unpinned_weights(layer) -> list[str]:
+    """The clustered weights of ``layer`` on which no constraint of its chain pins zeros."""
+    names = transformable_weight_names(base_layer(layer), ClusterWeights.protocol_method)
+    return [n for n in names if not any(c.zero_mask() is not None for c in constraints_on(layer, n).values())]
+
+
+def _holds_pruned_weights(layer) -> bool:
+    """Whether a weight of ``layer`` is pruned: its chain pins zeros, or (stripped) it has exact zeros."""
+    unpinned = _unpinned_weights(layer)
+    names = transformable_weight_names(base_layer(layer), ClusterWeights.protocol_method)
+    if len(unpinned) < len(names):
+        return True
+    values = _current_values(layer)
+    return any(SPARSITY.detect(values[n], None) is not None for n in unpinned if n in values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +62,42 @@ class ClusteringConfig(TechniqueConfig):
         validate_clustering_args(self.number_of_clusters, self.preserve_sparsity, self.cluster_gradient_aggregation)
         parse_init(self.cluster_centroids_init)
 
+    def plan(self, model, what):
+        """With ``preserve_sparsity``: whether the model holds pruned weights anywhere (see :meth:`inner`)."""
+        if not self.preserve_sparsity:
+            return None
+        return {"pruned_elsewhere": any(_holds_pruned_weights(layer) for layer in iter_layers(model))}
+
     def inner(self, layer, plan):
         """``layer``, under a PreserveWrapper deriving the zeros that no constraint of its chain pins yet."""
-        if not self.preserve_sparsity:
+        if not self.preserve_sparsity or self._left_dense(layer, plan):
             return layer
-        names = transformable_weight_names(base_layer(layer), ClusterWeights.protocol_method)
-        missing = [n for n in names if not any(c.zero_mask() is not None for c in constraints_on(layer, n).values())]
+        missing = _unpinned_weights(layer)
         return PreserveWrapper(layer, {n: [SPARSITY.name] for n in missing}) if missing else layer
+
+    def handler_arguments(self, layer, plan) -> dict:
+        arguments = super().handler_arguments(layer, plan)
+        if self.preserve_sparsity and self._left_dense(layer, plan):
+            arguments["preserve_sparsity"] = False
+        return arguments
+
+    @staticmethod
+    def _left_dense(layer, plan) -> bool:
+        """Whether ``layer`` was left dense in a model whose other layers are pruned.
+
+        Then none of its clustered weights has an exact zero (e.g. depthwise
+        kernels, which TFMOT does not prune): there is nothing to keep, so it
+        is clustered without a zero centroid and without the warning that it
+        has no zeros. Where nothing in the model is pruned, each weight still
+        warns: ``preserve_sparsity`` probably came before pruning.
+        """
+        if plan is None or not plan["pruned_elsewhere"] or len(_unpinned_weights(layer)) < len(
+            transformable_weight_names(base_layer(layer), ClusterWeights.protocol_method)
+        ):
+            return False
+        values = _current_values(layer)
+        names = _unpinned_weights(layer)
+        return bool(names) and all(n in values and not np.any(values[n] == 0) for n in names)
 
 
 CLUSTERING = register_technique(

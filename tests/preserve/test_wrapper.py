@@ -90,3 +90,27 @@ def test_clusters_constraint_freezes_the_weight_it_replaces():
         warnings.simplefilter("always")
         _fit(qat)
     assert not any("Gradients do not exist" in m for m in _messages(record))
+
+
+class _DenseStaysDense:
+    """A pruning policy leaving the Dense layer dense (as TFMOT leaves depthwise kernels)."""
+
+    def allow_pruning(self, layer):
+        return not isinstance(layer, keras.layers.Dense)
+
+
+@pytest.mark.parametrize("stripped", [False, True], ids=["wrapped", "stripped"])
+def test_a_layer_left_dense_beside_pruned_ones_is_clustered_without_a_zero_or_a_warning(stripped):
+    pruned = _fit(co.prune_low_magnitude(_model(), co.ConstantSparsity(0.5, 0, frequency=1), pruning_policy=_DenseStaysDense()))
+    source = co.strip_pruning(pruned) if stripped else pruned
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        clustered = co.cluster_weights(source, number_of_clusters=4, preserve_sparsity=True)
+    assert not [m for m in _messages(record) if "no exact zeros" in m]
+    fc = clustered.get_layer("cluster_fc")
+    assert not fc.preserve_sparsity and not any(isinstance(w, PreserveWrapper) for w in wrapper_chain(fc))
+    assert np.count_nonzero(keras.ops.convert_to_numpy(fc.effective_weights()["kernel"]) == 0) == 0
+    conv = clustered.get_layer("cluster_conv")  # the pruned layer keeps its zeros under a pinned zero centroid
+    assert conv.preserve_sparsity
+    kernel = keras.ops.convert_to_numpy(conv.effective_weights()["kernel"])
+    assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01) and len(np.unique(kernel)) <= 4
