@@ -15,12 +15,21 @@ from collabopt.technique import CLUSTER_STAGE, Technique, TechniqueConfig, regis
 from collabopt.transform import iter_layers
 
 
-def _current_values(layer) -> dict:
-    """The values the chain of a built ``layer`` hands on, by weight name ({} before it is built)."""
-    if not layer.built:
+def _plain_values(layer) -> dict:
+    """The clustered weights' values of a built plain ``layer`` by name ({} for a wrapper chain or an unbuilt layer).
+
+    A wrapper chain tells its zeros through its recorded constraints instead;
+    a weight that is not a variable (e.g. LoRA's computed kernel) is left to
+    the wrapper, which names it.
+    """
+    if isinstance(layer, OptimizationWrapper) or not layer.built:
         return {}
-    weights = layer.effective_weights() if isinstance(layer, OptimizationWrapper) else optimizable_variables(layer)
-    return {name: ops.convert_to_numpy(value) for name, value in weights.items()}
+    try:
+        weights = optimizable_variables(layer)
+    except ValueError:
+        return {}
+    names = transformable_weight_names(layer, ClusterWeights.protocol_method)
+    return {name: ops.convert_to_numpy(weights[name]) for name in names if name in weights}
 
 
 def _unpinned_weights(layer) -> list[str]:
@@ -31,12 +40,10 @@ def _unpinned_weights(layer) -> list[str]:
 
 def _holds_pruned_weights(layer) -> bool:
     """Whether a weight of ``layer`` is pruned: its chain pins zeros, or (stripped) it has exact zeros."""
-    unpinned = _unpinned_weights(layer)
     names = transformable_weight_names(base_layer(layer), ClusterWeights.protocol_method)
-    if len(unpinned) < len(names):
+    if len(_unpinned_weights(layer)) < len(names):
         return True
-    values = _current_values(layer)
-    return any(SPARSITY.detect(values[n], None) is not None for n in unpinned if n in values)
+    return any(SPARSITY.detect(value, None) is not None for value in _plain_values(layer).values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +90,7 @@ class ClusteringConfig(TechniqueConfig):
 
     @staticmethod
     def _left_dense(layer, plan) -> bool:
-        """Whether ``layer`` was left dense in a model whose other layers are pruned.
+        """Whether plain ``layer`` was left dense in a model whose other layers are pruned.
 
         Then none of its clustered weights has an exact zero (e.g. depthwise
         kernels, which TFMOT does not prune): there is nothing to keep, so it
@@ -91,12 +98,10 @@ class ClusteringConfig(TechniqueConfig):
         has no zeros. Where nothing in the model is pruned, each weight still
         warns: ``preserve_sparsity`` probably came before pruning.
         """
-        if plan is None or not plan["pruned_elsewhere"] or len(_unpinned_weights(layer)) < len(
-            transformable_weight_names(base_layer(layer), ClusterWeights.protocol_method)
-        ):
+        if plan is None or not plan["pruned_elsewhere"]:
             return False
-        values = _current_values(layer)
-        names = _unpinned_weights(layer)
+        names = transformable_weight_names(base_layer(layer), ClusterWeights.protocol_method)
+        values = _plain_values(layer)
         return bool(names) and all(n in values and not np.any(values[n] == 0) for n in names)
 
 
