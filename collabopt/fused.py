@@ -66,3 +66,61 @@ def fused_on_tensorflow(x, traced_min_elements: int | None = None) -> bool:
     if traced_min_elements is not None and not tf.executing_eagerly() and not getattr(_thresholds, "eager", False):
         threshold = traced_min_elements
     return int(np.prod([d or 1 for d in x.shape])) >= threshold
+
+
+class _KernelFunction:
+    """A kernel's Python function as a callable object, so each :func:`xla_kernel` signature is its own function.
+
+    TensorFlow counts a ``tf.function``'s traces per Python code object and
+    warns ("N out of the last M calls ... triggered tf.function retracing")
+    once five come close together; a kernel traced for many weight shapes
+    would read as one function retracing.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
+def _signature(value):
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return value
+    try:
+        dims = tuple(shape)
+    except ValueError:  # a tensor of unknown rank
+        dims = None
+    return dims, str(getattr(value, "dtype", ""))
+
+
+def xla_kernel(fn):
+    """``fn`` compiled by XLA (``tf.function(jit_compile=True)``), one traced function per input signature.
+
+    XLA compiles a kernel for every input shape anyway; holding one function
+    per shape (and dtype) means each is traced once, so a model with many
+    weight shapes raises no retracing warning. Arguments are tensors (or
+    hashable Python values, part of the signature). The returned callable's
+    ``tracing_count()`` is the number of traces over all signatures.
+
+    >>> import tensorflow as tf
+    >>> double = xla_kernel(lambda x: 2.0 * x)
+    >>> [float(double(tf.ones(n))[0]) for n in (2, 3, 4, 5, 6, 7)]
+    [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    >>> double.tracing_count()
+    6
+    """
+    import tensorflow as tf
+
+    functions: dict = {}
+
+    def call(*args):
+        key = tuple(_signature(a) for a in args)
+        function = functions.get(key)
+        if function is None:
+            function = functions[key] = tf.function(_KernelFunction(fn), jit_compile=True, autograph=False)
+        return function(*args)
+
+    call.tracing_count = lambda: sum(f.experimental_get_tracing_count() for f in functions.values())
+    return call

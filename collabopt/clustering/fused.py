@@ -26,6 +26,8 @@ import functools
 
 import numpy as np
 
+from collabopt.fused import xla_kernel
+
 
 @functools.lru_cache(maxsize=None)
 def _kernel(perm: tuple | None, rows: int, masked: bool, chain: bool):
@@ -39,7 +41,7 @@ def _kernel(perm: tuple | None, rows: int, masked: bool, chain: bool):
     """
     import tensorflow as tf
 
-    @tf.function(jit_compile=True, autograph=False)
+    @xla_kernel
     def kernel(weight, centroids, effective, mask=None):
         shape = tf.shape(weight)
         moved = tf.transpose(weight, perm) if perm is not None else weight

@@ -73,7 +73,9 @@ class ClusteringConfig(TechniqueConfig):
         """With ``preserve_sparsity``: whether the model holds pruned weights anywhere (see :meth:`inner`)."""
         if not self.preserve_sparsity:
             return None
-        return {"pruned_elsewhere": any(_holds_pruned_weights(layer) for layer in iter_layers(model))}
+        # ``left_dense`` memoizes :meth:`_left_dense` per layer (``id -> (layer, answer)``, the layer held so its
+        # id stays its own): ``inner`` and ``handler_arguments`` both ask, and the answer reads the weights.
+        return {"pruned_elsewhere": any(_holds_pruned_weights(layer) for layer in iter_layers(model)), "left_dense": {}}
 
     def inner(self, layer, plan):
         """``layer``, under a PreserveWrapper deriving the zeros that no constraint of its chain pins yet."""
@@ -100,9 +102,13 @@ class ClusteringConfig(TechniqueConfig):
         """
         if plan is None or not plan["pruned_elsewhere"]:
             return False
-        names = transformable_weight_names(base_layer(layer), ClusterWeights.protocol_method)
-        values = _plain_values(layer)
-        return bool(names) and all(n in values and not np.any(values[n] == 0) for n in names)
+        known = plan["left_dense"].get(id(layer))
+        if known is None:
+            names = transformable_weight_names(base_layer(layer), ClusterWeights.protocol_method)
+            values = _plain_values(layer)
+            answer = bool(names) and all(n in values and not np.any(values[n] == 0) for n in names)
+            known = plan["left_dense"][id(layer)] = (layer, answer)
+        return known[1]
 
 
 CLUSTERING = register_technique(

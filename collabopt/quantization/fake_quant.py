@@ -16,7 +16,7 @@ import keras
 from keras import ops
 
 from collabopt.errors import InvalidArgumentError
-from collabopt.fused import fused_on_tensorflow
+from collabopt.fused import fused_on_tensorflow, xla_kernel
 
 
 def _on_tensorflow() -> bool:
@@ -64,9 +64,8 @@ def _nudged_fake_quant(x, lo, hi, num_bits: int, narrow_range: bool):
 @functools.lru_cache(maxsize=None)
 def _fused_kernel(num_bits: int, narrow_range: bool):
     """An XLA-compiled fake quant on TF's nudged grid: ``(x, lo, hi) -> (y, inside)`` (``lo``/``hi`` broadcast over the last axis)."""
-    import tensorflow as tf
 
-    @tf.function(jit_compile=True, autograph=False)
+    @xla_kernel
     def kernel(x, lo, hi):
         return _nudged_fake_quant(x, lo, hi, num_bits, narrow_range)
 
@@ -121,7 +120,7 @@ def fused_range_fake_quant(x, state, update, key, num_bits: int, narrow_range: b
     kernel = _RANGE_KERNELS.get(key)
     if kernel is None:
 
-        @tf.function(jit_compile=True, autograph=False)
+        @xla_kernel
         def kernel(t, state_lo, state_hi, initialized):
             finite = tf.where(tf.math.is_finite(t), t, tf.zeros_like(t))
             batch_lo, batch_hi = tf.reduce_min(finite), tf.reduce_max(finite)
@@ -149,7 +148,7 @@ def _weight_kernel(reduce_axes: tuple, num_bits: int, narrow_range: bool, symmet
     """``w -> (y, inside)``: a weight's own range (per channel: over ``reduce_axes``) and its fake quant, XLA-compiled."""
     import tensorflow as tf
 
-    @tf.function(jit_compile=True, autograph=False)
+    @xla_kernel
     def kernel(w):
         lo = tf.reduce_min(w, axis=reduce_axes, keepdims=per_channel)
         hi = tf.reduce_max(w, axis=reduce_axes, keepdims=per_channel)
@@ -184,7 +183,7 @@ def fused_weight_fake_quant(w, channel_axes, num_bits: int, narrow_range: bool, 
 def _fused_finite_minmax_kernel():
     import tensorflow as tf
 
-    @tf.function(jit_compile=True, autograph=False)
+    @xla_kernel
     def kernel(x):
         finite = tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
         return tf.reduce_min(finite), tf.reduce_max(finite)

@@ -72,7 +72,7 @@ def test_small_per_tensor_weights_of_one_size_class_share_one_kernel():
     x = tf.constant(np.random.default_rng(0).random((4, 20)).astype("float32"))
     grads = tf.function(lambda a: tf.gradients(tf.reduce_sum(clustered(a, training=True)), clustered.trainable_variables))(x)
     assert all(g is not None for g in grads)
-    assert fused_clustering._kernel(None, 1, False, False).experimental_get_tracing_count() == 1
+    assert fused_clustering._kernel(None, 1, False, False).tracing_count() == 1
     for layer in clustered.layers:  # the padding is not in the weights or their indices
         assert layer.indices["kernel"].shape == layer.layer.kernel.shape
 
