@@ -337,3 +337,28 @@ def test_xnnpack_policy_prunes_only_pointwise_convs():
     model = keras.Model(inputs, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(x)))
     pruned = co.prune_low_magnitude(model, pruning_policy=co.PruneForLatencyOnXNNPack())
     assert {w.base_layer.name for w in _wrappers(pruned)} == {"pointwise"}
+
+
+@pytest.mark.tensorflow_only("counts the ops of a traced TensorFlow step")
+def test_the_mask_update_is_no_part_of_the_backward_pass():
+    """One conditional mask update per weight in a traced training step, and no gradient of it.
+
+    The mask is a step function of the weights; differentiating its cond
+    would add a gradient cond per weight and make the forward one keep its
+    intermediates (the sorted magnitudes) for it.
+    """
+    model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(8, 3), keras.layers.Flatten(), keras.layers.Dense(4)])
+    pruned = co.prune_low_magnitude(model, co.ConstantSparsity(0.5, 0, frequency=1))
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(pruned(x, training=True))
+        return tape.gradient(loss, pruned.trainable_variables)
+
+    graph = tf.function(step).get_concrete_function(tf.TensorSpec((2, 6, 6, 3))).graph
+    conds = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
+    assert len(conds) == 2, [op.name for op in conds]  # the two kernels' updates, forward only
+    grads = step(tf.random.uniform((2, 6, 6, 3)))
+    assert all(g is not None for g in grads)
+    for layer in pruned.layers[::2]:  # the masks were updated in the step: half of each kernel is zero
+        assert np.mean(keras.ops.convert_to_numpy(layer.masks["kernel"]) == 0) == pytest.approx(0.5, abs=0.05)
