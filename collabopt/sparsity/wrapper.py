@@ -109,16 +109,15 @@ class PruneLowMagnitude(OptimizationWrapper):
                 w = ops.convert_to_tensor(weights[name])
                 current = ops.convert_to_tensor(mask)
                 # The mask is a step function of the weights (no gradient):
-                # cut under stop_gradient, the conditional update is no part
-                # of the backward pass. (Otherwise TensorFlow differentiates
-                # the cond: a gradient cond per layer, and the forward one
+                # under stop_gradient, the conditional update is no part of
+                # the backward pass. (Otherwise TensorFlow differentiates the
+                # cond: a gradient cond per layer, and the forward one
                 # rewritten to keep its intermediates (the sorted magnitudes)
                 # for it: MobileNetV2 prune fit peak 805 -> 789 MiB.)
-                frozen = ops.stop_gradient(w)
                 new_mask = ops.stop_gradient(
                     ops.cond(
                         should_prune,
-                        lambda w=frozen, current=current, name=name: self.pruning_mask(w * current, sparsity, name),
+                        lambda w=w, current=current, name=name: self.pruning_mask(w * current, sparsity, name),
                         lambda current=current: current,
                     )
                 )
